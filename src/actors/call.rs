@@ -1,0 +1,398 @@
+//! The call actor: one per call, owning the call state machine of contract §2.2.
+//!
+//! `ringing` → (accept) → `active` → ended, or ringing → ended by reject, cancel, ring timeout
+//! (`missed`) or a lost party. It tells every connection that learnt of the call how it ended,
+//! records each lifecycle event with the persistence actor, relays `sdp`/`ice` between the two
+//! party connections only (with `from` set by the server, content untouched), then stops.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::Utc;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use super::ConnRef;
+use super::persistence::PersistenceHandle;
+use super::registry::{self, CallEntryInfo, RegistryMsg};
+use crate::domain::{CallId, ConnectionId, UserRef};
+use crate::metrics::Metrics;
+use crate::store::calls::CallEvent;
+use crate::ws::protocol::{EndReason, ErrorCode, ServerMessage};
+use entity::signaling_messages::SignalingKind;
+
+/// What a party asks of the call.
+#[derive(Debug)]
+pub enum CallAction {
+    /// Answer (callee).
+    Accept,
+    /// Decline (callee).
+    Reject,
+    /// End or cancel.
+    Hangup,
+    /// Relay a session description.
+    Sdp(Box<RawValue>),
+    /// Relay an ICE candidate.
+    Ice(Box<RawValue>),
+}
+
+/// Messages of the call actor.
+pub enum CallMsg {
+    /// A client action, from the connection `from`.
+    Client {
+        /// Sender (authenticated by its connection).
+        from: ConnRef,
+        /// What it asks.
+        action: CallAction,
+        /// The message's `ref`.
+        reference: Option<String>,
+    },
+    /// Nobody answered in time.
+    RingTimeout,
+    /// A party's socket dropped (it may resume).
+    PartyDetached(ConnectionId),
+    /// A party's socket came back.
+    PartyAttached(ConnectionId),
+    /// A connection is gone for good.
+    PartyGone(ConnectionId),
+    /// End now with `reason` (shutdown); replies once the `call.ended` messages are queued.
+    End(EndReason, Option<RpcReplyPort<()>>),
+    /// Tell the (restarted) registry about this call.
+    Reannounce,
+    /// Make this actor panic (test builds only), to exercise supervision.
+    #[cfg(feature = "test-hooks")]
+    Panic,
+}
+
+/// Fixed configuration of a call actor.
+pub struct CallArgs {
+    /// Call id.
+    pub id: CallId,
+    /// The inviting connection.
+    pub caller: ConnRef,
+    /// The invited user.
+    pub callee: UserRef,
+    /// The callee's connections, all told of the call.
+    pub callee_conns: Vec<ConnRef>,
+    /// The invite's `ref`, echoed in `call.created`.
+    pub invite_ref: Option<String>,
+    /// Ring time before `missed`.
+    pub ring_timeout: Duration,
+    /// This server instance (recorded with the call).
+    pub instance_id: String,
+    /// Tree id (registry lookup).
+    pub system_id: String,
+    /// Event sink.
+    pub persistence: PersistenceHandle,
+    /// Metrics.
+    pub metrics: std::sync::Arc<Metrics>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Ringing,
+    Active { callee: ConnRef },
+}
+
+/// State of a call actor.
+pub struct CallState {
+    id: CallId,
+    caller: ConnRef,
+    callee: UserRef,
+    ringing: Vec<ConnRef>,
+    phase: Phase,
+    detached: HashSet<ConnectionId>,
+    system_id: String,
+    persistence: PersistenceHandle,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+/// The call actor.
+pub struct Call;
+
+impl CallState {
+    fn err(&self, to: &ConnRef, code: ErrorCode, message: &str, reference: Option<String>) {
+        to.send(ServerMessage::error(
+            code,
+            message,
+            reference,
+            Some(self.id),
+        ));
+    }
+
+    /// The other party of an active call, if `conn` is one of the two.
+    fn peer_of(&self, conn: ConnectionId) -> Option<&ConnRef> {
+        match &self.phase {
+            Phase::Active { callee } if conn == self.caller.id => Some(callee),
+            Phase::Active { callee } if conn == callee.id => Some(&self.caller),
+            _ => None,
+        }
+    }
+
+    fn entry(&self) -> CallEntryInfo {
+        CallEntryInfo {
+            call_id: self.id,
+            caller: self.caller.clone(),
+            callee: self.callee.clone(),
+            callee_conn: match &self.phase {
+                Phase::Active { callee } => Some(callee.id),
+                Phase::Ringing => None,
+            },
+        }
+    }
+
+    /// Tells everyone who knew of the call, records the end, frees the users, stops.
+    fn end(&mut self, me: &ActorRef<CallMsg>, reason: EndReason) {
+        let ended = ServerMessage::CallEnded {
+            call_id: self.id,
+            reason,
+        };
+        self.caller.send(ended.clone());
+        match &self.phase {
+            Phase::Ringing => self.ringing.iter().for_each(|c| c.send(ended.clone())),
+            Phase::Active { callee } => callee.send(ended),
+        }
+        self.persistence.record(CallEvent::Ended {
+            call_id: self.id,
+            reason: reason.as_str(),
+            at: Utc::now(),
+        });
+        tracing::info!(call_id = %self.id, reason = reason.as_str(), "call ended");
+        if let Some(r) = registry::lookup(&self.system_id) {
+            let _ = r.cast(RegistryMsg::CallEnded(self.id));
+        }
+        me.stop(Some(reason.as_str().into()));
+    }
+}
+
+impl Actor for Call {
+    type Msg = CallMsg;
+    type State = CallState;
+    type Arguments = CallArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<Self::Msg>,
+        a: CallArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        a.persistence.record(CallEvent::Created {
+            call_id: a.id,
+            caller: a.caller.user.id,
+            callee: a.callee.id,
+            instance_id: a.instance_id,
+            at: Utc::now(),
+        });
+        a.metrics.calls_created.inc();
+        a.caller.send(ServerMessage::CallCreated {
+            call_id: a.id,
+            to: a.callee.clone(),
+            reference: a.invite_ref,
+        });
+        for c in &a.callee_conns {
+            c.send(ServerMessage::CallIncoming {
+                call_id: a.id,
+                from: a.caller.user.clone(),
+            });
+        }
+        a.caller.send(ServerMessage::CallRinging { call_id: a.id });
+        me.send_after(a.ring_timeout, || CallMsg::RingTimeout);
+        tracing::info!(call_id = %a.id, caller = %a.caller.user.id, callee = %a.callee.id, devices = a.callee_conns.len(), "call ringing");
+        Ok(CallState {
+            id: a.id,
+            caller: a.caller,
+            callee: a.callee,
+            ringing: a.callee_conns,
+            phase: Phase::Ringing,
+            detached: HashSet::new(),
+            system_id: a.system_id,
+            persistence: a.persistence,
+            metrics: a.metrics,
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        s: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CallMsg::Client {
+                from,
+                action,
+                reference,
+            } => on_action(&me, s, from, action, reference),
+            CallMsg::RingTimeout => {
+                if matches!(s.phase, Phase::Ringing) {
+                    s.end(&me, EndReason::Missed);
+                }
+            }
+            CallMsg::PartyDetached(conn) => {
+                if let Some(peer) = s.peer_of(conn) {
+                    peer.send(ServerMessage::PeerReconnecting { call_id: s.id });
+                }
+                s.detached.insert(conn);
+            }
+            CallMsg::PartyAttached(conn) => {
+                if s.detached.remove(&conn) {
+                    if let Some(peer) = s.peer_of(conn) {
+                        peer.send(ServerMessage::PeerReconnected { call_id: s.id });
+                    }
+                }
+            }
+            CallMsg::PartyGone(conn) => {
+                if conn == s.caller.id || s.peer_of(conn).is_some() {
+                    s.end(&me, EndReason::ConnectionLost);
+                } else if matches!(s.phase, Phase::Ringing) {
+                    s.ringing.retain(|c| c.id != conn);
+                    if s.ringing.is_empty() {
+                        s.end(&me, EndReason::ConnectionLost);
+                    }
+                }
+            }
+            CallMsg::End(reason, ack) => {
+                s.end(&me, reason);
+                if let Some(ack) = ack {
+                    let _ = ack.send(());
+                }
+            }
+            CallMsg::Reannounce => {
+                if let Some(r) = registry::lookup(&s.system_id) {
+                    let _ = r.cast(RegistryMsg::RegisterCall(me.clone(), s.entry()));
+                }
+            }
+            #[cfg(feature = "test-hooks")]
+            CallMsg::Panic => panic!("test hook: call actor panic"),
+        }
+        Ok(())
+    }
+}
+
+fn on_action(
+    me: &ActorRef<CallMsg>,
+    s: &mut CallState,
+    from: ConnRef,
+    action: CallAction,
+    reference: Option<String>,
+) {
+    let is_callee_user = from.user.id == s.callee.id;
+    match action {
+        CallAction::Accept | CallAction::Reject if !is_callee_user => {
+            s.err(
+                &from,
+                ErrorCode::NotParticipant,
+                "only the callee can answer or decline",
+                reference,
+            );
+        }
+        CallAction::Accept | CallAction::Reject if !matches!(s.phase, Phase::Ringing) => {
+            s.err(
+                &from,
+                ErrorCode::CallNotRinging,
+                "the call is no longer ringing",
+                reference,
+            );
+        }
+        CallAction::Reject => {
+            s.ringing.retain(|c| c.id != from.id);
+            s.ringing.push(from);
+            s.end(me, EndReason::Rejected);
+        }
+        CallAction::Accept => {
+            let accepted = ServerMessage::CallAccepted {
+                call_id: s.id,
+                reference: None,
+            };
+            s.caller.send(accepted);
+            from.send(ServerMessage::CallAccepted {
+                call_id: s.id,
+                reference,
+            });
+            for other in s.ringing.iter().filter(|c| c.id != from.id) {
+                other.send(ServerMessage::CallEnded {
+                    call_id: s.id,
+                    reason: EndReason::AnsweredElsewhere,
+                });
+            }
+            s.ringing.clear();
+            s.persistence.record(CallEvent::Accepted {
+                call_id: s.id,
+                at: Utc::now(),
+            });
+            tracing::info!(call_id = %s.id, connection_id = %from.id, "call accepted");
+            s.phase = Phase::Active { callee: from };
+            if let Some(r) = registry::lookup(&s.system_id) {
+                let _ = r.cast(RegistryMsg::RegisterCall(me.clone(), s.entry()));
+            }
+        }
+        CallAction::Hangup => match &s.phase {
+            Phase::Ringing if from.id == s.caller.id => s.end(me, EndReason::Cancelled),
+            Phase::Ringing if is_callee_user => {
+                s.ringing.retain(|c| c.id != from.id);
+                s.ringing.push(from);
+                s.end(me, EndReason::Rejected);
+            }
+            Phase::Active { .. } if s.peer_of(from.id).is_some() => s.end(me, EndReason::Hangup),
+            _ => s.err(
+                &from,
+                ErrorCode::NotParticipant,
+                "you are not a party of this call",
+                reference,
+            ),
+        },
+        CallAction::Sdp(_) | CallAction::Ice(_) if s.peer_of(from.id).is_none() => {
+            let party =
+                from.id == s.caller.id || (matches!(s.phase, Phase::Ringing) && is_callee_user);
+            if party {
+                s.err(
+                    &from,
+                    ErrorCode::CallNotActive,
+                    "sdp/ice are accepted only after call.accepted",
+                    reference,
+                );
+            } else {
+                s.err(
+                    &from,
+                    ErrorCode::NotParticipant,
+                    "you are not a party of this call",
+                    reference,
+                );
+            }
+        }
+        CallAction::Sdp(description) => relay(s, &from, SignalingKind::Sdp, |call_id, from| {
+            ServerMessage::Sdp {
+                call_id,
+                description,
+                from,
+            }
+        }),
+        CallAction::Ice(candidate) => relay(s, &from, SignalingKind::Ice, |call_id, from| {
+            ServerMessage::Ice {
+                call_id,
+                candidate,
+                from,
+            }
+        }),
+    }
+}
+
+fn relay(
+    s: &CallState,
+    from: &ConnRef,
+    kind: SignalingKind,
+    build: impl FnOnce(CallId, UserRef) -> ServerMessage,
+) {
+    let Some(peer) = s.peer_of(from.id) else {
+        return;
+    };
+    peer.send(build(s.id, from.user.clone()));
+    s.metrics.signals_relayed.inc();
+    s.persistence.record(CallEvent::Signal {
+        id: Uuid::new_v4(),
+        call_id: s.id,
+        sender: from.user.id,
+        kind,
+        at: Utc::now(),
+    });
+}

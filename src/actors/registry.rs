@@ -1,0 +1,754 @@
+//! The registry actor: who is connected (users → connections, connections → sessions, resume
+//! tokens → connections) and which calls exist (calls → call actors, users → their call). It
+//! admits connections, decides what an invite becomes (a ringing call, or at once `busy`,
+//! `unavailable` or `glare`), and routes every call action, `sdp` and `ice` to the call's actor.
+//! It never waits on the database: the only lookup it needs (is an offline callee a real user?)
+//! runs in a task and comes back as a message.
+//!
+//! If the registry fails, the root supervisor restarts it, and it rebuilds its tables by asking
+//! every live connection and call actor to announce itself again: no live call is lost.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use sea_orm::DatabaseConnection;
+use sha2::{Digest, Sha256};
+
+use super::call::{CallAction, CallArgs, CallMsg};
+use super::connection::{ConnectionArgs, ConnectionMsg, Links, SocketLink};
+use super::persistence::PersistenceHandle;
+use super::supervisor::SupervisorMsg;
+use super::{ConnRef, ask};
+use crate::config::Settings;
+use crate::domain::{CallId, ConnectionId, SessionId, UserId, UserRef, Username};
+use crate::ice::IceServer;
+use crate::metrics::Metrics;
+use crate::store::calls::CallEvent;
+use crate::ws::protocol::{ClientMessage, EndReason, ErrorCode, Inbound, ServerMessage};
+
+/// Window of the invites-per-minute limit.
+const INVITE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The registered name of the registry of tree `system_id`.
+pub fn name(system_id: &str) -> String {
+    format!("callsignal-{system_id}-registry")
+}
+
+/// The live registry of tree `system_id`.
+pub fn lookup(system_id: &str) -> Option<ActorRef<RegistryMsg>> {
+    ractor::registry::where_is(name(system_id)).map(Into::into)
+}
+
+/// A connection announcing itself.
+#[derive(Debug, Clone)]
+pub struct ConnEntryInfo {
+    /// The connection.
+    pub conn: ConnRef,
+    /// Its login session.
+    pub session_id: SessionId,
+    /// Its resume token (kept hashed).
+    pub resume_token: String,
+}
+
+/// A call announcing itself.
+#[derive(Debug, Clone)]
+pub struct CallEntryInfo {
+    /// The call.
+    pub call_id: CallId,
+    /// The inviting connection.
+    pub caller: ConnRef,
+    /// The invited user.
+    pub callee: UserRef,
+    /// The answering connection, once active.
+    pub callee_conn: Option<ConnectionId>,
+}
+
+/// A socket asking to become (or resume) a connection.
+pub struct ConnectRequest {
+    /// Authenticated user.
+    pub user: UserRef,
+    /// Login session.
+    pub session_id: SessionId,
+    /// Absolute end of the session.
+    pub session_expires_at: DateTime<Utc>,
+    /// Resume token from the `hello`, if any.
+    pub resume_token: Option<String>,
+    /// The socket.
+    pub socket: SocketLink,
+    /// ICE servers for `welcome`.
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// Answer to a [`ConnectRequest`].
+pub type ConnectResult = Result<ActorRef<ConnectionMsg>, (ErrorCode, &'static str)>;
+
+/// Counts, for tests and diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections (attached or within their resume grace).
+    pub connections: usize,
+    /// Calls not yet ended.
+    pub calls: usize,
+    /// Users with at least one connection.
+    pub users: usize,
+}
+
+/// Messages of the registry.
+pub enum RegistryMsg {
+    /// Admit a socket: resume its connection or spawn a new one.
+    Connect(Box<ConnectRequest>, RpcReplyPort<ConnectResult>),
+    /// A connection (re)announces itself.
+    Register(ConnEntryInfo),
+    /// A call (re)announces itself.
+    RegisterCall(ActorRef<CallMsg>, CallEntryInfo),
+    /// A client message for the call machinery.
+    Route {
+        /// The sender's connection.
+        from: ConnRef,
+        /// The message.
+        inbound: Inbound,
+    },
+    /// Result of looking up an offline callee in the database.
+    InviteOffline {
+        /// The inviting connection.
+        from: ConnRef,
+        /// The user, if the name exists.
+        callee: Option<UserRef>,
+        /// The invite's `ref`.
+        reference: Option<String>,
+    },
+    /// A connection's socket dropped (resume grace running).
+    Detached(ConnectionId),
+    /// A connection's socket came back.
+    Attached(ConnectionId),
+    /// A connection ended.
+    ConnectionGone(ConnectionId),
+    /// A connection actor failed.
+    ConnectionFailed(ConnectionId),
+    /// A call ended.
+    CallEnded(CallId),
+    /// A call actor failed.
+    CallFailed(CallId),
+    /// Close every socket of a session (`session_revoked`).
+    RevokeSession(SessionId),
+    /// End every call and close every socket; replies when done.
+    Shutdown(RpcReplyPort<()>),
+    /// Counts.
+    Stats(RpcReplyPort<Stats>),
+    /// A connection's actor, by id.
+    FindConnection(ConnectionId, RpcReplyPort<Option<ActorRef<ConnectionMsg>>>),
+    /// A call's actor, by id.
+    FindCall(CallId, RpcReplyPort<Option<ActorRef<CallMsg>>>),
+    /// Make the registry panic (test builds only), to exercise its restart.
+    #[cfg(feature = "test-hooks")]
+    Panic,
+}
+
+/// Fixed configuration of the registry.
+pub struct RegistryArgs {
+    /// Tree id.
+    pub system_id: String,
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Database (only for offline-callee lookups, in a task).
+    pub db: DatabaseConnection,
+    /// Event sink.
+    pub persistence: PersistenceHandle,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Supervisor of connection actors.
+    pub connections: ActorRef<SupervisorMsg>,
+    /// Supervisor of call actors.
+    pub calls: ActorRef<SupervisorMsg>,
+}
+
+struct ConnEntry {
+    conn: ConnRef,
+    session_id: SessionId,
+    resume_hash: [u8; 32],
+    attached: bool,
+}
+
+#[derive(Default)]
+struct UserEntry {
+    conns: Vec<ConnectionId>,
+    call: Option<CallId>,
+}
+
+struct CallEntry {
+    actor: ActorRef<CallMsg>,
+    info: CallEntryInfo,
+}
+
+/// State of the registry.
+pub struct RegistryState {
+    args: RegistryArgs,
+    conns: HashMap<ConnectionId, ConnEntry>,
+    users: HashMap<UserId, UserEntry>,
+    names: HashMap<Username, UserId>,
+    resume: HashMap<[u8; 32], ConnectionId>,
+    calls: HashMap<CallId, CallEntry>,
+    invites: HashMap<UserId, VecDeque<Instant>>,
+    shutting_down: bool,
+}
+
+/// The registry actor.
+pub struct Registry;
+
+fn resume_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn random_token() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rng().fill_bytes(&mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+impl Actor for Registry {
+    type Msg = RegistryMsg;
+    type State = RegistryState;
+    type Arguments = RegistryArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        args: RegistryArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(RegistryState {
+            args,
+            conns: HashMap::new(),
+            users: HashMap::new(),
+            names: HashMap::new(),
+            resume: HashMap::new(),
+            calls: HashMap::new(),
+            invites: HashMap::new(),
+            shutting_down: false,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        _me: ActorRef<Self::Msg>,
+        s: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // After a restart: every live child announces itself again; the messages queue behind
+        // this one, so routing is rebuilt before anything else is served.
+        let conns = s.args.connections.get_children();
+        let calls = s.args.calls.get_children();
+        if !conns.is_empty() || !calls.is_empty() {
+            tracing::warn!(
+                connections = conns.len(),
+                calls = calls.len(),
+                "registry rebuilding its tables from live actors"
+            );
+        }
+        for cell in conns {
+            let _ = ActorRef::<ConnectionMsg>::from(cell).cast(ConnectionMsg::Reannounce);
+        }
+        for cell in calls {
+            let _ = ActorRef::<CallMsg>::from(cell).cast(CallMsg::Reannounce);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        s: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RegistryMsg::Connect(req, reply) => {
+                let result = s.connect(*req).await;
+                let _ = reply.send(result);
+            }
+            RegistryMsg::Register(info) => s.register(info, true),
+            RegistryMsg::RegisterCall(actor, info) => s.register_call(actor, info),
+            RegistryMsg::Route { from, inbound } => s.route(&me, from, inbound).await,
+            RegistryMsg::InviteOffline {
+                from,
+                callee,
+                reference,
+            } => match callee {
+                None => from.send(ServerMessage::error(
+                    ErrorCode::UserNotFound,
+                    "no such user",
+                    reference,
+                    None,
+                )),
+                Some(callee) => s.invite_online_or(&from, callee, reference, true).await,
+            },
+            RegistryMsg::Detached(id) => {
+                if let Some(e) = s.conns.get_mut(&id) {
+                    e.attached = false;
+                }
+                s.tell_call_of(id, CallMsg::PartyDetached(id));
+            }
+            RegistryMsg::Attached(id) => {
+                if let Some(e) = s.conns.get_mut(&id) {
+                    e.attached = true;
+                }
+                s.tell_call_of(id, CallMsg::PartyAttached(id));
+            }
+            RegistryMsg::ConnectionGone(id) => {
+                s.tell_call_of(id, CallMsg::PartyGone(id));
+                s.unregister(id);
+            }
+            RegistryMsg::ConnectionFailed(id) => {
+                // The socket closes with the actor; its call gets the resume grace as for a
+                // dropped socket, then `connection_lost`.
+                s.tell_call_of(id, CallMsg::PartyDetached(id));
+                let grace = s.args.settings.ws.resume_grace();
+                me.send_after(grace, move || RegistryMsg::ConnectionGone(id));
+                if let Some(e) = s.conns.get_mut(&id) {
+                    e.attached = false;
+                }
+            }
+            RegistryMsg::CallEnded(id) => s.forget_call(id),
+            RegistryMsg::CallFailed(id) => s.call_failed(id),
+            RegistryMsg::RevokeSession(session) => {
+                for e in s.conns.values().filter(|e| e.session_id == session) {
+                    let _ = e.conn.actor.cast(ConnectionMsg::Revoke);
+                }
+            }
+            RegistryMsg::Shutdown(reply) => {
+                s.shutting_down = true;
+                let calls: Vec<_> = s.calls.values().map(|c| c.actor.clone()).collect();
+                for call in calls {
+                    let _ = ask(&call, |ack| {
+                        CallMsg::End(EndReason::ServerShutdown, Some(ack))
+                    })
+                    .await;
+                }
+                for e in s.conns.values() {
+                    let _ = e.conn.actor.cast(ConnectionMsg::Shutdown);
+                }
+                let _ = reply.send(());
+            }
+            RegistryMsg::Stats(reply) => {
+                let _ = reply.send(Stats {
+                    connections: s.conns.len(),
+                    calls: s.calls.len(),
+                    users: s.users.len(),
+                });
+            }
+            RegistryMsg::FindConnection(id, reply) => {
+                let _ = reply.send(s.conns.get(&id).map(|e| e.conn.actor.clone()));
+            }
+            RegistryMsg::FindCall(id, reply) => {
+                let _ = reply.send(s.calls.get(&id).map(|c| c.actor.clone()));
+            }
+            #[cfg(feature = "test-hooks")]
+            RegistryMsg::Panic => panic!("test hook: registry panic"),
+        }
+        Ok(())
+    }
+}
+
+impl RegistryState {
+    async fn connect(&mut self, req: ConnectRequest) -> ConnectResult {
+        if self.shutting_down {
+            return Err((ErrorCode::TooManyConnections, "the server is shutting down"));
+        }
+        if let Some(token) = &req.resume_token {
+            let found = self
+                .resume
+                .get(&resume_hash(token))
+                .and_then(|id| self.conns.get(id));
+            if let Some(e) =
+                found.filter(|e| e.conn.user.id == req.user.id && e.session_id == req.session_id)
+            {
+                let actor = e.conn.actor.clone();
+                if actor.cast(ConnectionMsg::Attach(req.socket)).is_ok() {
+                    return Ok(actor);
+                }
+                return Err((
+                    ErrorCode::InternalError,
+                    "the connection could not be resumed",
+                ));
+            }
+        }
+        let ws = &self.args.settings.ws;
+        if self.conns.len() >= ws.max_connections {
+            return Err((
+                ErrorCode::TooManyConnections,
+                "the server has reached its connection limit",
+            ));
+        }
+        let per_user = self.users.get(&req.user.id).map_or(0, |u| u.conns.len());
+        if per_user >= ws.max_connections_per_user {
+            return Err((
+                ErrorCode::TooManyConnections,
+                "too many connections for this user",
+            ));
+        }
+        let id = ConnectionId::new();
+        let resume_token = random_token();
+        let args = ConnectionArgs {
+            id,
+            user: req.user.clone(),
+            session_id: req.session_id,
+            session_expires_at: req.session_expires_at,
+            resume_token: resume_token.clone(),
+            socket: req.socket,
+            ice_servers: req.ice_servers,
+            links: Links {
+                system_id: self.args.system_id.clone(),
+                settings: self.args.settings.clone(),
+                metrics: self.args.metrics.clone(),
+            },
+        };
+        let actor = ask(&self.args.connections, |r| {
+            SupervisorMsg::SpawnConnection(Box::new(args), r)
+        })
+        .await
+        .flatten()
+        .ok_or((ErrorCode::InternalError, "could not start the connection"))?;
+        self.register(
+            ConnEntryInfo {
+                conn: ConnRef {
+                    id,
+                    user: req.user,
+                    actor: actor.clone(),
+                },
+                session_id: req.session_id,
+                resume_token,
+            },
+            true,
+        );
+        Ok(actor)
+    }
+
+    fn register(&mut self, info: ConnEntryInfo, attached: bool) {
+        let id = info.conn.id;
+        let hash = resume_hash(&info.resume_token);
+        let user = self.users.entry(info.conn.user.id).or_default();
+        if !user.conns.contains(&id) {
+            user.conns.push(id);
+        }
+        self.names
+            .insert(info.conn.user.username.clone(), info.conn.user.id);
+        self.resume.insert(hash, id);
+        self.conns.insert(
+            id,
+            ConnEntry {
+                conn: info.conn,
+                session_id: info.session_id,
+                resume_hash: hash,
+                attached,
+            },
+        );
+    }
+
+    fn register_call(&mut self, actor: ActorRef<CallMsg>, info: CallEntryInfo) {
+        for user in [info.caller.user.id, info.callee.id] {
+            self.users.entry(user).or_default().call = Some(info.call_id);
+        }
+        self.calls.insert(info.call_id, CallEntry { actor, info });
+    }
+
+    fn unregister(&mut self, id: ConnectionId) {
+        let Some(e) = self.conns.remove(&id) else {
+            return;
+        };
+        self.resume.remove(&e.resume_hash);
+        let uid = e.conn.user.id;
+        if let Some(u) = self.users.get_mut(&uid) {
+            u.conns.retain(|c| *c != id);
+            if u.conns.is_empty() {
+                self.names.remove(&e.conn.user.username);
+                if u.call.is_none() {
+                    self.users.remove(&uid);
+                }
+            }
+        }
+    }
+
+    fn tell_call_of(&self, conn: ConnectionId, msg: CallMsg) {
+        let call = self
+            .conns
+            .get(&conn)
+            .and_then(|e| self.users.get(&e.conn.user.id))
+            .and_then(|u| u.call)
+            .and_then(|c| self.calls.get(&c));
+        if let Some(c) = call {
+            let _ = c.actor.cast(msg);
+        }
+    }
+
+    fn forget_call(&mut self, id: CallId) {
+        let Some(c) = self.calls.remove(&id) else {
+            return;
+        };
+        for uid in [c.info.caller.user.id, c.info.callee.id] {
+            if let Some(u) = self.users.get_mut(&uid) {
+                if u.call == Some(id) {
+                    u.call = None;
+                }
+                if u.conns.is_empty() && u.call.is_none() {
+                    self.users.remove(&uid);
+                }
+            }
+        }
+    }
+
+    fn call_failed(&mut self, id: CallId) {
+        let Some(c) = self.calls.get(&id) else { return };
+        let ended = ServerMessage::CallEnded {
+            call_id: id,
+            reason: EndReason::ServerError,
+        };
+        c.info.caller.send(ended.clone());
+        let callee_conns: Vec<ConnectionId> = match c.info.callee_conn {
+            Some(conn) => vec![conn],
+            None => self
+                .users
+                .get(&c.info.callee.id)
+                .map(|u| u.conns.clone())
+                .unwrap_or_default(),
+        };
+        for conn in callee_conns.iter().filter_map(|id| self.conns.get(id)) {
+            conn.conn.send(ended.clone());
+        }
+        self.args.persistence.record(CallEvent::Ended {
+            call_id: id,
+            reason: EndReason::ServerError.as_str(),
+            at: Utc::now(),
+        });
+        tracing::warn!(call_id = %id, "call ended after its actor failed");
+        self.forget_call(id);
+    }
+
+    async fn route(&mut self, me: &ActorRef<RegistryMsg>, from: ConnRef, inbound: Inbound) {
+        let reference = inbound.reference;
+        let (call_id, action) = match inbound.message {
+            ClientMessage::Invite { to } => return self.invite(me, from, &to, reference).await,
+            ClientMessage::Accept { call_id } => (call_id, CallAction::Accept),
+            ClientMessage::Reject { call_id } => (call_id, CallAction::Reject),
+            ClientMessage::Hangup { call_id } => (call_id, CallAction::Hangup),
+            ClientMessage::Sdp {
+                call_id,
+                description,
+            } => (call_id, CallAction::Sdp(description)),
+            ClientMessage::Ice { call_id, candidate } => (call_id, CallAction::Ice(candidate)),
+            ClientMessage::Hello { .. } | ClientMessage::Ping => return,
+        };
+        match self.calls.get(&call_id) {
+            Some(c) => {
+                let _ = c.actor.cast(CallMsg::Client {
+                    from,
+                    action,
+                    reference,
+                });
+            }
+            None => from.send(ServerMessage::error(
+                ErrorCode::UnknownCall,
+                "unknown or ended call",
+                reference,
+                Some(call_id),
+            )),
+        }
+    }
+
+    async fn invite(
+        &mut self,
+        me: &ActorRef<RegistryMsg>,
+        from: ConnRef,
+        to: &str,
+        reference: Option<String>,
+    ) {
+        let fail = |code, msg: &str, reference| {
+            from.send(ServerMessage::error(code, msg, reference, None))
+        };
+        if self.shutting_down {
+            return fail(
+                ErrorCode::InternalError,
+                "the server is shutting down",
+                reference,
+            );
+        }
+        let Ok(to) = Username::parse(to) else {
+            return fail(ErrorCode::UserNotFound, "no such user", reference);
+        };
+        if to == from.user.username {
+            return fail(ErrorCode::BadMessage, "you cannot call yourself", reference);
+        }
+        if !self.args.persistence.has_room() {
+            return fail(
+                ErrorCode::PersistenceUnavailable,
+                "call records cannot be written right now; try again shortly",
+                reference,
+            );
+        }
+        let window = self.invites.entry(from.user.id).or_default();
+        let now = Instant::now();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= INVITE_WINDOW)
+        {
+            window.pop_front();
+        }
+        if window.len() >= self.args.settings.calls.invites_per_minute as usize {
+            self.args.metrics.rate_limited.inc();
+            return fail(
+                ErrorCode::RateLimited,
+                "too many invites; wait a minute",
+                reference,
+            );
+        }
+        window.push_back(now);
+        if let Some(&callee_id) = self.names.get(&to) {
+            let callee = UserRef {
+                id: callee_id,
+                username: to,
+            };
+            return self.invite_online_or(&from, callee, reference, false).await;
+        }
+        // Not connected here: is it a user at all? Ask the database off the registry's loop.
+        let db = self.args.db.clone();
+        let me = me.clone();
+        tokio::spawn(async move {
+            let callee = match crate::store::users::find_by_username(&db, &to).await {
+                Ok(found) => found.map(|u| u.user),
+                Err(e) => {
+                    tracing::warn!(error = %e, "callee lookup failed");
+                    from.send(ServerMessage::error(
+                        ErrorCode::InternalError,
+                        "could not look up the user; retry",
+                        reference,
+                        None,
+                    ));
+                    return;
+                }
+            };
+            let _ = me.cast(RegistryMsg::InviteOffline {
+                from,
+                callee,
+                reference,
+            });
+        });
+    }
+
+    /// Decides what the invite becomes once the callee is known.
+    async fn invite_online_or(
+        &mut self,
+        from: &ConnRef,
+        callee: UserRef,
+        reference: Option<String>,
+        offline: bool,
+    ) {
+        let caller_call = self.users.get(&from.user.id).and_then(|u| u.call);
+        let callee_entry = self.users.get(&callee.id);
+        let callee_call = callee_entry.and_then(|u| u.call);
+        // Glare: the callee is ringing us right now.
+        let glare = callee_call.is_some()
+            && callee_call == caller_call
+            && caller_call
+                .and_then(|c| self.calls.get(&c))
+                .is_some_and(|c| {
+                    c.info.callee_conn.is_none()
+                        && c.info.caller.user.id == callee.id
+                        && c.info.callee.id == from.user.id
+                });
+        if glare {
+            return self.ended_at_once(from, callee, reference, EndReason::Glare);
+        }
+        if caller_call.is_some() {
+            return from.send(ServerMessage::error(
+                ErrorCode::BusySelf,
+                "you are already in a call",
+                reference,
+                None,
+            ));
+        }
+        let conns: Vec<ConnRef> = callee_entry
+            .map(|u| {
+                u.conns
+                    .iter()
+                    .filter_map(|c| self.conns.get(c))
+                    .map(|e| e.conn.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if callee_call.is_some() {
+            return self.ended_at_once(from, callee, reference, EndReason::Busy);
+        }
+        if offline || conns.is_empty() {
+            return self.ended_at_once(from, callee, reference, EndReason::Unavailable);
+        }
+        let call_id = CallId::new();
+        let args = CallArgs {
+            id: call_id,
+            caller: from.clone(),
+            callee: callee.clone(),
+            callee_conns: conns,
+            invite_ref: reference.clone(),
+            ring_timeout: Duration::from_secs(self.args.settings.calls.ring_timeout_secs),
+            instance_id: self.args.settings.server.instance_id.clone(),
+            system_id: self.args.system_id.clone(),
+            persistence: self.args.persistence.clone(),
+            metrics: self.args.metrics.clone(),
+        };
+        let Some(actor) = ask(&self.args.calls, |r| {
+            SupervisorMsg::SpawnCall(Box::new(args), r)
+        })
+        .await
+        .flatten() else {
+            return from.send(ServerMessage::error(
+                ErrorCode::InternalError,
+                "could not start the call",
+                reference,
+                None,
+            ));
+        };
+        for uid in [from.user.id, callee.id] {
+            self.users.entry(uid).or_default().call = Some(call_id);
+        }
+        let info = CallEntryInfo {
+            call_id,
+            caller: from.clone(),
+            callee,
+            callee_conn: None,
+        };
+        self.calls.insert(call_id, CallEntry { actor, info });
+    }
+
+    /// A call that ends as soon as it is created (busy, unavailable, glare): recorded, and the
+    /// inviter told, without a call actor.
+    fn ended_at_once(
+        &self,
+        from: &ConnRef,
+        callee: UserRef,
+        reference: Option<String>,
+        reason: EndReason,
+    ) {
+        let call_id = CallId::new();
+        let now = Utc::now();
+        self.args.persistence.record(CallEvent::Created {
+            call_id,
+            caller: from.user.id,
+            callee: callee.id,
+            instance_id: self.args.settings.server.instance_id.clone(),
+            at: now,
+        });
+        self.args.persistence.record(CallEvent::Ended {
+            call_id,
+            reason: reason.as_str(),
+            at: now,
+        });
+        self.args.metrics.calls_created.inc();
+        from.send(ServerMessage::CallCreated {
+            call_id,
+            to: callee,
+            reference,
+        });
+        from.send(ServerMessage::CallEnded { call_id, reason });
+        tracing::info!(call_id = %call_id, reason = reason.as_str(), "call ended at once");
+    }
+}

@@ -1,0 +1,433 @@
+//! Typed settings, layered as the operator contract says: `config/default.toml` (compiled in) →
+//! the file named by `--config`/`CALLSIGNAL_CONFIG` → `CALLSIGNAL_<SECTION>__<KEY>` variables.
+//! Secrets are wrapped in [`Secret`] so that no `Debug` or log line can print them.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Deserializer};
+
+/// The base layer, compiled into the binary so it runs from any working directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// A value that must never be printed (keys, secrets). `Debug` shows `[redacted]`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call sites are easy to audit by this name.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// All settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// `[server]`
+    pub server: ServerSettings,
+    /// `[database]`
+    pub database: DatabaseSettings,
+    /// `[auth]`
+    pub auth: AuthSettings,
+    /// `[calls]`
+    pub calls: CallSettings,
+    /// `[ws]`
+    pub ws: WsSettings,
+    /// `[ice]`
+    pub ice: IceSettings,
+    /// `[persistence]`
+    pub persistence: PersistenceSettings,
+    /// `[metrics]`
+    pub metrics: MetricsSettings,
+    /// `[log]`
+    pub log: LogSettings,
+}
+
+/// `[server]`: listening and process behaviour.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// Extra origins allowed for WebSocket upgrades (empty = same origin only).
+    #[serde(deserialize_with = "list_or_csv")]
+    pub allowed_origins: Vec<String>,
+    /// Directory for generated state (JWT secret).
+    pub data_dir: PathBuf,
+    /// This instance's stable name (crash recovery scope).
+    pub instance_id: String,
+    /// Header read timeout in seconds.
+    pub header_read_timeout_secs: u64,
+    /// Trust `X-Forwarded-For`/`X-Forwarded-Proto`.
+    pub trust_forwarded_for: bool,
+    /// Drain deadline at shutdown, in seconds.
+    pub shutdown_drain_secs: u64,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// Connection URL; may hold a password, hence secret.
+    pub url: Secret,
+    /// Pool size.
+    pub max_connections: u32,
+    /// Connection acquire timeout in seconds.
+    pub connect_timeout_secs: u64,
+    /// Apply pending migrations on `serve`.
+    pub migrate_on_start: bool,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// HMAC key; `None` = generated and kept in the data directory.
+    pub jwt_secret: Option<Secret>,
+    /// Access-token lifetime in seconds.
+    pub access_token_ttl_secs: u64,
+    /// Absolute session lifetime in seconds.
+    pub session_ttl_secs: u64,
+    /// `iss` claim.
+    pub issuer: String,
+    /// `aud` claim.
+    pub audience: String,
+    /// Concurrent argon2 computations (0 = CPUs).
+    pub max_concurrent_hashes: usize,
+    /// Waiting argon2 computations before 503.
+    pub max_queued_hashes: usize,
+    /// `[auth.throttle]`
+    pub throttle: ThrottleSettings,
+}
+
+/// `[auth.throttle]`: login throttling.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ThrottleSettings {
+    /// Free failures per account.
+    pub account_free_failures: u32,
+    /// Free failures per client address.
+    pub address_free_failures: u32,
+    /// First delay in seconds (doubles after).
+    pub base_delay_secs: u64,
+    /// Longest delay in seconds.
+    pub max_delay_secs: u64,
+    /// Failure memory in seconds.
+    pub window_secs: u64,
+    /// Most tracked keys.
+    pub max_entries: usize,
+}
+
+/// `[calls]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct CallSettings {
+    /// Ring time in seconds before `missed`.
+    pub ring_timeout_secs: u64,
+    /// Invites per user per minute.
+    pub invites_per_minute: u32,
+}
+
+/// `[ws]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct WsSettings {
+    /// `hello` deadline in seconds.
+    pub hello_timeout_secs: u64,
+    /// Resume grace in seconds.
+    pub resume_grace_secs: u64,
+    /// Ping interval in seconds.
+    pub heartbeat_secs: u64,
+    /// Largest frame/message in bytes.
+    pub max_message_bytes: usize,
+    /// Outbound queue length per socket.
+    pub outbound_queue: usize,
+    /// Sustained messages per second per connection.
+    pub rate_limit_per_sec: u32,
+    /// Token-bucket burst.
+    pub rate_limit_burst: u32,
+    /// `rate_limited` errors before close 1008.
+    pub rate_limit_strikes: u32,
+    /// Connections per user.
+    pub max_connections_per_user: usize,
+    /// Connections in total.
+    pub max_connections: usize,
+}
+
+impl WsSettings {
+    /// `hello_timeout_secs` as a duration.
+    pub fn hello_timeout(&self) -> Duration {
+        Duration::from_secs(self.hello_timeout_secs)
+    }
+    /// `resume_grace_secs` as a duration.
+    pub fn resume_grace(&self) -> Duration {
+        Duration::from_secs(self.resume_grace_secs)
+    }
+    /// `heartbeat_secs` as a duration.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.max(1))
+    }
+}
+
+/// `[ice]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct IceSettings {
+    /// Static ICE servers.
+    pub servers: Vec<IceServerConfig>,
+    /// TURN URLs served with time-limited credentials.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub turn_urls: Vec<String>,
+    /// Shared TURN secret (coturn `static-auth-secret`).
+    pub turn_secret: Option<Secret>,
+    /// Credential lifetime in seconds.
+    pub ttl_secs: u64,
+}
+
+/// One configured ICE server.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IceServerConfig {
+    /// `stun:`/`turn:` URLs.
+    pub urls: Vec<String>,
+    /// Static TURN username, if any.
+    pub username: Option<String>,
+    /// Static TURN credential, if any.
+    pub credential: Option<Secret>,
+}
+
+/// `[persistence]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct PersistenceSettings {
+    /// Record sdp/ice metadata rows.
+    pub log_signaling: bool,
+    /// Events per transaction.
+    pub batch_size: usize,
+    /// Batch wait in milliseconds.
+    pub batch_interval_ms: u64,
+    /// Events kept during an outage.
+    pub buffer_capacity: usize,
+    /// Longest retry backoff in milliseconds.
+    pub retry_max_backoff_ms: u64,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    /// Allowed client networks.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub allowed: Vec<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Accepts a TOML list or, from an environment variable, a comma-separated string.
+fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(v) => v,
+        Raw::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
+/// Why the settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Parsing or type error in some layer.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    /// A value is out of its allowed range.
+    #[error("invalid configuration: {0}")]
+    Rule(String),
+}
+
+impl Settings {
+    /// Loads the layers. `file` is `--config`, falling back to `CALLSIGNAL_CONFIG`.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        let env_file = std::env::var_os("CALLSIGNAL_CONFIG").map(PathBuf::from);
+        if let Some(path) = file.map(Path::to_path_buf).or(env_file) {
+            if !path.exists() {
+                return Err(ConfigError::Rule(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(
+            Env::prefixed("CALLSIGNAL_")
+                .ignore(&["CONFIG"])
+                .split("__")
+                .map(|k| k.as_str().to_ascii_lowercase().into()),
+        );
+        Self::from_figment(figment)
+    }
+
+    /// Builds settings from a figment (tests layer their own values on [`DEFAULT_TOML`]).
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The defaults alone.
+    pub fn defaults() -> Figment {
+        Figment::from(Toml::string(DEFAULT_TOML))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(secret) = &self.auth.jwt_secret {
+            if secret.expose().len() < crate::auth::jwt::MIN_SECRET_BYTES {
+                return Err(ConfigError::Rule(format!(
+                    "auth.jwt_secret is {} bytes; it must be at least {} bytes \
+                     (or unset, to have one generated)",
+                    secret.expose().len(),
+                    crate::auth::jwt::MIN_SECRET_BYTES
+                )));
+            }
+        }
+        if self.ws.max_message_bytes < 1024 {
+            return Err(ConfigError::Rule(
+                "ws.max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.ws.outbound_queue == 0 || self.persistence.batch_size == 0 {
+            return Err(ConfigError::Rule(
+                "ws.outbound_queue and persistence.batch_size must be positive".into(),
+            ));
+        }
+        for net in &self.metrics.allowed {
+            IpNet::parse(net).ok_or_else(|| {
+                ConfigError::Rule(format!("metrics.allowed: {net:?} is not an IP or CIDR"))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `addr` or `addr/prefix`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (s.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is inside this network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::from_figment(Settings::defaults()).expect("defaults are valid");
+        assert_eq!(s.server.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.ws.max_message_bytes, 65536);
+        assert!(s.auth.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn short_secret_refuses_to_start() {
+        let f = Settings::defaults().merge(("auth.jwt_secret", "too-short"));
+        let err = Settings::from_figment(f).expect_err("short secret must be refused");
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let f =
+            Settings::defaults().merge(("auth.jwt_secret", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t!"));
+        let s = Settings::from_figment(f).expect("valid");
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn csv_origins_from_env_style_string() {
+        let f = Settings::defaults().merge((
+            "server.allowed_origins",
+            "https://a.example, https://b.example",
+        ));
+        let s = Settings::from_figment(f).expect("valid");
+        assert_eq!(
+            s.server.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
+    }
+
+    #[test]
+    fn ip_networks_match() {
+        let net = IpNet::parse("10.0.0.0/8").expect("valid");
+        assert!(net.contains("10.1.2.3".parse().expect("ip")));
+        assert!(!net.contains("11.0.0.1".parse().expect("ip")));
+        let lo = IpNet::parse("127.0.0.1/32").expect("valid");
+        assert!(lo.contains("::ffff:127.0.0.1".parse().expect("ip")));
+    }
+}

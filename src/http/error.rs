@@ -1,0 +1,126 @@
+//! The HTTP error boundary: one enum, each variant mapped to one status and one stable code,
+//! rendered as the contract's envelope `{"error": {"code", "message"}}`.
+
+use std::time::Duration;
+
+use hyper::StatusCode;
+
+use super::response::{HttpResponse, json};
+use crate::store::StoreError;
+
+/// Every error an HTTP handler can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Not JSON, wrong shape, bad query parameter.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Username breaks the rules.
+    #[error("{0}")]
+    InvalidUsername(String),
+    /// Password breaks the rules.
+    #[error("{0}")]
+    WeakPassword(String),
+    /// Registration of an existing name.
+    #[error("username is already taken")]
+    UsernameTaken,
+    /// Unknown user or wrong password (indistinguishable on purpose).
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// Login throttled.
+    #[error("too many failed attempts; retry later")]
+    TooManyAttempts(Duration),
+    /// Refresh token unknown, spent, or its session is over.
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    /// Missing, invalid, expired or revoked access token.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Not found (or not yours).
+    #[error("not found")]
+    NotFound,
+    /// Request body over the limit.
+    #[error("request body is larger than 16 KiB")]
+    BodyTooLarge,
+    /// Refused by policy (e.g. origin, metrics address).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// No such method on this route.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A bounded resource is saturated (password hashing, connection caps).
+    #[error("{0}")]
+    ServerBusy(&'static str),
+    /// The database could not be reached or failed.
+    #[error("the service is temporarily unavailable")]
+    Unavailable,
+    /// A bug; details are logged, not sent.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// Status and stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::InvalidUsername(_) => (StatusCode::BAD_REQUEST, "invalid_username"),
+            Self::WeakPassword(_) => (StatusCode::BAD_REQUEST, "weak_password"),
+            Self::UsernameTaken => (StatusCode::CONFLICT, "username_taken"),
+            Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            Self::TooManyAttempts(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
+            Self::InvalidRefreshToken => (StatusCode::UNAUTHORIZED, "invalid_refresh_token"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::ServerBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_busy"),
+            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+
+    /// Renders the envelope (with `Retry-After` where it applies).
+    pub fn into_response(self) -> HttpResponse {
+        let (status, code) = self.status_and_code();
+        let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
+        let mut resp = json(status, &body);
+        let retry = match &self {
+            Self::TooManyAttempts(d) => Some(d.as_secs().max(1)),
+            Self::ServerBusy(_) | Self::Unavailable => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry {
+            if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => Self::UsernameTaken,
+            StoreError::Db(e) => {
+                tracing::error!(error = %e, "database error while serving a request");
+                Self::Unavailable
+            }
+        }
+    }
+}
+
+impl From<crate::auth::hashing::HashError> for ApiError {
+    fn from(e: crate::auth::hashing::HashError) -> Self {
+        match e {
+            crate::auth::hashing::HashError::Busy => {
+                Self::ServerBusy("too many logins in progress; retry shortly")
+            }
+            crate::auth::hashing::HashError::Internal(msg) => {
+                tracing::error!(error = %msg, "password hashing failed");
+                Self::Internal
+            }
+        }
+    }
+}

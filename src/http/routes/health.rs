@@ -1,0 +1,61 @@
+//! `/healthz` (process alive), `/readyz` (database and actor tree up) and `/metrics`
+//! (Prometheus text, allowed addresses only).
+
+use std::net::IpAddr;
+
+use hyper::StatusCode;
+
+use crate::config::IpNet;
+use crate::http::error::ApiError;
+use crate::http::response::{HttpResponse, bytes, json};
+use crate::state::AppState;
+use crate::store;
+
+/// `GET /healthz`
+pub fn healthz() -> HttpResponse {
+    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`
+pub async fn readyz(state: &AppState) -> HttpResponse {
+    let database = store::ping(&state.db).await;
+    let actors = state.actors.health();
+    let persistence = state.actors.persistence.health();
+    let ready = database.is_ok() && actors.is_ok() && persistence.is_ok();
+    let part = |r: &Result<(), String>| match r {
+        Ok(()) => serde_json::json!({"ok": true}),
+        Err(why) => serde_json::json!({"ok": false, "error": why}),
+    };
+    let body = serde_json::json!({
+        "ready": ready,
+        "database": part(&database),
+        "actors": part(&actors),
+        "persistence": part(&persistence),
+    });
+    json(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &body,
+    )
+}
+
+/// `GET /metrics`
+pub fn metrics(state: &AppState, client: IpAddr) -> Result<HttpResponse, ApiError> {
+    let allowed = state
+        .settings
+        .metrics
+        .allowed
+        .iter()
+        .filter_map(|n| IpNet::parse(n))
+        .any(|net| net.contains(client));
+    if !allowed {
+        return Err(ApiError::Forbidden(
+            "metrics are not served to this address",
+        ));
+    }
+    let text = state.metrics.render(state.actors.persistence.backlog());
+    Ok(bytes(StatusCode::OK, "text/plain; version=0.0.4", text))
+}

@@ -1,0 +1,48 @@
+//! The browser client, compiled into the binary (`src/web/`), served with a strict
+//! Content-Security-Policy (no inline script or style) and long caching only for nothing:
+//! assets are small and versioned with the binary.
+
+use hyper::StatusCode;
+use hyper::header::{self, HeaderValue};
+
+use crate::http::error::ApiError;
+use crate::http::response::{HttpResponse, bytes};
+
+/// Policy for every page: same-origin scripts, styles, sockets and media only.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+    connect-src 'self'; media-src 'self' blob:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../../web/index.html"),
+    ),
+    (
+        "/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../web/app.js"),
+    ),
+    (
+        "/app.css",
+        "text/css; charset=utf-8",
+        include_str!("../../web/app.css"),
+    ),
+];
+
+/// `GET /…` for the client's files.
+pub fn asset(path: &str) -> Result<HttpResponse, ApiError> {
+    let path = if path == "/index.html" { "/" } else { path };
+    let (_, ctype, body) = ASSETS
+        .iter()
+        .find(|(p, _, _)| *p == path)
+        .ok_or(ApiError::NotFound)?;
+    let mut resp = bytes(StatusCode::OK, ctype, *body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
+}

@@ -1,0 +1,147 @@
+//! Process-wide counters and gauges, rendered in the Prometheus text format at `/metrics`.
+//! Plain atomics: they are written from many tasks and actors and read rarely.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+/// A monotonically increasing counter or an up/down gauge.
+#[derive(Debug, Default)]
+pub struct Metric(AtomicI64);
+
+impl Metric {
+    /// +1.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    /// -1 (gauges only).
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// Current value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Every metric the server exports.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// HTTP requests served.
+    pub http_requests: Metric,
+    /// Failed logins.
+    pub login_failures: Metric,
+    /// Logins answered 429.
+    pub login_throttled: Metric,
+    /// Open signaling connections (gauge).
+    pub ws_connections: Metric,
+    /// Calls not yet ended (gauge).
+    pub calls_live: Metric,
+    /// Calls created.
+    pub calls_created: Metric,
+    /// `sdp`/`ice` messages relayed.
+    pub signals_relayed: Metric,
+    /// Sockets closed because the client did not read.
+    pub slow_consumers: Metric,
+    /// Messages refused by the rate limit.
+    pub rate_limited: Metric,
+    /// Call events committed to the database.
+    pub events_written: Metric,
+    /// Signaling metadata rows skipped because the buffer was full during an outage.
+    pub signal_rows_skipped: Metric,
+    /// Actor failures seen by supervisors.
+    pub actor_failures: Metric,
+}
+
+impl Metrics {
+    /// Prometheus text exposition.
+    pub fn render(&self, backlog: usize) -> String {
+        let mut out = String::new();
+        let rows: [(&str, &str, &str, i64); 13] = [
+            (
+                "callsignal_http_requests_total",
+                "counter",
+                "HTTP requests served",
+                self.http_requests.get(),
+            ),
+            (
+                "callsignal_login_failures_total",
+                "counter",
+                "Failed logins",
+                self.login_failures.get(),
+            ),
+            (
+                "callsignal_login_throttled_total",
+                "counter",
+                "Logins answered 429",
+                self.login_throttled.get(),
+            ),
+            (
+                "callsignal_ws_connections",
+                "gauge",
+                "Open signaling connections",
+                self.ws_connections.get(),
+            ),
+            (
+                "callsignal_calls_live",
+                "gauge",
+                "Calls not yet ended",
+                self.calls_live.get(),
+            ),
+            (
+                "callsignal_calls_created_total",
+                "counter",
+                "Calls created",
+                self.calls_created.get(),
+            ),
+            (
+                "callsignal_signals_relayed_total",
+                "counter",
+                "sdp/ice messages relayed",
+                self.signals_relayed.get(),
+            ),
+            (
+                "callsignal_slow_consumers_total",
+                "counter",
+                "Sockets closed for not reading",
+                self.slow_consumers.get(),
+            ),
+            (
+                "callsignal_rate_limited_total",
+                "counter",
+                "Messages refused by the rate limit",
+                self.rate_limited.get(),
+            ),
+            (
+                "callsignal_events_written_total",
+                "counter",
+                "Call events committed",
+                self.events_written.get(),
+            ),
+            (
+                "callsignal_signal_rows_skipped_total",
+                "counter",
+                "Signaling metadata rows skipped during an outage",
+                self.signal_rows_skipped.get(),
+            ),
+            (
+                "callsignal_actor_failures_total",
+                "counter",
+                "Actor failures",
+                self.actor_failures.get(),
+            ),
+            (
+                "callsignal_persistence_backlog",
+                "gauge",
+                "Call events not yet committed",
+                backlog as i64,
+            ),
+        ];
+        for (name, kind, help, value) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        out
+    }
+}

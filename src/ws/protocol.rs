@@ -1,0 +1,463 @@
+//! Wire types of the signaling protocol. Client frames are parsed here, once, into
+//! [`ClientMessage`]; everything past this module sees typed values. `sdp.description` and
+//! `ice.candidate` are kept as raw JSON so they are relayed byte for byte.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::domain::{CallId, ConnectionId, SessionId, UserRef};
+use crate::ice::IceServer;
+
+/// A typed client message.
+#[derive(Debug, Clone)]
+pub enum ClientMessage {
+    /// Authenticate (or resume) the socket.
+    Hello {
+        /// Access token.
+        token: String,
+        /// Resume token from a previous `welcome`.
+        resume_token: Option<String>,
+    },
+    /// Start a call to `to` (a username, not yet validated).
+    Invite {
+        /// Callee's username as sent.
+        to: String,
+    },
+    /// Answer a ringing call.
+    Accept {
+        /// The call.
+        call_id: CallId,
+    },
+    /// Decline a ringing call.
+    Reject {
+        /// The call.
+        call_id: CallId,
+    },
+    /// End (or cancel) a call.
+    Hangup {
+        /// The call.
+        call_id: CallId,
+    },
+    /// Session description to relay.
+    Sdp {
+        /// The call.
+        call_id: CallId,
+        /// `{type, sdp}` exactly as sent.
+        description: Box<RawValue>,
+    },
+    /// ICE candidate (or null) to relay.
+    Ice {
+        /// The call.
+        call_id: CallId,
+        /// `RTCIceCandidateInit` or `null`, exactly as sent.
+        candidate: Box<RawValue>,
+    },
+    /// Keep-alive.
+    Ping,
+}
+
+/// A client message with the `ref` to echo.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// The message.
+    pub message: ClientMessage,
+    /// The client's `ref`, copied into the direct reply or error.
+    pub reference: Option<String>,
+}
+
+/// Every field any client message may carry; unknown fields are ignored.
+#[derive(Deserialize)]
+struct Frame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+    token: Option<String>,
+    resume_token: Option<String>,
+    to: Option<String>,
+    call_id: Option<CallId>,
+    description: Option<Box<RawValue>>,
+    candidate: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct RefOnly {
+    #[serde(rename = "ref")]
+    reference: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Description {
+    #[serde(rename = "type")]
+    kind: String,
+    #[allow(dead_code)]
+    sdp: String,
+}
+
+#[derive(Deserialize)]
+#[allow(non_snake_case, dead_code)]
+struct CandidateInit {
+    candidate: String,
+    sdpMid: Option<String>,
+    sdpMLineIndex: Option<u16>,
+    usernameFragment: Option<String>,
+}
+
+/// A frame that is not a valid client message: answer `bad_message`, keep the socket.
+#[derive(Debug)]
+pub struct BadMessage {
+    /// Human-readable reason.
+    pub message: String,
+    /// The `ref`, if it could be read.
+    pub reference: Option<String>,
+}
+
+fn need<T>(field: Option<T>, name: &str, kind: &str) -> Result<T, String> {
+    field.ok_or_else(|| format!("`{kind}` requires the field `{name}`"))
+}
+
+/// Parses one text frame.
+pub fn parse(text: &str) -> Result<Inbound, BadMessage> {
+    let frame: Frame = serde_json::from_str(text).map_err(|e| BadMessage {
+        message: format!("not a valid message: {e}"),
+        reference: serde_json::from_str::<RefOnly>(text)
+            .ok()
+            .and_then(|r| r.reference)
+            .and_then(|v| v.as_str().map(str::to_owned)),
+    })?;
+    let reference = frame.reference.clone();
+    typed(frame)
+        .map(|message| Inbound {
+            message,
+            reference: reference.clone(),
+        })
+        .map_err(|message| BadMessage { message, reference })
+}
+
+fn typed(f: Frame) -> Result<ClientMessage, String> {
+    let k = f.kind.as_str();
+    Ok(match k {
+        "hello" => ClientMessage::Hello {
+            token: need(f.token, "token", k)?,
+            resume_token: f.resume_token,
+        },
+        "call.invite" => ClientMessage::Invite {
+            to: need(f.to, "to", k)?,
+        },
+        "call.accept" => ClientMessage::Accept {
+            call_id: need(f.call_id, "call_id", k)?,
+        },
+        "call.reject" => ClientMessage::Reject {
+            call_id: need(f.call_id, "call_id", k)?,
+        },
+        "call.hangup" => ClientMessage::Hangup {
+            call_id: need(f.call_id, "call_id", k)?,
+        },
+        "sdp" => {
+            let description = need(f.description, "description", k)?;
+            let d: Description = serde_json::from_str(description.get())
+                .map_err(|_| "`description` must be {type, sdp} with string values".to_string())?;
+            if d.kind != "offer" && d.kind != "answer" {
+                return Err("`description.type` must be \"offer\" or \"answer\"".into());
+            }
+            ClientMessage::Sdp {
+                call_id: need(f.call_id, "call_id", k)?,
+                description,
+            }
+        }
+        "ice" => {
+            let candidate = need(f.candidate, "candidate", k)?;
+            if candidate.get() != "null" {
+                serde_json::from_str::<CandidateInit>(candidate.get()).map_err(|_| {
+                    "`candidate` must be an RTCIceCandidateInit object or null".to_string()
+                })?;
+            }
+            ClientMessage::Ice {
+                call_id: need(f.call_id, "call_id", k)?,
+                candidate,
+            }
+        }
+        "ping" => ClientMessage::Ping,
+        other => return Err(format!("unknown message type {other:?}")),
+    })
+}
+
+/// Why a call ended (contract §2.2), plus `server_error` for a call whose actor failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// A party hung up an answered call.
+    Hangup,
+    /// The caller hung up before an answer.
+    Cancelled,
+    /// The callee declined.
+    Rejected,
+    /// Ring timeout.
+    Missed,
+    /// Callee already in a call.
+    Busy,
+    /// Callee has no connected device.
+    Unavailable,
+    /// Another device of the callee answered.
+    AnsweredElsewhere,
+    /// A party did not come back within the grace period.
+    ConnectionLost,
+    /// Crossing invites.
+    Glare,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// Found unfinished after a crash.
+    ServerRestart,
+    /// The call's actor failed; the call was ended cleanly (extension).
+    ServerError,
+}
+
+impl EndReason {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hangup => "hangup",
+            Self::Cancelled => "cancelled",
+            Self::Rejected => "rejected",
+            Self::Missed => "missed",
+            Self::Busy => "busy",
+            Self::Unavailable => "unavailable",
+            Self::AnsweredElsewhere => "answered_elsewhere",
+            Self::ConnectionLost => "connection_lost",
+            Self::Glare => "glare",
+            Self::ServerShutdown => "server_shutdown",
+            Self::ServerRestart => "server_restart",
+            Self::ServerError => "server_error",
+        }
+    }
+}
+
+/// Error codes sent in `error` messages; each has one meaning forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Unparseable or ill-formed message.
+    BadMessage,
+    /// No `hello` in time.
+    HelloTimeout,
+    /// A message before `welcome`.
+    HelloRequired,
+    /// Malformed, forged or wrongly signed token.
+    InvalidToken,
+    /// Token past `exp`.
+    TokenExpired,
+    /// Session revoked or expired.
+    SessionRevoked,
+    /// Inviter already in a call.
+    BusySelf,
+    /// No such username.
+    UserNotFound,
+    /// Sender is not a party of the call.
+    NotParticipant,
+    /// `sdp`/`ice` before the call was accepted.
+    CallNotActive,
+    /// Accept/reject of a call that no longer rings.
+    CallNotRinging,
+    /// Unknown or ended call.
+    UnknownCall,
+    /// Message or invite rate exceeded.
+    RateLimited,
+    /// Call records cannot be written right now; new invites refused (extension).
+    PersistenceUnavailable,
+    /// Connection caps reached (extension).
+    TooManyConnections,
+    /// `resume_token` unknown or expired (extension; a fresh connection is made instead).
+    ResumeFailed,
+    /// A server fault (extension).
+    InternalError,
+}
+
+/// A server → client message.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type")]
+pub enum ServerMessage {
+    /// Handshake done.
+    #[serde(rename = "welcome")]
+    Welcome {
+        /// Login session of the token.
+        session_id: SessionId,
+        /// This connection.
+        connection_id: ConnectionId,
+        /// Who you are.
+        user: UserRef,
+        /// Present it in a later `hello` to resume this connection.
+        resume_token: String,
+        /// Server ping interval.
+        heartbeat_ms: u64,
+        /// ICE servers for `RTCPeerConnection`.
+        ice_servers: Vec<IceServer>,
+        /// Whether this resumed a previous connection.
+        resumed: bool,
+    },
+    /// The invite was accepted by the server.
+    #[serde(rename = "call.created")]
+    CallCreated {
+        /// The new call.
+        call_id: CallId,
+        /// Callee.
+        to: UserRef,
+        /// The invite's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    /// At least one callee device was told.
+    #[serde(rename = "call.ringing")]
+    CallRinging {
+        /// The call.
+        call_id: CallId,
+    },
+    /// Someone is calling you.
+    #[serde(rename = "call.incoming")]
+    CallIncoming {
+        /// The call.
+        call_id: CallId,
+        /// Caller.
+        from: UserRef,
+    },
+    /// The call was answered.
+    #[serde(rename = "call.accepted")]
+    CallAccepted {
+        /// The call.
+        call_id: CallId,
+        /// The accept's `ref` (to the accepting connection).
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    /// The call is over.
+    #[serde(rename = "call.ended")]
+    CallEnded {
+        /// The call.
+        call_id: CallId,
+        /// Why.
+        reason: EndReason,
+    },
+    /// Relayed session description.
+    #[serde(rename = "sdp")]
+    Sdp {
+        /// The call.
+        call_id: CallId,
+        /// As sent by the peer.
+        description: Box<RawValue>,
+        /// The authenticated sender.
+        from: UserRef,
+    },
+    /// Relayed ICE candidate.
+    #[serde(rename = "ice")]
+    Ice {
+        /// The call.
+        call_id: CallId,
+        /// As sent by the peer.
+        candidate: Box<RawValue>,
+        /// The authenticated sender.
+        from: UserRef,
+    },
+    /// The peer's socket dropped; it may come back.
+    #[serde(rename = "peer.reconnecting")]
+    PeerReconnecting {
+        /// The call.
+        call_id: CallId,
+    },
+    /// The peer is back.
+    #[serde(rename = "peer.reconnected")]
+    PeerReconnected {
+        /// The call.
+        call_id: CallId,
+    },
+    /// Answer to `ping`.
+    #[serde(rename = "pong")]
+    Pong {
+        /// The ping's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    /// Something the sender did was refused.
+    #[serde(rename = "error")]
+    Error {
+        /// Stable code.
+        code: ErrorCode,
+        /// Human text.
+        message: String,
+        /// The offending message's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        /// The call concerned.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        call_id: Option<CallId>,
+    },
+}
+
+impl ServerMessage {
+    /// An `error` message.
+    pub fn error(
+        code: ErrorCode,
+        message: impl Into<String>,
+        reference: Option<String>,
+        call_id: Option<CallId>,
+    ) -> Self {
+        Self::Error {
+            code,
+            message: message.into(),
+            reference,
+            call_id,
+        }
+    }
+
+    /// JSON text of the message.
+    pub fn to_json(&self) -> String {
+        // Serialising these plain types cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdp_description_is_kept_byte_for_byte() {
+        let text = r#"{"type":"sdp","call_id":"6f1c7c3e-8f57-4b2a-9f4e-0a0b0c0d0e0f","description":{"sdp":"v=0\r\n a=x  ","type":"offer"}}"#;
+        let inbound = parse(text).expect("valid");
+        let ClientMessage::Sdp {
+            description,
+            call_id,
+        } = inbound.message
+        else {
+            panic!("sdp")
+        };
+        assert_eq!(
+            description.get(),
+            r#"{"sdp":"v=0\r\n a=x  ","type":"offer"}"#
+        );
+        let out = ServerMessage::Sdp {
+            call_id,
+            description,
+            from: UserRef {
+                id: crate::domain::UserId::new(),
+                username: crate::domain::Username::from_trusted("bob".into()),
+            },
+        }
+        .to_json();
+        assert!(
+            out.contains(r#""description":{"sdp":"v=0\r\n a=x  ","type":"offer"}"#),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_reported_with_their_ref() {
+        let e = parse(r#"{"type":"call.accept","ref":"r1"}"#).expect_err("missing call_id");
+        assert_eq!(e.reference.as_deref(), Some("r1"));
+        assert!(e.message.contains("call_id"));
+        let e = parse(r#"{"type":"nope","ref":"r2"}"#).expect_err("unknown type");
+        assert_eq!(e.reference.as_deref(), Some("r2"));
+        let e = parse(r#"{"type":"call.accept","call_id":5,"ref":"r3"}"#).expect_err("ill-typed");
+        assert_eq!(e.reference.as_deref(), Some("r3"));
+        assert!(parse("not json").is_err());
+        assert!(parse(r#"{"type":"sdp","call_id":"6f1c7c3e-8f57-4b2a-9f4e-0a0b0c0d0e0f","description":{"type":"bogus","sdp":""}}"#).is_err());
+    }
+}
