@@ -310,15 +310,15 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(secret) = &self.auth.jwt_secret {
-            if secret.expose().len() < crate::auth::jwt::MIN_SECRET_BYTES {
-                return Err(ConfigError::Rule(format!(
-                    "auth.jwt_secret is {} bytes; it must be at least {} bytes \
+        if let Some(secret) = &self.auth.jwt_secret
+            && secret.expose().len() < crate::auth::jwt::MIN_SECRET_BYTES
+        {
+            return Err(ConfigError::Rule(format!(
+                "auth.jwt_secret is {} bytes; it must be at least {} bytes \
                      (or unset, to have one generated)",
-                    secret.expose().len(),
-                    crate::auth::jwt::MIN_SECRET_BYTES
-                )));
-            }
+                secret.expose().len(),
+                crate::auth::jwt::MIN_SECRET_BYTES
+            )));
         }
         if self.ws.max_message_bytes < 1024 {
             return Err(ConfigError::Rule(

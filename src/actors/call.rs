@@ -235,10 +235,10 @@ impl Actor for Call {
                 s.detached.insert(conn);
             }
             CallMsg::PartyAttached(conn) => {
-                if s.detached.remove(&conn) {
-                    if let Some(peer) = s.peer_of(conn) {
-                        peer.send(ServerMessage::PeerReconnected { call_id: s.id });
-                    }
+                if s.detached.remove(&conn)
+                    && let Some(peer) = s.peer_of(conn)
+                {
+                    peer.send(ServerMessage::PeerReconnected { call_id: s.id });
                 }
             }
             CallMsg::PartyGone(conn) => {

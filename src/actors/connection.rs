@@ -183,10 +183,10 @@ impl ConnectionState {
     }
 
     fn close(&mut self, code: u16, reason: &'static str) {
-        if let Some(s) = self.socket.take() {
-            if s.tx.try_send(Outbound::Close(code, reason)).is_err() {
-                s.abort.abort();
-            }
+        if let Some(s) = self.socket.take()
+            && s.tx.try_send(Outbound::Close(code, reason)).is_err()
+        {
+            s.abort.abort();
         }
     }
 

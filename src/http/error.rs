@@ -90,10 +90,10 @@ impl ApiError {
             Self::ServerBusy(_) | Self::Unavailable => Some(1),
             _ => None,
         };
-        if let Some(secs) = retry {
-            if let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
-            }
+        if let Some(secs) = retry
+            && let Ok(v) = hyper::header::HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
         }
         resp
     }

@@ -76,8 +76,15 @@ struct Frame {
     resume_token: Option<String>,
     to: Option<String>,
     call_id: Option<CallId>,
+    #[serde(default, deserialize_with = "present")]
     description: Option<Box<RawValue>>,
+    #[serde(default, deserialize_with = "present")]
     candidate: Option<Box<RawValue>>,
+}
+
+/// A field that is present (even as `null`) is `Some`; only a missing field is `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]

@@ -1,1 +1,16 @@
+//! One integration-test binary: real server on port 0, fresh database per test, real HTTP and
+//! WebSocket clients. Every test runs on SQLite, and on PostgreSQL when
+//! `CALLSIGNAL_TEST_POSTGRES_URL` is set (required in CI).
 
+#![allow(missing_docs, unreachable_pub, clippy::unwrap_used)]
+
+mod helpers;
+
+mod actors;
+mod auth;
+mod calls;
+mod health;
+mod history;
+mod schema;
+mod sessions;
+mod signaling;

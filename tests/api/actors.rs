@@ -1,0 +1,241 @@
+//! Call flows driven by sending actor messages directly, with no network: each "device" is a
+//! real connection actor whose socket is a channel the test reads. Timers are driven by the test
+//! (it sends `RingTimeout` / `GraceExpired` itself; the configured timers are an hour long).
+
+use std::time::Duration;
+
+use callsignal::actors::ask;
+use callsignal::actors::call::CallMsg;
+use callsignal::actors::connection::{ConnectionMsg, Outbound, SocketKill, SocketLink};
+use callsignal::actors::registry::{ConnectRequest, RegistryMsg};
+use callsignal::domain::{CallId, SessionId, UserId, UserRef, Username};
+use ractor::ActorRef;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::helpers::{Backend, TestApp, spawn_app_with};
+
+/// A device: a connection actor with a channel in place of its socket.
+struct Device {
+    actor: ActorRef<ConnectionMsg>,
+    rx: mpsc::Receiver<Outbound>,
+    socket_id: u64,
+}
+
+impl Device {
+    async fn connect(app: &TestApp, name: &str, queue: usize) -> Device {
+        let v = app.register(name).await;
+        let user = UserRef {
+            id: UserId(v["id"].as_str().unwrap().parse().unwrap()),
+            username: Username::parse(name).unwrap(),
+        };
+        Self::attach(app, user, queue).await
+    }
+
+    async fn attach(app: &TestApp, user: UserRef, queue: usize) -> Device {
+        let (tx, rx) = mpsc::channel(queue);
+        let socket_id = rand_id();
+        let req = ConnectRequest {
+            user,
+            session_id: SessionId::new(),
+            session_expires_at: chrono::Utc::now() + chrono::Duration::days(1),
+            resume_token: None,
+            socket: SocketLink {
+                socket_id,
+                tx,
+                abort: SocketKill::default(),
+            },
+            ice_servers: vec![],
+        };
+        let registry = app.state.actors.registry().unwrap();
+        let actor = ask(&registry, |r| RegistryMsg::Connect(Box::new(req), r))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut d = Device {
+            actor,
+            rx,
+            socket_id,
+        };
+        assert_eq!(d.recv().await["type"], "welcome");
+        d
+    }
+
+    fn send(&self, v: Value) {
+        let inbound = callsignal::ws::protocol::parse(&v.to_string()).unwrap();
+        self.actor.cast(ConnectionMsg::Client(inbound)).unwrap();
+    }
+
+    async fn recv(&mut self) -> Value {
+        match tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
+            .await
+            .unwrap()
+        {
+            Some(Outbound::Text(t)) => serde_json::from_str(&t).unwrap(),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    async fn expect(&mut self, kind: &str) -> Value {
+        let v = self.recv().await;
+        assert_eq!(v["type"], kind, "{v}");
+        v
+    }
+}
+
+fn rand_id() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0
+}
+
+async fn app() -> TestApp {
+    spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("calls.ring_timeout_secs", 3600))
+            .merge(("ws.resume_grace_secs", 3600))
+    })
+    .await
+}
+
+async fn ringing(
+    app: &TestApp,
+    a: &mut Device,
+    b: &mut Device,
+    to: &str,
+) -> (String, ActorRef<CallMsg>) {
+    a.send(json!({"type": "call.invite", "to": to}));
+    let id = a.expect("call.created").await["call_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.expect("call.incoming").await;
+    a.expect("call.ringing").await;
+    let actor = app
+        .state
+        .actors
+        .call_actor(CallId(id.parse().unwrap()))
+        .await
+        .unwrap();
+    (id, actor)
+}
+
+#[tokio::test]
+async fn ring_timeout_message_ends_the_call_missed() {
+    let app = app().await;
+    let mut a = Device::connect(&app, "alice", 64).await;
+    let mut b = Device::connect(&app, "bob", 64).await;
+    let (id, call) = ringing(&app, &mut a, &mut b, "bob").await;
+    call.cast(CallMsg::RingTimeout).unwrap();
+    for d in [&mut a, &mut b] {
+        let e = d.expect("call.ended").await;
+        assert_eq!(
+            (
+                e["call_id"].as_str().unwrap(),
+                e["reason"].as_str().unwrap()
+            ),
+            (id.as_str(), "missed")
+        );
+    }
+}
+
+#[tokio::test]
+async fn ring_timeout_after_accept_is_ignored() {
+    let app = app().await;
+    let mut a = Device::connect(&app, "alice", 64).await;
+    let mut b = Device::connect(&app, "bob", 64).await;
+    let (id, call) = ringing(&app, &mut a, &mut b, "bob").await;
+    b.send(json!({"type": "call.accept", "call_id": id}));
+    b.expect("call.accepted").await;
+    a.expect("call.accepted").await;
+    call.cast(CallMsg::RingTimeout).unwrap();
+    a.send(json!({"type": "ice", "call_id": id, "candidate": null}));
+    assert_eq!(
+        b.expect("ice").await["from"]["username"],
+        "alice",
+        "still active"
+    );
+}
+
+#[tokio::test]
+async fn grace_expiry_message_ends_the_call_connection_lost() {
+    let app = app().await;
+    let mut a = Device::connect(&app, "alice", 64).await;
+    let mut b = Device::connect(&app, "bob", 64).await;
+    let (id, _) = ringing(&app, &mut a, &mut b, "bob").await;
+    b.send(json!({"type": "call.accept", "call_id": id}));
+    b.expect("call.accepted").await;
+    a.expect("call.accepted").await;
+    b.actor
+        .cast(ConnectionMsg::SocketClosed(b.socket_id))
+        .unwrap();
+    assert_eq!(a.expect("peer.reconnecting").await["call_id"], id.as_str());
+    // A stale epoch does nothing; the current one ends the connection.
+    b.actor.cast(ConnectionMsg::GraceExpired(0)).unwrap();
+    b.actor.cast(ConnectionMsg::GraceExpired(1)).unwrap();
+    let e = a.expect("call.ended").await;
+    assert_eq!(e["reason"], "connection_lost");
+}
+
+#[tokio::test]
+async fn callee_hangup_while_ringing_is_a_reject_and_caller_cannot_reject() {
+    let app = app().await;
+    let mut a = Device::connect(&app, "alice", 64).await;
+    let mut b = Device::connect(&app, "bob", 64).await;
+    let (id, _) = ringing(&app, &mut a, &mut b, "bob").await;
+    a.send(json!({"type": "call.reject", "call_id": id}));
+    assert_eq!(a.expect("error").await["code"], "not_participant");
+    b.send(json!({"type": "call.hangup", "call_id": id}));
+    assert_eq!(a.expect("call.ended").await["reason"], "rejected");
+    assert_eq!(b.expect("call.ended").await["reason"], "rejected");
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_disconnected() {
+    let app = app().await;
+    let _a = Device::connect(&app, "alice", 64).await;
+    let b = Device::connect(&app, "bob", 4).await;
+    assert_eq!(app.state.actors.stats().await.unwrap().connections, 2);
+    // bob asks for 20 answers and never reads them: once his small queue is full he is
+    // dropped, not buffered.
+    for i in 0..20 {
+        b.send(json!({"type": "ping", "ref": i.to_string()}));
+    }
+    crate::helpers::eventually("bob's connection is gone", || {
+        b.actor.get_status() != ractor::ActorStatus::Running
+    })
+    .await;
+    let mut left = 2;
+    for _ in 0..250 {
+        left = app.state.actors.stats().await.unwrap().connections;
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, 1, "the registry forgot bob's connection");
+    assert_eq!(b.rx.len(), 4, "exactly the queue's worth was buffered");
+}
+
+#[tokio::test]
+async fn shutdown_message_ends_every_call_server_shutdown() {
+    let app = app().await;
+    let mut a = Device::connect(&app, "alice", 64).await;
+    let mut b = Device::connect(&app, "bob", 64).await;
+    let (id, _) = ringing(&app, &mut a, &mut b, "bob").await;
+    app.state.actors.shutdown().await;
+    for d in [&mut a, &mut b] {
+        let e = d.expect("call.ended").await;
+        assert_eq!(
+            (
+                e["call_id"].as_str().unwrap(),
+                e["reason"].as_str().unwrap()
+            ),
+            (id.as_str(), "server_shutdown")
+        );
+        match tokio::time::timeout(Duration::from_secs(5), d.rx.recv())
+            .await
+            .unwrap()
+        {
+            Some(Outbound::Close(code, _)) => assert_eq!(code, 1001),
+            other => panic!("expected close 1001, got {other:?}"),
+        }
+    }
+}

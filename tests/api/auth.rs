@@ -1,0 +1,461 @@
+//! Contract §1 auth rows: register, login, refresh, logout, me — success and failure rows.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+use crate::helpers::{PASSWORD, TEST_SECRET, TestApp, logs};
+use crate::{db_tests, db_tests_with};
+
+async fn error_code(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.expect("json error body");
+    (
+        status,
+        v["error"]["code"].as_str().expect("error.code").to_owned(),
+    )
+}
+
+async fn register_returns_201_and_stores_lower_case(app: TestApp) {
+    let v = app.register("Alice").await;
+    assert_eq!(v["username"], "alice");
+    assert!(uuid::Uuid::parse_str(v["id"].as_str().unwrap()).is_ok());
+    assert!(v["created_at"].as_str().unwrap().ends_with('Z'));
+    let r = app
+        .post(
+            "/api/auth/register",
+            &json!({"username": "ALICE", "password": PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(error_code(r).await, (409, "username_taken".into()));
+}
+
+async fn register_rejects_invalid_usernames(app: TestApp) {
+    for name in ["ab", "has space", "ünicode", &"x".repeat(33), ""] {
+        let r = app
+            .post(
+                "/api/auth/register",
+                &json!({"username": name, "password": PASSWORD}),
+                None,
+            )
+            .await;
+        assert_eq!(
+            error_code(r).await,
+            (400, "invalid_username".into()),
+            "{name:?}"
+        );
+    }
+}
+
+async fn register_rejects_weak_passwords(app: TestApp) {
+    for pw in ["short", "password123", "qwertyuiop", &"x".repeat(129)] {
+        let r = app
+            .post(
+                "/api/auth/register",
+                &json!({"username": "bob", "password": pw}),
+                None,
+            )
+            .await;
+        assert_eq!(error_code(r).await, (400, "weak_password".into()), "{pw:?}");
+    }
+    // 128 scalar values is fine and is stored untruncated: logging in with 127 of them fails.
+    let long = "é".repeat(128);
+    let r = app
+        .post(
+            "/api/auth/register",
+            &json!({"username": "bob", "password": long}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 201);
+    let r = app
+        .post(
+            "/api/auth/login",
+            &json!({"username": "bob", "password": "é".repeat(127)}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    let r = app
+        .post(
+            "/api/auth/login",
+            &json!({"username": "bob", "password": long}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+async fn password_is_stored_as_argon2id_phc(app: TestApp) {
+    app.register("carol").await;
+    let db = app.db().await;
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let u = entity::users::Entity::find()
+        .filter(entity::users::Column::Username.eq("carol"))
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        u.password_hash
+            .starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "{}",
+        u.password_hash
+    );
+    assert!(!u.password_hash.contains(PASSWORD));
+}
+
+async fn malformed_bodies_are_400_and_large_ones_413(app: TestApp) {
+    let r = app
+        .http
+        .post(app.url("/api/auth/register"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (400, "bad_request".into()));
+    let r = app
+        .post("/api/auth/register", &json!({"username": 5}), None)
+        .await;
+    assert_eq!(error_code(r).await, (400, "bad_request".into()));
+    let big = json!({"username": "dave", "password": "p".repeat(17 * 1024)});
+    let r = app.post("/api/auth/register", &big, None).await;
+    assert_eq!(error_code(r).await, (413, "body_too_large".into()));
+    // Streamed without Content-Length: still cut at 16 KiB.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..20).map(|_| Ok(vec![b' '; 1024])).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let r = app
+        .http
+        .post(app.url("/api/auth/login"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (413, "body_too_large".into()));
+}
+
+async fn login_returns_tokens_and_me_works(app: TestApp) {
+    app.register("erin").await;
+    let r = app
+        .post(
+            "/api/auth/login",
+            &json!({"username": "Erin", "password": PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(v["expires_in"], 900);
+    assert_eq!(v["user"]["username"], "erin");
+    assert!(v["refresh_token"].as_str().unwrap().len() > 40);
+    let token = v["access_token"].as_str().unwrap();
+    let me: Value = app.get("/api/me", Some(token)).await.json().await.unwrap();
+    assert_eq!(me["username"], "erin");
+    assert_eq!(me["id"], v["user"]["id"]);
+}
+
+async fn unknown_user_and_wrong_password_answer_identically(app: TestApp) {
+    app.register("frank").await;
+    let wrong = app
+        .post(
+            "/api/auth/login",
+            &json!({"username": "frank", "password": "not the password"}),
+            None,
+        )
+        .await;
+    let unknown = app
+        .post(
+            "/api/auth/login",
+            &json!({"username": "nobody", "password": "not the password"}),
+            None,
+        )
+        .await;
+    let invalid = app
+        .post(
+            "/api/auth/login",
+            &json!({"username": "no such name!", "password": "not the password"}),
+            None,
+        )
+        .await;
+    let (s1, b1) = (wrong.status(), wrong.text().await.unwrap());
+    let (s2, b2) = (unknown.status(), unknown.text().await.unwrap());
+    let (s3, b3) = (invalid.status(), invalid.text().await.unwrap());
+    assert_eq!(s1, 401);
+    assert_eq!((s1, &b1), (s2, &b2));
+    assert_eq!((s1, &b1), (s3, &b3));
+    assert!(b1.contains("invalid_credentials"));
+}
+
+async fn login_returns_429_after_repeated_failures(app: TestApp) {
+    app.register("grace").await;
+    let bad = json!({"username": "grace", "password": "wrong password!"});
+    for _ in 0..3 {
+        assert_eq!(app.post("/api/auth/login", &bad, None).await.status(), 401);
+    }
+    let r = app.post("/api/auth/login", &bad, None).await;
+    assert_eq!(
+        r.status(),
+        401,
+        "the 4th failure is still checked, then the account is locked"
+    );
+    let r = app
+        .post(
+            "/api/auth/login",
+            &json!({"username": "grace", "password": PASSWORD}),
+            None,
+        )
+        .await;
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    assert_eq!(error_code(r).await, (429, "too_many_attempts".into()));
+    // Another account from the same address is not locked yet.
+    app.register("heidi").await;
+    let r = app
+        .post(
+            "/api/auth/login",
+            &json!({"username": "heidi", "password": PASSWORD}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+fn forge(claims: &Value, key: &[u8], alg: Algorithm) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(key)).unwrap()
+}
+
+fn claims_for(user: &crate::helpers::TestUser, exp_offset: i64) -> Value {
+    let now = chrono::Utc::now().timestamp();
+    json!({"iss": "callsignal", "aud": "callsignal", "sub": user.id, "sid": user.session_id,
+           "typ": "access", "iat": now, "nbf": now, "exp": now + exp_offset, "jti": uuid::Uuid::new_v4()})
+}
+
+async fn bad_tokens_are_401(app: TestApp) {
+    let u = app.user("ivan").await;
+    assert_eq!(app.get("/api/me", Some(&u.access)).await.status(), 200);
+    let missing = app.get("/api/me", None).await;
+    assert_eq!(error_code(missing).await, (401, "unauthorized".into()));
+    // Tampered payload.
+    let mut parts: Vec<String> = u.access.split('.').map(str::to_owned).collect();
+    parts[1] = parts[1].chars().rev().collect();
+    let tampered = parts.join(".");
+    // alg: none.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let none = format!(
+        "{}.{}.",
+        b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(claims_for(&u, 600).to_string())
+    );
+    let other_key = forge(
+        &claims_for(&u, 600),
+        b"another-key-another-key-another-key!",
+        Algorithm::HS256,
+    );
+    let hs512 = forge(
+        &claims_for(&u, 600),
+        TEST_SECRET.as_bytes(),
+        Algorithm::HS512,
+    );
+    let expired = forge(
+        &claims_for(&u, -120),
+        TEST_SECRET.as_bytes(),
+        Algorithm::HS256,
+    );
+    let mut no_aud = claims_for(&u, 600);
+    no_aud.as_object_mut().unwrap().remove("aud");
+    let no_aud = forge(&no_aud, TEST_SECRET.as_bytes(), Algorithm::HS256);
+    let good_forgery = forge(
+        &claims_for(&u, 600),
+        TEST_SECRET.as_bytes(),
+        Algorithm::HS256,
+    );
+    assert_eq!(
+        app.get("/api/me", Some(&good_forgery)).await.status(),
+        200,
+        "control: right key works"
+    );
+    for (what, t) in [
+        ("tampered", tampered),
+        ("alg none", none),
+        ("other key", other_key),
+        ("hs512", hs512),
+        ("expired", expired),
+        ("no aud", no_aud),
+        ("garbage", "abc.def.ghi".into()),
+    ] {
+        let r = app.get("/api/me", Some(&t)).await;
+        assert_eq!(error_code(r).await, (401, "unauthorized".into()), "{what}");
+    }
+}
+
+async fn refresh_rotates_and_keeps_the_session(app: TestApp) {
+    let u = app.user("judy").await;
+    let r = app
+        .post(
+            "/api/auth/refresh",
+            &json!({"refresh_token": u.refresh}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["session_id"], u.session_id.as_str());
+    assert_ne!(v["refresh_token"], u.refresh.as_str());
+    assert_eq!(v["user"]["username"], "judy");
+    let access = v["access_token"].as_str().unwrap();
+    assert_eq!(app.get("/api/me", Some(access)).await.status(), 200);
+    // Rotation again with the new token works.
+    let r = app
+        .post(
+            "/api/auth/refresh",
+            &json!({"refresh_token": v["refresh_token"]}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+async fn refresh_token_reuse_revokes_the_session(app: TestApp) {
+    let u = app.user("kim").await;
+    let first: Value = app
+        .post(
+            "/api/auth/refresh",
+            &json!({"refresh_token": u.refresh}),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    // The spent token again: refused, and the whole session is revoked.
+    let r = app
+        .post(
+            "/api/auth/refresh",
+            &json!({"refresh_token": u.refresh}),
+            None,
+        )
+        .await;
+    assert_eq!(error_code(r).await, (401, "invalid_refresh_token".into()));
+    let r = app
+        .post(
+            "/api/auth/refresh",
+            &json!({"refresh_token": first["refresh_token"]}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 401, "the rotated token died with the session");
+    let r = app
+        .get("/api/me", Some(first["access_token"].as_str().unwrap()))
+        .await;
+    assert_eq!(r.status(), 401, "access tokens of the session are dead");
+}
+
+async fn garbage_refresh_tokens_do_not_revoke(app: TestApp) {
+    let u = app.user("leo").await;
+    let (sid, _) = u.refresh.split_once('.').unwrap();
+    for t in [format!("{sid}.AAAA.BBBB"), "nonsense".into(), String::new()] {
+        let r = app
+            .post("/api/auth/refresh", &json!({"refresh_token": t}), None)
+            .await;
+        assert_eq!(error_code(r).await, (401, "invalid_refresh_token".into()));
+    }
+    assert_eq!(
+        app.get("/api/me", Some(&u.access)).await.status(),
+        200,
+        "session still alive"
+    );
+    let r = app
+        .post(
+            "/api/auth/refresh",
+            &json!({"refresh_token": u.refresh}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+}
+
+async fn logout_revokes_the_session(app: TestApp) {
+    let u = app.user("mallory").await;
+    let r = app
+        .post("/api/auth/logout", &json!({}), Some(&u.access))
+        .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(app.get("/api/me", Some(&u.access)).await.status(), 401);
+    let r = app
+        .post(
+            "/api/auth/refresh",
+            &json!({"refresh_token": u.refresh}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    let r = app
+        .post("/api/auth/logout", &json!({}), Some(&u.access))
+        .await;
+    assert_eq!(r.status(), 401);
+}
+
+async fn secrets_never_reach_the_logs(app: TestApp) {
+    let u = app.user("niaj").await;
+    let fresh: Value = app
+        .post(
+            "/api/auth/refresh",
+            &json!({"refresh_token": u.refresh}),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.post(
+        "/api/auth/login",
+        &json!({"username": "niaj", "password": "wrong password here"}),
+        None,
+    )
+    .await;
+    let _ = app.ws(&u).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let logs = logs();
+    assert!(logs.contains("login"), "logs are captured");
+    for secret in [
+        PASSWORD,
+        "wrong password here",
+        &u.access,
+        &u.refresh,
+        fresh["refresh_token"].as_str().unwrap(),
+        TEST_SECRET,
+    ] {
+        assert!(!logs.contains(secret), "a secret leaked into the logs");
+    }
+    assert!(!logs.contains("$argon2id$"), "a hash leaked into the logs");
+}
+
+db_tests!(
+    register_returns_201_and_stores_lower_case,
+    register_rejects_invalid_usernames,
+    register_rejects_weak_passwords,
+    password_is_stored_as_argon2id_phc,
+    malformed_bodies_are_400_and_large_ones_413,
+    login_returns_tokens_and_me_works,
+    unknown_user_and_wrong_password_answer_identically,
+    bad_tokens_are_401,
+    refresh_rotates_and_keeps_the_session,
+    refresh_token_reuse_revokes_the_session,
+    garbage_refresh_tokens_do_not_revoke,
+    logout_revokes_the_session,
+    secrets_never_reach_the_logs,
+);
+
+db_tests_with!(
+    |f| f.merge(("auth.throttle.account_free_failures", 3)).merge(("auth.throttle.base_delay_secs", 30));
+    login_returns_429_after_repeated_failures,
+);

@@ -1,0 +1,137 @@
+//! `/healthz`, `/readyz`, `/metrics`, ICE servers, HTTP/2, header-read timeout, routing errors
+//! and security headers.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::db_tests;
+use crate::helpers::{Backend, TestApp, spawn_app_with};
+
+async fn health_and_readiness(app: TestApp) {
+    let r = app.get("/healthz", None).await;
+    assert_eq!(r.status(), 200);
+    let r = app.get("/readyz", None).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["database"]["ok"], true);
+    assert_eq!(v["actors"]["ok"], true);
+}
+
+async fn metrics_are_served_to_loopback(app: TestApp) {
+    let r = app.get("/metrics", None).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE callsignal_ws_connections gauge"),
+        "{text}"
+    );
+    assert!(text.contains("callsignal_http_requests_total"));
+}
+
+async fn unknown_routes_and_methods(app: TestApp) {
+    let r = app.get("/api/nope", None).await;
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+    let r = app.http.put(app.url("/api/me")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let r = app.get("/api/me", None).await;
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+}
+
+async fn ice_servers_need_auth_and_list_config(app: TestApp) {
+    assert_eq!(app.get("/api/ice-servers", None).await.status(), 401);
+    let u = app.user("ruth").await;
+    let v: Value = app
+        .get("/api/ice-servers", Some(&u.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(v["ice_servers"].is_array());
+    assert_eq!(v["ttl"], 3600);
+}
+
+async fn http2_is_served(app: TestApp) {
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+}
+
+db_tests!(
+    health_and_readiness,
+    metrics_are_served_to_loopback,
+    unknown_routes_and_methods,
+    ice_servers_need_auth_and_list_config,
+    http2_is_served
+);
+
+#[tokio::test]
+async fn metrics_are_refused_to_other_addresses() {
+    let app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("metrics.allowed", vec!["10.0.0.0/8"]))
+    })
+    .await;
+    let r = app.get("/metrics", None).await;
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test]
+async fn turn_credentials_are_time_limited_hmac() {
+    let app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("ice.turn_urls", vec!["turn:turn.example.org:3478"]))
+            .merge(("ice.turn_secret", "turn-shared-secret"))
+            .merge((
+                "ice.servers",
+                vec![serde_json::json!({"urls": ["stun:stun.example.org:3478"]})],
+            ))
+    })
+    .await;
+    let u = app.user("sybil").await;
+    let v: Value = app
+        .get("/api/ice-servers", Some(&u.access))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let servers = v["ice_servers"].as_array().unwrap();
+    assert_eq!(servers.len(), 2);
+    assert_eq!(servers[0]["urls"][0], "stun:stun.example.org:3478");
+    let turn = &servers[1];
+    let username = turn["username"].as_str().unwrap();
+    let (expiry, uid) = username.split_once(':').unwrap();
+    assert_eq!(uid, u.id);
+    let expiry: i64 = expiry.parse().unwrap();
+    assert!(expiry > chrono::Utc::now().timestamp());
+    use base64::Engine;
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(b"turn-shared-secret").unwrap();
+    mac.update(username.as_bytes());
+    let expected = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    assert_eq!(turn["credential"], expected);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_dropped() {
+    let app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("server.header_read_timeout_secs", 1))
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server closed the silent connection");
+    let text = String::from_utf8_lossy(&buf);
+    assert!(!text.contains("200 OK"), "{text}");
+}
