@@ -144,6 +144,11 @@ impl CallState {
 
     /// Tells everyone who knew of the call, records the end, frees the users, stops.
     fn end(&mut self, me: &ActorRef<CallMsg>, reason: EndReason) {
+        // Free the users first: a client reacting to `call.ended` with a new invite must find
+        // the registry already knowing that this call is over.
+        if let Some(r) = registry::lookup(&self.system_id) {
+            let _ = r.cast(RegistryMsg::CallEnded(self.id));
+        }
         let ended = ServerMessage::CallEnded {
             call_id: self.id,
             reason,
@@ -159,9 +164,6 @@ impl CallState {
             at: Utc::now(),
         });
         tracing::info!(call_id = %self.id, reason = reason.as_str(), "call ended");
-        if let Some(r) = registry::lookup(&self.system_id) {
-            let _ = r.cast(RegistryMsg::CallEnded(self.id));
-        }
         me.stop(Some(reason.as_str().into()));
     }
 }

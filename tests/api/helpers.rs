@@ -177,6 +177,7 @@ pub async fn spawn_app_with(
         .merge(("auth.jwt_secret", TEST_SECRET))
         .merge(("persistence.batch_interval_ms", 5));
     let settings = Settings::from_figment(configure(figment)).expect("test settings");
+    let db_url = settings.database.url.expose().to_owned();
     let app = App::build(settings).await.expect("server builds");
     let addr = app.local_addr();
     let state = app.state();

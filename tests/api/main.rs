@@ -9,6 +9,7 @@ mod helpers;
 mod actors;
 mod auth;
 mod calls;
+mod durability;
 mod health;
 mod history;
 mod schema;
