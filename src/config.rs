@@ -57,6 +57,19 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// `[log]`
     pub log: LogSettings,
+    /// `[test_hooks]`: fault injection for tests; exists only in `test-hooks` builds.
+    #[cfg(feature = "test-hooks")]
+    #[serde(default)]
+    pub test_hooks: TestHooks,
+}
+
+/// Fault injection for tests (feature `test-hooks`, never in release builds).
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TestHooks {
+    /// Alter the DTLS fingerprint of every SDP relayed to this username, as a tampering
+    /// signaling server would (the browser test proves the verification codes then differ).
+    pub tamper_fingerprint_to: Option<String>,
 }
 
 /// `[server]`: listening and process behaviour.

@@ -87,6 +87,9 @@ pub struct CallArgs {
     pub persistence: PersistenceHandle,
     /// Metrics.
     pub metrics: std::sync::Arc<Metrics>,
+    /// Test builds only: tamper with SDP relayed to this username.
+    #[cfg(feature = "test-hooks")]
+    pub tamper_fingerprint_to: Option<String>,
 }
 
 #[derive(Debug)]
@@ -106,6 +109,8 @@ pub struct CallState {
     system_id: String,
     persistence: PersistenceHandle,
     metrics: std::sync::Arc<Metrics>,
+    #[cfg(feature = "test-hooks")]
+    tamper_fingerprint_to: Option<String>,
 }
 
 /// The call actor.
@@ -210,6 +215,8 @@ impl Actor for Call {
             system_id: a.system_id,
             persistence: a.persistence,
             metrics: a.metrics,
+            #[cfg(feature = "test-hooks")]
+            tamper_fingerprint_to: a.tamper_fingerprint_to,
         })
     }
 
@@ -362,13 +369,17 @@ fn on_action(
                 );
             }
         }
-        CallAction::Sdp(description) => relay(s, &from, SignalingKind::Sdp, |call_id, from| {
-            ServerMessage::Sdp {
-                call_id,
-                description,
-                from,
-            }
-        }),
+        CallAction::Sdp(description) => {
+            #[cfg(feature = "test-hooks")]
+            let description = tamper(s, &from, description);
+            relay(s, &from, SignalingKind::Sdp, |call_id, from| {
+                ServerMessage::Sdp {
+                    call_id,
+                    description,
+                    from,
+                }
+            })
+        }
         CallAction::Ice(candidate) => relay(s, &from, SignalingKind::Ice, |call_id, from| {
             ServerMessage::Ice {
                 call_id,
@@ -397,4 +408,29 @@ fn relay(
         kind,
         at: Utc::now(),
     });
+}
+
+/// Test builds only: flips one hex digit of the DTLS fingerprint in an SDP relayed to the
+/// configured user, as a signaling server trying to sit in the middle would.
+#[cfg(feature = "test-hooks")]
+fn tamper(s: &CallState, from: &ConnRef, description: Box<RawValue>) -> Box<RawValue> {
+    let Some(peer) = s.peer_of(from.id) else {
+        return description;
+    };
+    if s.tamper_fingerprint_to.as_deref() != Some(peer.user.username.as_str()) {
+        return description;
+    }
+    let text = description.get();
+    let Some(at) = text
+        .find("a=fingerprint:sha-256 ")
+        .map(|i| i + "a=fingerprint:sha-256 ".len())
+    else {
+        return description;
+    };
+    let mut bytes = text.as_bytes().to_vec();
+    bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+    String::from_utf8(bytes)
+        .ok()
+        .and_then(|t| RawValue::from_string(t).ok())
+        .unwrap_or(description)
 }

@@ -694,6 +694,8 @@ impl RegistryState {
             system_id: self.args.system_id.clone(),
             persistence: self.args.persistence.clone(),
             metrics: self.args.metrics.clone(),
+            #[cfg(feature = "test-hooks")]
+            tamper_fingerprint_to: self.args.settings.test_hooks.tamper_fingerprint_to.clone(),
         };
         let Some(actor) = ask(&self.args.calls, |r| {
             SupervisorMsg::SpawnCall(Box::new(args), r)

@@ -8,6 +8,7 @@ mod helpers;
 
 mod actors;
 mod auth;
+mod browser;
 mod calls;
 mod durability;
 mod health;

@@ -1,6 +1,6 @@
 //! The browser client, compiled into the binary (`src/web/`), served with a strict
-//! Content-Security-Policy (no inline script or style) and long caching only for nothing:
-//! assets are small and versioned with the binary.
+//! Content-Security-Policy (no inline script or style), revalidated on every load so a new
+//! binary's client is picked up at once.
 
 use hyper::StatusCode;
 use hyper::header::{self, HeaderValue};
@@ -12,22 +12,23 @@ use crate::http::response::{HttpResponse, bytes};
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
     connect-src 'self'; media-src 'self' blob:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
+macro_rules! asset {
+    ($path:literal, $file:literal, $ctype:literal) => {
+        ($path, $ctype, include_str!(concat!("../../web/", $file)))
+    };
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// Every file of the client: (path, content type, body).
 const ASSETS: &[(&str, &str, &str)] = &[
-    (
-        "/",
-        "text/html; charset=utf-8",
-        include_str!("../../web/index.html"),
-    ),
-    (
-        "/app.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../web/app.js"),
-    ),
-    (
-        "/app.css",
-        "text/css; charset=utf-8",
-        include_str!("../../web/app.css"),
-    ),
+    asset!("/", "index.html", "text/html; charset=utf-8"),
+    asset!("/app.css", "app.css", "text/css; charset=utf-8"),
+    ("/app.js", JS, include_str!("../../web/app.js")),
+    ("/api.js", JS, include_str!("../../web/api.js")),
+    ("/signaling.js", JS, include_str!("../../web/signaling.js")),
+    ("/call.js", JS, include_str!("../../web/call.js")),
+    ("/verify.js", JS, include_str!("../../web/verify.js")),
 ];
 
 /// `GET /…` for the client's files.
