@@ -86,6 +86,8 @@ pub struct ServerSettings {
     pub instance_id: String,
     /// Header read timeout in seconds.
     pub header_read_timeout_secs: u64,
+    /// Concurrent TCP connections accepted.
+    pub max_tcp_connections: usize,
     /// Trust `X-Forwarded-For`/`X-Forwarded-Proto`.
     pub trust_forwarded_for: bool,
     /// Drain deadline at shutdown, in seconds.

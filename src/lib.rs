@@ -11,13 +11,14 @@
 //! - [`ws`]: the signaling wire protocol and the per-socket task.
 //! - [`actors`]: the supervised actor tree (root, registry, connections, calls, persistence).
 //! - [`ice`]: ICE server lists and TURN credentials.
-//! - [`metrics`], [`telemetry`]: observability.
+//! - [`metrics`], [`telemetry`], [`heap`]: observability.
 //! - [`startup`], [`state`]: building and running the server.
 
 pub mod actors;
 pub mod auth;
 pub mod config;
 pub mod domain;
+pub mod heap;
 pub mod http;
 pub mod ice;
 pub mod metrics;

@@ -8,6 +8,19 @@ use callsignal::config::Settings;
 use callsignal::startup::{App, shutdown_signal};
 use migration::{Migrator, MigratorTrait};
 
+/// mimalloc instead of the system allocator: each connection interleaves small long-lived and
+/// short-lived allocations, and mimalloc keeps the resident size per connection lower (see
+/// docs/benchmarks.md for the measurement).
+#[cfg(not(feature = "heap-stats"))]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The same allocator, counting live bytes for `/metrics` (feature `heap-stats`).
+#[cfg(feature = "heap-stats")]
+#[global_allocator]
+static ALLOC: callsignal::heap::Counting<mimalloc::MiMalloc> =
+    callsignal::heap::Counting(mimalloc::MiMalloc);
+
 const USAGE: &str = "usage: callsignal [--config PATH] [serve | migrate up | migrate down [N|all] | migrate status]";
 
 #[tokio::main]

@@ -142,6 +142,14 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
+        let heap = crate::heap::live_bytes();
+        if heap > 0 {
+            let name = "callsignal_heap_live_bytes";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Live heap bytes (heap-stats builds)\n# TYPE {name} gauge\n{name} {heap}"
+            );
+        }
         out
     }
 }

@@ -132,6 +132,7 @@ pub struct ConnectionState {
     id: ConnectionId,
     user: UserRef,
     session_id: SessionId,
+    session_expires_at: DateTime<Utc>,
     resume_token: String,
     socket: Option<SocketLink>,
     pending: VecDeque<String>,
@@ -199,6 +200,7 @@ impl ConnectionState {
             let _ = r.cast(RegistryMsg::Register(ConnEntryInfo {
                 conn: self.conn_ref(me),
                 session_id: self.session_id,
+                session_expires_at: self.session_expires_at,
                 resume_token: self.resume_token.clone(),
             }));
         }
@@ -212,17 +214,14 @@ impl Actor for Connection {
 
     async fn pre_start(
         &self,
-        me: ActorRef<Self::Msg>,
+        _me: ActorRef<Self::Msg>,
         a: ConnectionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let until_expiry = (a.session_expires_at - Utc::now())
-            .to_std()
-            .unwrap_or_default();
-        me.send_after(until_expiry, || ConnectionMsg::Revoke);
         Ok(ConnectionState {
             id: a.id,
             user: a.user,
             session_id: a.session_id,
+            session_expires_at: a.session_expires_at,
             resume_token: a.resume_token,
             socket: Some(a.socket),
             pending: VecDeque::new(),

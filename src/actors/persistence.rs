@@ -262,11 +262,9 @@ impl Actor for Persistence {
 
 async fn write_batch(db: &DatabaseConnection, batch: &[CallEvent]) -> Result<(), sea_orm::DbErr> {
     let txn = db.begin().await?;
-    for event in batch {
-        calls::apply(&txn, event).await.map_err(|e| match e {
-            crate::store::StoreError::Db(e) => e,
-            other => sea_orm::DbErr::Custom(other.to_string()),
-        })?;
-    }
+    calls::apply_all(&txn, batch).await.map_err(|e| match e {
+        crate::store::StoreError::Db(e) => e,
+        other => sea_orm::DbErr::Custom(other.to_string()),
+    })?;
     txn.commit().await
 }

@@ -29,6 +29,10 @@ use crate::metrics::Metrics;
 use crate::store::calls::CallEvent;
 use crate::ws::protocol::{ClientMessage, EndReason, ErrorCode, Inbound, ServerMessage};
 
+/// How often sessions that reached their absolute lifetime are looked for; one sweep for all
+/// connections instead of one timer task each keeps idle connections cheap.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
+
 /// Window of the invites-per-minute limit.
 const INVITE_WINDOW: Duration = Duration::from_secs(60);
 
@@ -49,6 +53,8 @@ pub struct ConnEntryInfo {
     pub conn: ConnRef,
     /// Its login session.
     pub session_id: SessionId,
+    /// Absolute end of that session: the registry closes the socket then.
+    pub session_expires_at: DateTime<Utc>,
     /// Its resume token (kept hashed).
     pub resume_token: String,
 }
@@ -132,6 +138,8 @@ pub enum RegistryMsg {
     CallEnded(CallId),
     /// A call actor failed.
     CallFailed(CallId),
+    /// Close the sockets of sessions past their absolute lifetime (periodic).
+    Sweep,
     /// Close every socket of a session (`session_revoked`).
     RevokeSession(SessionId),
     /// End every call and close every socket; replies when done.
@@ -168,6 +176,7 @@ pub struct RegistryArgs {
 struct ConnEntry {
     conn: ConnRef,
     session_id: SessionId,
+    session_expires_at: DateTime<Utc>,
     resume_hash: [u8; 32],
     attached: bool,
 }
@@ -234,9 +243,10 @@ impl Actor for Registry {
 
     async fn post_start(
         &self,
-        _me: ActorRef<Self::Msg>,
+        me: ActorRef<Self::Msg>,
         s: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        me.send_interval(EXPIRY_SWEEP, || RegistryMsg::Sweep);
         // After a restart: every live child announces itself again; the messages queue behind
         // this one, so routing is rebuilt before anything else is served.
         let conns = s.args.connections.get_children();
@@ -312,6 +322,12 @@ impl Actor for Registry {
             }
             RegistryMsg::CallEnded(id) => s.forget_call(id),
             RegistryMsg::CallFailed(id) => s.call_failed(id),
+            RegistryMsg::Sweep => {
+                let now = Utc::now();
+                for e in s.conns.values().filter(|e| e.session_expires_at <= now) {
+                    let _ = e.conn.actor.cast(ConnectionMsg::Revoke);
+                }
+            }
             RegistryMsg::RevokeSession(session) => {
                 for e in s.conns.values().filter(|e| e.session_id == session) {
                     let _ = e.conn.actor.cast(ConnectionMsg::Revoke);
@@ -418,6 +434,7 @@ impl RegistryState {
                     actor: actor.clone(),
                 },
                 session_id: req.session_id,
+                session_expires_at: req.session_expires_at,
                 resume_token,
             },
             true,
@@ -440,6 +457,7 @@ impl RegistryState {
             ConnEntry {
                 conn: info.conn,
                 session_id: info.session_id,
+                session_expires_at: info.session_expires_at,
                 resume_hash: hash,
                 attached,
             },

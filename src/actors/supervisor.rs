@@ -59,6 +59,26 @@ pub struct SupervisorState {
 }
 
 impl SupervisorState {
+    /// Spawns a linked child and remembers which connection or call it serves.
+    async fn spawn<A: Actor>(
+        &mut self,
+        me: &ActorRef<SupervisorMsg>,
+        id: Uuid,
+        actor: A,
+        args: A::Arguments,
+    ) -> Option<ActorRef<A::Msg>> {
+        match Actor::spawn_linked(None, actor, args, me.get_cell()).await {
+            Ok((child, _)) => {
+                self.children.insert(child.get_id(), id);
+                Some(child)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, actor = self.kind.child(), id = %id, "spawning a child actor failed");
+                None
+            }
+        }
+    }
+
     /// Live-children gauge of this supervisor's kind.
     fn gauge(&self) -> &crate::metrics::Metric {
         match self.kind {
@@ -104,25 +124,11 @@ impl Actor for Supervisor {
         match msg {
             SupervisorMsg::SpawnConnection(args, reply) => {
                 let id = args.id.0;
-                let spawned = Actor::spawn_linked(None, Connection, *args, me.get_cell()).await;
-                let child = spawned
-                    .map_err(|e| tracing::error!(error = %e, "spawning a connection actor failed"))
-                    .ok();
-                if let Some((actor, _)) = &child {
-                    state.children.insert(actor.get_id(), id);
-                }
-                let _ = reply.send(child.map(|(a, _)| a));
+                let _ = reply.send(state.spawn(&me, id, Connection, *args).await);
             }
             SupervisorMsg::SpawnCall(args, reply) => {
                 let id = args.id.0;
-                let spawned = Actor::spawn_linked(None, Call, *args, me.get_cell()).await;
-                let child = spawned
-                    .map_err(|e| tracing::error!(error = %e, "spawning a call actor failed"))
-                    .ok();
-                if let Some((actor, _)) = &child {
-                    state.children.insert(actor.get_id(), id);
-                }
-                let _ = reply.send(child.map(|(a, _)| a));
+                let _ = reply.send(state.spawn(&me, id, Call, *args).await);
             }
         }
         Ok(())

@@ -28,17 +28,15 @@ struct Entry {
 pub struct LoginThrottle {
     settings: ThrottleSettings,
     entries: Mutex<HashMap<Key, Entry>>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
-fn account_key(username: &str) -> Key {
-    use std::hash::{BuildHasher, Hasher};
-    // A fixed-seed hash keeps raw usernames (even mistyped passwords pasted as names) out of
-    // memory dumps of the throttle.
-    let mut h =
-        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-            .build_hasher();
-    h.write(username.to_ascii_lowercase().as_bytes());
-    Key::Account(h.finish())
+/// Accounts are tracked by a keyed hash of the lower-cased name, so the table holds no raw
+/// usernames (or passwords mistyped into the name field); the per-process random key makes
+/// colliding two accounts on purpose impractical.
+fn account_key(hasher: &std::collections::hash_map::RandomState, username: &str) -> Key {
+    use std::hash::BuildHasher;
+    Key::Account(hasher.hash_one(username.to_ascii_lowercase()))
 }
 
 impl LoginThrottle {
@@ -47,6 +45,7 @@ impl LoginThrottle {
         Self {
             settings,
             entries: Mutex::new(HashMap::new()),
+            hasher: std::collections::hash_map::RandomState::new(),
         }
     }
 
@@ -58,7 +57,7 @@ impl LoginThrottle {
     pub fn check(&self, username: &str, addr: IpAddr) -> Option<Duration> {
         let now = Instant::now();
         let map = self.lock();
-        [account_key(username), Key::Address(addr)]
+        [account_key(&self.hasher, username), Key::Address(addr)]
             .iter()
             .filter_map(|k| map.get(k)?.locked_until)
             .filter(|until| *until > now)
@@ -78,7 +77,10 @@ impl LoginThrottle {
             });
         }
         for (key, free) in [
-            (account_key(username), self.settings.account_free_failures),
+            (
+                account_key(&self.hasher, username),
+                self.settings.account_free_failures,
+            ),
             (Key::Address(addr), self.settings.address_free_failures),
         ] {
             if !map.contains_key(&key) && map.len() >= self.settings.max_entries {
@@ -109,7 +111,7 @@ impl LoginThrottle {
 
     /// Clears the account's failures after a successful login.
     pub fn record_success(&self, username: &str) {
-        self.lock().remove(&account_key(username));
+        self.lock().remove(&account_key(&self.hasher, username));
     }
 }
 

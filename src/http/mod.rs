@@ -32,7 +32,19 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let header_timeout = Duration::from_secs(state.settings.server.header_read_timeout_secs.max(1));
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        state.settings.server.max_tcp_connections.max(1),
+    ));
     loop {
+        // Wait for a free slot before accepting: excess clients wait in the kernel's backlog
+        // instead of costing memory here.
+        let permit = tokio::select! {
+            _ = shutdown.changed() => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.changed() => break,
             accepted = listener.accept() => match accepted {
@@ -49,6 +61,7 @@ pub async fn serve(
         let state = state.clone();
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()

@@ -145,6 +145,55 @@ pub async fn apply(db: &impl ConnectionTrait, event: &CallEvent) -> Result<(), S
     Ok(())
 }
 
+/// Rows per multi-row insert of signaling metadata (5 parameters each; well under every
+/// backend's bind-parameter limit).
+const SIGNAL_ROWS_PER_INSERT: usize = 500;
+
+/// Applies events in order. Runs of consecutive signaling-metadata events become one multi-row
+/// insert each (they are by far the most numerous), so a batch costs a few statements, not one
+/// per relayed message. Idempotent like [`apply`].
+pub async fn apply_all(db: &impl ConnectionTrait, events: &[CallEvent]) -> Result<(), StoreError> {
+    let mut rest = events;
+    while let Some(first) = rest.first() {
+        let run = rest
+            .iter()
+            .take(SIGNAL_ROWS_PER_INSERT)
+            .take_while(|e| matches!(e, CallEvent::Signal { .. }))
+            .count();
+        if run == 0 {
+            apply(db, first).await?;
+            rest = &rest[1..];
+            continue;
+        }
+        let rows = rest[..run].iter().filter_map(|e| match e {
+            CallEvent::Signal {
+                id,
+                call_id,
+                sender,
+                kind,
+                at,
+            } => Some(signaling_messages::ActiveModel {
+                id: Set(*id),
+                call_id: Set(call_id.0),
+                sender_id: Set(sender.0),
+                kind: Set(*kind),
+                created_at: Set(*at),
+            }),
+            _ => None,
+        });
+        signaling_messages::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::column(signaling_messages::Column::Id)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+        rest = &rest[run..];
+    }
+    Ok(())
+}
+
 /// Ends every call this instance left `created` or `active` (crash recovery). Returns how many.
 pub async fn end_unfinished(
     db: &impl ConnectionTrait,

@@ -27,9 +27,10 @@ use crate::http::request::{AuthFailure, verify_token};
 use crate::state::AppState;
 use crate::store;
 
-/// Read buffer per socket. Signaling frames are small; tungstenite's 128 KiB default would cost
-/// that much per idle connection.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Read buffer per socket. Signaling frames are small (an SDP is a few KiB and gets a buffer of
+/// its own size when it comes); tungstenite's 128 KiB default would cost that much per idle
+/// connection.
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// A write that takes longer than this means the peer is not reading: drop it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,7 +110,9 @@ pub async fn run(state: Arc<AppState>, upgraded: Upgraded) {
         Some(config(settings.max_message_bytes)),
     )
     .await;
-    let Some((actor, socket_id, rx, kill)) = handshake(&state, &mut ws).await else {
+    // Boxed: the handshake awaits database queries whose futures are large; inline, their size
+    // would stay reserved in this task for the whole life of an idle connection.
+    let Some((actor, socket_id, rx, kill)) = Box::pin(handshake(&state, &mut ws)).await else {
         return;
     };
     pump(&state, ws, &actor, rx, kill).await;

@@ -239,3 +239,141 @@ async fn shutdown_message_ends_every_call_server_shutdown() {
         }
     }
 }
+
+async fn ended(d: &mut Device, id: &str, reason: &str) {
+    let e = d.expect("call.ended").await;
+    assert_eq!(
+        (
+            e["call_id"].as_str().unwrap(),
+            e["reason"].as_str().unwrap()
+        ),
+        (id, reason),
+        "{e}"
+    );
+}
+
+async fn error(d: &mut Device, code: &str) -> Value {
+    let e = d.expect("error").await;
+    assert_eq!(e["code"], code, "{e}");
+    e
+}
+
+#[tokio::test]
+async fn relay_hangup_and_the_participant_rules() {
+    let app = app().await;
+    let mut a = Device::connect(&app, "alice", 64).await;
+    let mut b = Device::connect(&app, "bob", 64).await;
+    let mut m = Device::connect(&app, "mallory", 64).await;
+    let (id, _) = ringing(&app, &mut a, &mut b, "bob").await;
+    a.send(json!({"type": "sdp", "call_id": id, "description": {"type": "offer", "sdp": "x"}}));
+    error(&mut a, "call_not_active").await;
+    m.send(json!({"type": "ice", "call_id": id, "candidate": null}));
+    error(&mut m, "not_participant").await;
+    m.send(json!({"type": "call.accept", "call_id": id}));
+    error(&mut m, "not_participant").await;
+    b.send(json!({"type": "call.accept", "call_id": id}));
+    b.expect("call.accepted").await;
+    a.expect("call.accepted").await;
+    b.send(json!({"type": "call.accept", "call_id": id}));
+    error(&mut b, "call_not_ringing").await;
+    a.send(json!({"type": "sdp", "call_id": id, "description": {"type": "offer", "sdp": "o"}}));
+    let got = b.expect("sdp").await;
+    assert_eq!(
+        (
+            got["description"]["sdp"].as_str(),
+            got["from"]["username"].as_str()
+        ),
+        (Some("o"), Some("alice"))
+    );
+    m.send(json!({"type": "sdp", "call_id": id, "description": {"type": "answer", "sdp": "evil"}}));
+    error(&mut m, "not_participant").await;
+    m.send(json!({"type": "call.hangup", "call_id": id}));
+    error(&mut m, "not_participant").await;
+    b.send(json!({"type": "call.hangup", "call_id": id}));
+    ended(&mut a, &id, "hangup").await;
+    ended(&mut b, &id, "hangup").await;
+    a.send(json!({"type": "call.hangup", "call_id": id}));
+    error(&mut a, "unknown_call").await;
+}
+
+#[tokio::test]
+async fn busy_unavailable_unknown_self_and_glare() {
+    let app = app().await;
+    let mut a = Device::connect(&app, "alice", 64).await;
+    let mut b = Device::connect(&app, "bob", 64).await;
+    let mut c = Device::connect(&app, "carol", 64).await;
+    app.register("dave").await;
+    let (first, _) = ringing(&app, &mut a, &mut b, "bob").await;
+    // carol → bob (ringing counts as in a call): busy.
+    c.send(json!({"type": "call.invite", "to": "bob"}));
+    let busy = c.expect("call.created").await["call_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ended(&mut c, &busy, "busy").await;
+    // carol → dave (offline): unavailable; → nobody: user_not_found; → herself: bad_message.
+    c.send(json!({"type": "call.invite", "to": "dave"}));
+    let un = c.expect("call.created").await["call_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ended(&mut c, &un, "unavailable").await;
+    c.send(json!({"type": "call.invite", "to": "nobody"}));
+    error(&mut c, "user_not_found").await;
+    c.send(json!({"type": "call.invite", "to": "Carol"}));
+    error(&mut c, "bad_message").await;
+    // alice (calling) → carol: busy_self. bob → alice while alice's call to him rings: glare.
+    a.send(json!({"type": "call.invite", "to": "carol"}));
+    error(&mut a, "busy_self").await;
+    b.send(json!({"type": "call.invite", "to": "alice"}));
+    let glare = b.expect("call.created").await["call_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ended(&mut b, &glare, "glare").await;
+    // The original call is still ringing and can be answered.
+    b.send(json!({"type": "call.accept", "call_id": first}));
+    b.expect("call.accepted").await;
+    a.expect("call.accepted").await;
+}
+
+#[tokio::test]
+async fn first_accept_wins_across_devices_and_cancel_reaches_all() {
+    let app = app().await;
+    let mut a = Device::connect(&app, "alice", 64).await;
+    let mut b1 = Device::connect(&app, "bob", 64).await;
+    // A second device of bob: same user id as b1.
+    let bob_id = {
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+        entity::users::Entity::find()
+            .filter(entity::users::Column::Username.eq("bob"))
+            .one(&app.db().await)
+            .await
+            .unwrap()
+            .unwrap()
+            .id
+    };
+    let mut b2 = Device::attach(
+        &app,
+        UserRef {
+            id: UserId(bob_id),
+            username: Username::parse("bob").unwrap(),
+        },
+        64,
+    )
+    .await;
+    let (id, _) = ringing(&app, &mut a, &mut b1, "bob").await;
+    b2.expect("call.incoming").await;
+    a.send(json!({"type": "call.hangup", "call_id": id}));
+    ended(&mut a, &id, "cancelled").await;
+    ended(&mut b1, &id, "cancelled").await;
+    ended(&mut b2, &id, "cancelled").await;
+    let (id, _) = ringing(&app, &mut a, &mut b1, "bob").await;
+    b2.expect("call.incoming").await;
+    b2.send(json!({"type": "call.accept", "call_id": id}));
+    b2.expect("call.accepted").await;
+    a.expect("call.accepted").await;
+    ended(&mut b1, &id, "answered_elsewhere").await;
+    b1.send(json!({"type": "call.reject", "call_id": id}));
+    error(&mut b1, "call_not_ringing").await;
+}

@@ -299,13 +299,7 @@ async fn bad_tokens_are_401(app: TestApp) {
 
 async fn refresh_rotates_and_keeps_the_session(app: TestApp) {
     let u = app.user("judy").await;
-    let r = app
-        .post(
-            "/api/auth/refresh",
-            &json!({"refresh_token": u.refresh}),
-            None,
-        )
-        .await;
+    let r = app.refresh(&u.refresh).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["session_id"], u.session_id.as_str());
@@ -314,44 +308,17 @@ async fn refresh_rotates_and_keeps_the_session(app: TestApp) {
     let access = v["access_token"].as_str().unwrap();
     assert_eq!(app.get("/api/me", Some(access)).await.status(), 200);
     // Rotation again with the new token works.
-    let r = app
-        .post(
-            "/api/auth/refresh",
-            &json!({"refresh_token": v["refresh_token"]}),
-            None,
-        )
-        .await;
+    let r = app.refresh(v["refresh_token"].as_str().unwrap()).await;
     assert_eq!(r.status(), 200);
 }
 
 async fn refresh_token_reuse_revokes_the_session(app: TestApp) {
     let u = app.user("kim").await;
-    let first: Value = app
-        .post(
-            "/api/auth/refresh",
-            &json!({"refresh_token": u.refresh}),
-            None,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let first: Value = app.refresh(&u.refresh).await.json().await.unwrap();
     // The spent token again: refused, and the whole session is revoked.
-    let r = app
-        .post(
-            "/api/auth/refresh",
-            &json!({"refresh_token": u.refresh}),
-            None,
-        )
-        .await;
+    let r = app.refresh(&u.refresh).await;
     assert_eq!(error_code(r).await, (401, "invalid_refresh_token".into()));
-    let r = app
-        .post(
-            "/api/auth/refresh",
-            &json!({"refresh_token": first["refresh_token"]}),
-            None,
-        )
-        .await;
+    let r = app.refresh(first["refresh_token"].as_str().unwrap()).await;
     assert_eq!(r.status(), 401, "the rotated token died with the session");
     let r = app
         .get("/api/me", Some(first["access_token"].as_str().unwrap()))
@@ -363,9 +330,7 @@ async fn garbage_refresh_tokens_do_not_revoke(app: TestApp) {
     let u = app.user("leo").await;
     let (sid, _) = u.refresh.split_once('.').unwrap();
     for t in [format!("{sid}.AAAA.BBBB"), "nonsense".into(), String::new()] {
-        let r = app
-            .post("/api/auth/refresh", &json!({"refresh_token": t}), None)
-            .await;
+        let r = app.refresh(&t).await;
         assert_eq!(error_code(r).await, (401, "invalid_refresh_token".into()));
     }
     assert_eq!(
@@ -373,13 +338,7 @@ async fn garbage_refresh_tokens_do_not_revoke(app: TestApp) {
         200,
         "session still alive"
     );
-    let r = app
-        .post(
-            "/api/auth/refresh",
-            &json!({"refresh_token": u.refresh}),
-            None,
-        )
-        .await;
+    let r = app.refresh(&u.refresh).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -390,13 +349,7 @@ async fn logout_revokes_the_session(app: TestApp) {
         .await;
     assert_eq!(r.status(), 204);
     assert_eq!(app.get("/api/me", Some(&u.access)).await.status(), 401);
-    let r = app
-        .post(
-            "/api/auth/refresh",
-            &json!({"refresh_token": u.refresh}),
-            None,
-        )
-        .await;
+    let r = app.refresh(&u.refresh).await;
     assert_eq!(r.status(), 401);
     let r = app
         .post("/api/auth/logout", &json!({}), Some(&u.access))
@@ -406,16 +359,7 @@ async fn logout_revokes_the_session(app: TestApp) {
 
 async fn secrets_never_reach_the_logs(app: TestApp) {
     let u = app.user("niaj").await;
-    let fresh: Value = app
-        .post(
-            "/api/auth/refresh",
-            &json!({"refresh_token": u.refresh}),
-            None,
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let fresh: Value = app.refresh(&u.refresh).await.json().await.unwrap();
     app.post(
         "/api/auth/login",
         &json!({"username": "niaj", "password": "wrong password here"}),

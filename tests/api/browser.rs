@@ -122,10 +122,10 @@ impl Driver {
             child,
         };
         for _ in 0..100 {
-            if let Ok(r) = d.http.get(format!("{}/status", d.base)).send().await {
-                if r.status().is_success() {
-                    return d;
-                }
+            if let Ok(r) = d.http.get(format!("{}/status", d.base)).send().await
+                && r.status().is_success()
+            {
+                return d;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

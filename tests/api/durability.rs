@@ -368,9 +368,7 @@ async fn a_killed_server_ends_its_calls_server_restart_on_restart() {
         );
         let (mut a, mut b) = (ws(&server.addr, &la).await, ws(&server.addr, &lb).await);
         let call_id = active_call(&mut a, &mut b, "bob").await;
-        let q = format!(
-            "SELECT status FROM calls WHERE caller_id = (SELECT id FROM users WHERE username = 'alice')"
-        );
+        let q = "SELECT status FROM calls WHERE caller_id = (SELECT id FROM users WHERE username = 'alice')".to_string();
         wait_for(&url, &q, "active").await;
         // Another instance's unfinished call in the same database must not be touched.
         let other = uuid::Uuid::new_v4();
@@ -449,8 +447,8 @@ async fn sigterm_ends_calls_closes_1001_and_commits_before_exit() {
         }
         let status = server.child.wait().unwrap();
         assert!(status.success(), "{backend:?}: clean exit, got {status:?}");
-        let q =
-            format!("SELECT end_reason FROM calls WHERE status = 'ended' AND ended_at IS NOT NULL");
+        let q = "SELECT end_reason FROM calls WHERE status = 'ended' AND ended_at IS NOT NULL"
+            .to_string();
         assert_eq!(
             scalar(&url, &q).await.as_deref(),
             Some("server_shutdown"),

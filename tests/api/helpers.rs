@@ -220,6 +220,12 @@ impl TestApp {
         req.send().await.expect("request")
     }
 
+    /// `POST /api/auth/refresh` with `token`.
+    pub async fn refresh(&self, token: &str) -> reqwest::Response {
+        self.post("/api/auth/refresh", &json!({"refresh_token": token}), None)
+            .await
+    }
+
     /// Registers `name` (201 expected).
     pub async fn register(&self, name: &str) -> Value {
         let r = self

@@ -165,18 +165,8 @@ async fn deleting_a_session_and_refresh_reuse_close_sockets(app: TestApp) {
     assert_eq!(cv.closed().await, Closed::Code(4401));
 
     let mut cu = app.ws(&u).await;
-    app.post(
-        "/api/auth/refresh",
-        &json!({"refresh_token": u.refresh}),
-        None,
-    )
-    .await;
-    app.post(
-        "/api/auth/refresh",
-        &json!({"refresh_token": u.refresh}),
-        None,
-    )
-    .await;
+    app.refresh(&u.refresh).await;
+    app.refresh(&u.refresh).await;
     cu.expect_error("session_revoked").await;
     assert_eq!(cu.closed().await, Closed::Code(4401));
 }
@@ -283,4 +273,14 @@ async fn silent_peers_are_dropped_after_two_heartbeats() {
         .unwrap();
     assert!(!info.attached, "socket was dropped");
     let _ = c.closed().await;
+}
+
+#[tokio::test]
+async fn a_session_reaching_its_lifetime_closes_its_sockets() {
+    let app = spawn_app_with(Backend::Sqlite, |f| f.merge(("auth.session_ttl_secs", 2))).await;
+    let u = app.user("lena").await;
+    let mut c = app.ws(&u).await;
+    c.expect_error("session_revoked").await;
+    assert_eq!(c.closed().await, Closed::Code(4401));
+    assert_eq!(app.get("/api/me", Some(&u.access)).await.status(), 401);
 }
