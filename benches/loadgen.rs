@@ -405,13 +405,20 @@ async fn calls(n_pairs: usize, rounds: usize) {
     let took = began.elapsed();
     let total = n_pairs * rounds;
     println!(
-        "calls: {total} full calls (invite→ringing→accept→hangup) by {n_pairs} pairs in {:.2}s = {:.0} calls/s ({} events written)",
+        "calls: {total} full calls (invite→ringing→accept→hangup) by {n_pairs} pairs in {:.2}s = {:.0} calls/s",
         took.as_secs_f64(),
         total as f64 / took.as_secs_f64(),
-        total * 3
     );
     report("calls: invite→accepted round trip", all);
-    let _ = began_all;
+    while server.metric("callsignal_persistence_backlog").await.unwrap_or(0) > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "calls: {} call events committed ({} expected: created, accepted, ended per call) {:.2}s after the start",
+        server.metric("callsignal_events_written_total").await.unwrap_or(0),
+        total * 3,
+        began_all.elapsed().as_secs_f64()
+    );
 }
 
 async fn login(n: usize) {
