@@ -410,12 +410,20 @@ async fn calls(n_pairs: usize, rounds: usize) {
         total as f64 / took.as_secs_f64(),
     );
     report("calls: invite→accepted round trip", all);
-    while server.metric("callsignal_persistence_backlog").await.unwrap_or(0) > 0 {
+    while server
+        .metric("callsignal_persistence_backlog")
+        .await
+        .unwrap_or(0)
+        > 0
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(
         "calls: {} call events committed ({} expected: created, accepted, ended per call) {:.2}s after the start",
-        server.metric("callsignal_events_written_total").await.unwrap_or(0),
+        server
+            .metric("callsignal_events_written_total")
+            .await
+            .unwrap_or(0),
         total * 3,
         began_all.elapsed().as_secs_f64()
     );

@@ -309,31 +309,34 @@ fn on_action(
             s.end(me, EndReason::Rejected);
         }
         CallAction::Accept => {
-            let accepted = ServerMessage::CallAccepted {
+            let others: Vec<ConnRef> = s.ringing.drain(..).filter(|c| c.id != from.id).collect();
+            s.phase = Phase::Active {
+                callee: from.clone(),
+            };
+            // Tell the registry first, so that whatever the parties do on `call.accepted` is
+            // judged against the answered call.
+            if let Some(r) = registry::lookup(&s.system_id) {
+                let _ = r.cast(RegistryMsg::RegisterCall(me.clone(), s.entry()));
+            }
+            s.persistence.record(CallEvent::Accepted {
+                call_id: s.id,
+                at: Utc::now(),
+            });
+            s.caller.send(ServerMessage::CallAccepted {
                 call_id: s.id,
                 reference: None,
-            };
-            s.caller.send(accepted);
+            });
             from.send(ServerMessage::CallAccepted {
                 call_id: s.id,
                 reference,
             });
-            for other in s.ringing.iter().filter(|c| c.id != from.id) {
+            for other in others {
                 other.send(ServerMessage::CallEnded {
                     call_id: s.id,
                     reason: EndReason::AnsweredElsewhere,
                 });
             }
-            s.ringing.clear();
-            s.persistence.record(CallEvent::Accepted {
-                call_id: s.id,
-                at: Utc::now(),
-            });
             tracing::info!(call_id = %s.id, connection_id = %from.id, "call accepted");
-            s.phase = Phase::Active { callee: from };
-            if let Some(r) = registry::lookup(&s.system_id) {
-                let _ = r.cast(RegistryMsg::RegisterCall(me.clone(), s.entry()));
-            }
         }
         CallAction::Hangup => match &s.phase {
             Phase::Ringing if from.id == s.caller.id => s.end(me, EndReason::Cancelled),
