@@ -3,7 +3,7 @@
 //! ```text
 //! root (root.rs)
 //! ├── persistence (persistence.rs)   call events → database, batched, outage-proof
-//! ├── registry    (registry.rs)      users → connections, calls → call actors; routes sdp/ice
+//! ├── registry    (registry/)        users → connections, calls → call actors; routes sdp/ice
 //! ├── connections (supervisor.rs)    one `connection` actor per signaling connection
 //! └── calls       (supervisor.rs)    one `call` actor per call (the call state machine)
 //! ```
