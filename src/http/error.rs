@@ -86,7 +86,7 @@ impl ApiError {
         let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
         let mut resp = json(status, &body);
         let retry = match &self {
-            Self::TooManyAttempts(d) => Some(d.as_secs().max(1)),
+            Self::TooManyAttempts(d) => Some(d.as_millis().div_ceil(1000).max(1) as u64),
             Self::ServerBusy(_) | Self::Unavailable => Some(1),
             _ => None,
         };

@@ -46,9 +46,21 @@ fn prepare_sqlite_path(url: &str) -> std::io::Result<()> {
         return Ok(());
     }
     match Path::new(path).parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir),
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => create_private_dir(dir),
         _ => Ok(()),
     }
+}
+
+/// Creates a directory readable only by the server's user (it will hold password hashes and
+/// the signing key).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Opens the pool. SQLite gets WAL and a busy timeout so readers and the writer coexist.
