@@ -239,7 +239,7 @@ async function startMedia() {
   });
   call.session = session;
   session.addEventListener("state", (e) => {
-    const words = { new: "connecting…", connecting: "connecting…", connected: "connected · encrypted", disconnected: "connection interrupted…", failed: "connection failed", closed: "closed" };
+    const words = { new: "connecting…", connecting: "connecting…", connected: "connected · encrypted", disconnected: "connection interrupted…", failed: "connection failed — the network blocked the call, or the keys did not match", closed: "closed" };
     $("call-state").textContent = words[e.detail] || e.detail;
     $("screen-incall").dataset.pcState = e.detail;
   });
@@ -273,6 +273,7 @@ function onMessage(msg) {
     case "call.incoming":
       if (call) return;
       call = { id: msg.call_id, peer: msg.from.username, role: "callee", session: null, byMe: false };
+      notice("");
       $("in-title").textContent = call.peer;
       show("incoming");
       ringtone.start();
