@@ -104,6 +104,18 @@ impl Server {
             .and_then(|v| v.trim().parse().ok())
     }
 
+    /// Waits until every call event is committed.
+    async fn drained(&self) {
+        while self
+            .metric("callsignal_persistence_backlog")
+            .await
+            .unwrap_or(0)
+            > 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Live heap bytes, when the server was built with `--features heap-stats`.
     async fn heap(&self) -> Option<u64> {
         self.metric("callsignal_heap_live_bytes").await
@@ -334,14 +346,7 @@ async fn relay(n_calls: usize, per_caller: usize, rate: u64) {
     );
     report("relay: sender → peer latency", latencies);
     let drained = Instant::now();
-    while server
-        .metric("callsignal_persistence_backlog")
-        .await
-        .unwrap_or(0)
-        > 0
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server.drained().await;
     println!(
         "relay: signaling metadata rows written {} (skipped {}), backlog drained {:.2}s after the last message; server RSS {:.1} MiB",
         server
@@ -410,14 +415,7 @@ async fn calls(n_pairs: usize, rounds: usize) {
         total as f64 / took.as_secs_f64(),
     );
     report("calls: invite→accepted round trip", all);
-    while server
-        .metric("callsignal_persistence_backlog")
-        .await
-        .unwrap_or(0)
-        > 0
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server.drained().await;
     println!(
         "calls: {} call events committed ({} expected: created, accepted, ended per call) {:.2}s after the start",
         server

@@ -109,30 +109,13 @@ pub async fn apply(db: &impl ConnectionTrait, event: &CallEvent) -> Result<(), S
             reason,
             at,
         } => {
-            calls::Entity::update_many()
-                .col_expr(calls::Column::Status, Expr::value(CallStatus::Ended))
-                .col_expr(calls::Column::EndReason, Expr::value(reason.to_string()))
-                .col_expr(calls::Column::EndedAt, Expr::value(*at))
+            mark_ended(reason, *at)
                 .filter(calls::Column::Id.eq(call_id.0))
-                .filter(calls::Column::Status.ne(CallStatus::Ended))
                 .exec(db)
                 .await?;
         }
-        CallEvent::Signal {
-            id,
-            call_id,
-            sender,
-            kind,
-            at,
-        } => {
-            let model = signaling_messages::ActiveModel {
-                id: Set(*id),
-                call_id: Set(call_id.0),
-                sender_id: Set(sender.0),
-                kind: Set(*kind),
-                created_at: Set(*at),
-            };
-            signaling_messages::Entity::insert(model)
+        CallEvent::Signal { .. } => {
+            signaling_messages::Entity::insert_many(signal_row(event))
                 .on_conflict(
                     OnConflict::column(signaling_messages::Column::Id)
                         .do_nothing()
@@ -165,22 +148,7 @@ pub async fn apply_all(db: &impl ConnectionTrait, events: &[CallEvent]) -> Resul
             rest = &rest[1..];
             continue;
         }
-        let rows = rest[..run].iter().filter_map(|e| match e {
-            CallEvent::Signal {
-                id,
-                call_id,
-                sender,
-                kind,
-                at,
-            } => Some(signaling_messages::ActiveModel {
-                id: Set(*id),
-                call_id: Set(call_id.0),
-                sender_id: Set(sender.0),
-                kind: Set(*kind),
-                created_at: Set(*at),
-            }),
-            _ => None,
-        });
+        let rows = rest[..run].iter().flat_map(signal_row);
         signaling_messages::Entity::insert_many(rows)
             .on_conflict(
                 OnConflict::column(signaling_messages::Column::Id)
@@ -194,18 +162,43 @@ pub async fn apply_all(db: &impl ConnectionTrait, events: &[CallEvent]) -> Resul
     Ok(())
 }
 
+/// Ends the calls the caller filters for, unless already ended (status only moves forward).
+fn mark_ended(reason: &str, at: DateTime<Utc>) -> sea_orm::UpdateMany<calls::Entity> {
+    calls::Entity::update_many()
+        .col_expr(calls::Column::Status, Expr::value(CallStatus::Ended))
+        .col_expr(calls::Column::EndReason, Expr::value(reason.to_string()))
+        .col_expr(calls::Column::EndedAt, Expr::value(at))
+        .filter(calls::Column::Status.ne(CallStatus::Ended))
+}
+
+/// The row of a signaling-metadata event (nothing for other events).
+fn signal_row(event: &CallEvent) -> Option<signaling_messages::ActiveModel> {
+    match event {
+        CallEvent::Signal {
+            id,
+            call_id,
+            sender,
+            kind,
+            at,
+        } => Some(signaling_messages::ActiveModel {
+            id: Set(*id),
+            call_id: Set(call_id.0),
+            sender_id: Set(sender.0),
+            kind: Set(*kind),
+            created_at: Set(*at),
+        }),
+        _ => None,
+    }
+}
+
 /// Ends every call this instance left `created` or `active` (crash recovery). Returns how many.
 pub async fn end_unfinished(
     db: &impl ConnectionTrait,
     instance_id: &str,
     reason: &str,
 ) -> Result<u64, StoreError> {
-    let res = calls::Entity::update_many()
-        .col_expr(calls::Column::Status, Expr::value(CallStatus::Ended))
-        .col_expr(calls::Column::EndReason, Expr::value(reason.to_string()))
-        .col_expr(calls::Column::EndedAt, Expr::value(Utc::now()))
+    let res = mark_ended(reason, Utc::now())
         .filter(calls::Column::InstanceId.eq(instance_id))
-        .filter(calls::Column::Status.ne(CallStatus::Ended))
         .exec(db)
         .await?;
     Ok(res.rows_affected)
