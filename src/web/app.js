@@ -131,10 +131,16 @@ function loggedOut(message) {
   notice(message || "");
 }
 
-async function loadHistory() {
+/**
+ * Shows the call history. `endedId`: a call that just ended; its record is written a moment
+ * after `call.ended` is sent, so the list is fetched again until it shows the call as ended.
+ */
+async function loadHistory(endedId = null, attempt = 0) {
   const list = $("history");
   try {
     const { calls } = await api.calls(20);
+    const pending = endedId && !calls.some((c) => c.id === endedId && c.status === "ended");
+    if (pending && attempt < 10) setTimeout(() => loadHistory(endedId, attempt + 1), 200 * (attempt + 1));
     list.replaceChildren(
       ...calls.map((c) => {
         const li = document.createElement("li");
@@ -305,14 +311,14 @@ function onMessage(msg) {
         if (!call) notice(endedText(msg.reason, { peer: pendingInvite || "The other person", role: "caller" }));
         pendingInvite = null;
         if (!call) show("home");
-        loadHistory();
+        loadHistory(msg.call_id);
         return;
       }
       const text = endedText(msg.reason, call);
       cleanupCall();
       show("home");
       notice(text);
-      loadHistory();
+      loadHistory(msg.call_id);
       break;
     }
     case "error":
@@ -398,7 +404,7 @@ $("mute").addEventListener("click", () => {
   $("mute").setAttribute("aria-pressed", String(muted));
   $("mute").textContent = muted ? "Unmute" : "Mute";
 });
-$("history-refresh").addEventListener("click", loadHistory);
+$("history-refresh").addEventListener("click", () => loadHistory());
 $("sessions-refresh").addEventListener("click", loadSessions);
 document.addEventListener("keydown", (e) => {
   if (e.key === "Escape" && call && !$("screen-incoming").hidden) $("reject").click();
