@@ -24,7 +24,18 @@ static ALLOC: callsignal::heap::Counting<mimalloc::MiMalloc> =
 const USAGE: &str = "usage: callsignal [--config PATH] [serve | migrate up | migrate down [N|all] | migrate status]";
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line (with its causes) for operators, not a Debug dump.
+            eprintln!("callsignal: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let _ = dotenvy::dotenv();
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut config = None;
