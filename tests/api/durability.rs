@@ -342,15 +342,24 @@ async fn wait_for(db_url: &str, sql: &str, want: &str) {
     panic!("{sql} never returned {want}");
 }
 
-async fn backends() -> Vec<(Backend, tempfile::TempDir, String)> {
+/// Drops the test's PostgreSQL database when the iteration using it ends.
+struct DropDb(String);
+
+impl Drop for DropDb {
+    fn drop(&mut self) {
+        crate::helpers::drop_test_database(&self.0);
+    }
+}
+
+async fn backends() -> Vec<(Backend, tempfile::TempDir, String, DropDb)> {
     let mut out = vec![];
     let dir = tempfile::tempdir().unwrap();
     let url = fresh_database(Backend::Sqlite, dir.path()).await;
-    out.push((Backend::Sqlite, dir, url));
+    out.push((Backend::Sqlite, dir, url.clone(), DropDb(url)));
     if std::env::var(PG_ENV).is_ok() {
         let dir = tempfile::tempdir().unwrap();
         let url = fresh_database(Backend::Postgres, dir.path()).await;
-        out.push((Backend::Postgres, dir, url));
+        out.push((Backend::Postgres, dir, url.clone(), DropDb(url)));
     } else {
         assert!(std::env::var("CI").is_err(), "{PG_ENV} must be set in CI");
     }
@@ -359,7 +368,7 @@ async fn backends() -> Vec<(Backend, tempfile::TempDir, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_ends_its_calls_server_restart_on_restart() {
-    for (backend, dir, url) in backends().await {
+    for (backend, dir, url, _cleanup) in backends().await {
         let server = start_server(&url, &dir.path().join("data"), "node-a");
         let http = reqwest::Client::new();
         let (la, lb) = (
@@ -423,7 +432,7 @@ async fn a_killed_server_ends_its_calls_server_restart_on_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_calls_closes_1001_and_commits_before_exit() {
-    for (backend, dir, url) in backends().await {
+    for (backend, dir, url, _cleanup) in backends().await {
         let mut server = start_server(&url, &dir.path().join("data"), "local");
         let http = reqwest::Client::new();
         let (la, lb) = (

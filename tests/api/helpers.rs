@@ -332,7 +332,37 @@ impl Drop for TestApp {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        drop_test_database(&self.db_url);
     }
+}
+
+/// Drops a per-test PostgreSQL database (`cs_test_…`) so the shared server does not fill up
+/// with them; SQLite files go with their temp directory. Runs on its own thread and runtime
+/// because `Drop` cannot await.
+pub fn drop_test_database(url: &str) {
+    let Some((_, name)) = url.rsplit_once('/') else {
+        return;
+    };
+    if !name.starts_with("cs_test_") || !url.starts_with("postgres") {
+        return;
+    }
+    let (Ok(admin), name) = (std::env::var(PG_ENV), name.to_owned()) else {
+        return;
+    };
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let db = Database::connect(&admin).await.ok()?;
+            db.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await
+                .ok()?;
+            db.close().await.ok()
+        })
+    })
+    .join();
 }
 
 /// A real WebSocket client.

@@ -34,6 +34,8 @@ async fn up_down_up(backend: Backend) {
     assert_eq!(tables(&db).await.len(), 4);
     let status = Migrator::get_pending_migrations(&db).await.unwrap();
     assert!(status.is_empty());
+    db.close().await.unwrap();
+    crate::helpers::drop_test_database(&url);
 }
 
 #[tokio::test]
