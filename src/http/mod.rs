@@ -72,6 +72,9 @@ pub async fn serve(
                 .http2()
                 .timer(TokioTimer::new())
                 .max_concurrent_streams(64)
+                // Ping idle HTTP/2 peers so dead ones are noticed and their slot freed.
+                .keep_alive_interval(Some(Duration::from_secs(20)))
+                .keep_alive_timeout(Duration::from_secs(10))
                 .max_header_list_size(32 * 1024);
             let service = service_fn(move |req| {
                 let state = state.clone();
