@@ -63,8 +63,9 @@ pub enum ConnectionMsg {
     Deliver(ServerMessage),
     /// A new socket resumed this connection.
     Attach(SocketLink),
-    /// The socket `socket_id` closed or failed.
-    SocketClosed(u64),
+    /// The socket `socket_id` closed or failed; carries the frames it had not written yet, which
+    /// go first to the next socket that resumes the connection.
+    SocketClosed(u64, Vec<String>),
     /// The resume grace of detach number `epoch` is over.
     GraceExpired(u64),
     /// The session was revoked or reached its lifetime: `session_revoked`, close 4401.
@@ -292,13 +293,21 @@ impl Actor for Connection {
                     let _ = r.cast(RegistryMsg::Attached(state.id));
                 }
             }
-            ConnectionMsg::SocketClosed(socket_id) => {
+            ConnectionMsg::SocketClosed(socket_id, unsent) => {
                 if state
                     .socket
                     .as_ref()
                     .is_some_and(|s| s.socket_id == socket_id)
                 {
                     state.socket = None;
+                    // Unsent frames were queued before anything that waited in `pending`.
+                    for text in unsent.into_iter().rev() {
+                        state.pending.push_front(text);
+                    }
+                    if state.pending.len() > state.links.settings.ws.outbound_queue {
+                        me.stop(Some("slow_consumer".into()));
+                        return Ok(());
+                    }
                     state.detach_epoch += 1;
                     let epoch = state.detach_epoch;
                     tracing::info!(connection_id = %state.id, user_id = %state.user.id,

@@ -112,11 +112,16 @@ pub async fn run(state: Arc<AppState>, upgraded: Upgraded) {
     .await;
     // Boxed: the handshake awaits database queries whose futures are large; inline, their size
     // would stay reserved in this task for the whole life of an idle connection.
-    let Some((actor, socket_id, rx, kill)) = Box::pin(handshake(&state, &mut ws)).await else {
+    let Some((actor, socket_id, mut rx, kill)) = Box::pin(handshake(&state, &mut ws)).await else {
         return;
     };
-    pump(&state, ws, &actor, rx, kill).await;
-    let _ = actor.cast(ConnectionMsg::SocketClosed(socket_id));
+    pump(&state, ws, &actor, &mut rx, kill).await;
+    // Hand back what the socket never wrote, so a resume delivers it.
+    let mut unsent = Vec::new();
+    while let Ok(Outbound::Text(text)) = rx.try_recv() {
+        unsent.push(text);
+    }
+    let _ = actor.cast(ConnectionMsg::SocketClosed(socket_id, unsent));
 }
 
 /// The first data frame, whatever it is.
@@ -259,7 +264,7 @@ async fn pump(
     state: &Arc<AppState>,
     mut ws: Ws,
     actor: &ActorRef<ConnectionMsg>,
-    mut rx: mpsc::Receiver<Outbound>,
+    rx: &mut mpsc::Receiver<Outbound>,
     kill: SocketKill,
 ) {
     let settings = &state.settings.ws;

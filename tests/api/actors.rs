@@ -20,6 +20,9 @@ struct Device {
     actor: ActorRef<ConnectionMsg>,
     rx: mpsc::Receiver<Outbound>,
     socket_id: u64,
+    user: UserRef,
+    session: SessionId,
+    welcome: Value,
 }
 
 impl Device {
@@ -33,13 +36,29 @@ impl Device {
     }
 
     async fn attach(app: &TestApp, user: UserRef, queue: usize) -> Device {
+        Self::open(app, user, SessionId::new(), None, queue).await
+    }
+
+    /// A new "socket" for this device's connection, presenting its resume token.
+    async fn resume(&self, app: &TestApp) -> Device {
+        let token = self.welcome["resume_token"].as_str().map(str::to_owned);
+        Self::open(app, self.user.clone(), self.session, token, 64).await
+    }
+
+    async fn open(
+        app: &TestApp,
+        user: UserRef,
+        session: SessionId,
+        resume_token: Option<String>,
+        queue: usize,
+    ) -> Device {
         let (tx, rx) = mpsc::channel(queue);
         let socket_id = rand_id();
         let req = ConnectRequest {
-            user,
-            session_id: SessionId::new(),
+            user: user.clone(),
+            session_id: session,
             session_expires_at: chrono::Utc::now() + chrono::Duration::days(1),
-            resume_token: None,
+            resume_token,
             socket: SocketLink {
                 socket_id,
                 tx,
@@ -56,8 +75,12 @@ impl Device {
             actor,
             rx,
             socket_id,
+            user,
+            session,
+            welcome: Value::Null,
         };
-        assert_eq!(d.recv().await["type"], "welcome");
+        d.welcome = d.recv().await;
+        assert_eq!(d.welcome["type"], "welcome");
         d
     }
 
@@ -164,7 +187,7 @@ async fn grace_expiry_message_ends_the_call_connection_lost() {
     b.expect("call.accepted").await;
     a.expect("call.accepted").await;
     b.actor
-        .cast(ConnectionMsg::SocketClosed(b.socket_id))
+        .cast(ConnectionMsg::SocketClosed(b.socket_id, vec![]))
         .unwrap();
     assert_eq!(a.expect("peer.reconnecting").await["call_id"], id.as_str());
     // A stale epoch does nothing; the current one ends the connection.
@@ -376,4 +399,32 @@ async fn first_accept_wins_across_devices_and_cancel_reaches_all() {
     ended(&mut b1, &id, "answered_elsewhere").await;
     b1.send(json!({"type": "call.reject", "call_id": id}));
     error(&mut b1, "call_not_ringing").await;
+}
+
+#[tokio::test]
+async fn a_resume_delivers_unsent_frames_then_what_came_while_away() {
+    let app = app().await;
+    let mut a = Device::connect(&app, "alice", 64).await;
+    let mut b = Device::connect(&app, "bob", 64).await;
+    let (id, _) = ringing(&app, &mut a, &mut b, "bob").await;
+    b.send(json!({"type": "call.accept", "call_id": id}));
+    b.expect("call.accepted").await;
+    a.expect("call.accepted").await;
+    // Bob's socket dies with two frames it never wrote; then alice sends one more.
+    b.actor
+        .cast(ConnectionMsg::SocketClosed(
+            b.socket_id,
+            vec!["{\"n\":1}".into(), "{\"n\":2}".into()],
+        ))
+        .unwrap();
+    a.expect("peer.reconnecting").await;
+    a.send(json!({"type": "ice", "call_id": id, "candidate": {"candidate": "later"}}));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut b2 = b.resume(&app).await;
+    assert_eq!(b2.welcome["resumed"], true);
+    assert_eq!(b2.welcome["connection_id"], b.welcome["connection_id"]);
+    assert_eq!(b2.recv().await["n"], 1);
+    assert_eq!(b2.recv().await["n"], 2);
+    assert_eq!(b2.expect("ice").await["candidate"]["candidate"], "later");
+    a.expect("peer.reconnected").await;
 }
