@@ -273,8 +273,6 @@ pub enum ErrorCode {
     PersistenceUnavailable,
     /// Connection caps reached (extension).
     TooManyConnections,
-    /// `resume_token` unknown or expired (extension; a fresh connection is made instead).
-    ResumeFailed,
     /// A server fault (extension).
     InternalError,
 }
