@@ -149,19 +149,36 @@ impl CallState {
 
     /// Tells everyone who knew of the call, records the end, frees the users, stops.
     fn end(&mut self, me: &ActorRef<CallMsg>, reason: EndReason) {
+        self.end_acking(me, reason, None);
+    }
+
+    /// [`end`](Self::end), acknowledging the hangup or reject of connection `by.0`: its
+    /// `call.ended` carries that message's `ref` (`by.1`).
+    fn end_acking(
+        &mut self,
+        me: &ActorRef<CallMsg>,
+        reason: EndReason,
+        by: Option<(ConnectionId, Option<String>)>,
+    ) {
         // Free the users first: a client reacting to `call.ended` with a new invite must find
         // the registry already knowing that this call is over.
         if let Some(r) = registry::lookup(&self.system_id) {
             let _ = r.cast(RegistryMsg::CallEnded(self.id));
         }
-        let ended = ServerMessage::CallEnded {
+        let (acked, ack_ref) = by.map_or((None, None), |(id, r)| (Some(id), r));
+        let ended = |to: &ConnRef| ServerMessage::CallEnded {
             call_id: self.id,
             reason,
+            reference: if Some(to.id) == acked {
+                ack_ref.clone()
+            } else {
+                None
+            },
         };
-        self.caller.send(ended.clone());
+        self.caller.send(ended(&self.caller));
         match &self.phase {
-            Phase::Ringing => self.ringing.iter().for_each(|c| c.send(ended.clone())),
-            Phase::Active { callee } => callee.send(ended),
+            Phase::Ringing => self.ringing.iter().for_each(|c| c.send(ended(c))),
+            Phase::Active { callee } => callee.send(ended(callee)),
         }
         self.persistence.record(CallEvent::Ended {
             call_id: self.id,
@@ -304,9 +321,10 @@ fn on_action(
             );
         }
         CallAction::Reject => {
+            let by = Some((from.id, reference));
             s.ringing.retain(|c| c.id != from.id);
             s.ringing.push(from);
-            s.end(me, EndReason::Rejected);
+            s.end_acking(me, EndReason::Rejected, by);
         }
         CallAction::Accept => {
             let others: Vec<ConnRef> = s.ringing.drain(..).filter(|c| c.id != from.id).collect();
@@ -334,18 +352,24 @@ fn on_action(
                 other.send(ServerMessage::CallEnded {
                     call_id: s.id,
                     reason: EndReason::AnsweredElsewhere,
+                    reference: None,
                 });
             }
             tracing::info!(call_id = %s.id, connection_id = %from.id, "call accepted");
         }
         CallAction::Hangup => match &s.phase {
-            Phase::Ringing if from.id == s.caller.id => s.end(me, EndReason::Cancelled),
+            Phase::Ringing if from.id == s.caller.id => {
+                s.end_acking(me, EndReason::Cancelled, Some((from.id, reference)))
+            }
             Phase::Ringing if is_callee_user => {
+                let by = Some((from.id, reference));
                 s.ringing.retain(|c| c.id != from.id);
                 s.ringing.push(from);
-                s.end(me, EndReason::Rejected);
+                s.end_acking(me, EndReason::Rejected, by);
             }
-            Phase::Active { .. } if s.peer_of(from.id).is_some() => s.end(me, EndReason::Hangup),
+            Phase::Active { .. } if s.peer_of(from.id).is_some() => {
+                s.end_acking(me, EndReason::Hangup, Some((from.id, reference)))
+            }
             _ => s.err(
                 &from,
                 ErrorCode::NotParticipant,

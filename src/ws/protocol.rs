@@ -340,6 +340,9 @@ pub enum ServerMessage {
         call_id: CallId,
         /// Why.
         reason: EndReason,
+        /// The `ref` of the hangup/reject this acknowledges (to its sender only).
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
     },
     /// Relayed session description.
     #[serde(rename = "sdp")]

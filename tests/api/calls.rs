@@ -118,10 +118,17 @@ async fn reject_ends_rejected_for_everyone(app: TestApp) {
     let (ua, ub) = (app.user("alice").await, app.user("bob").await);
     let (mut a, mut b) = (app.ws(&ua).await, app.ws(&ub).await);
     let call_id = invite(&mut a, &mut b, "bob").await;
-    b.send(json!({"type": "call.reject", "call_id": call_id}))
+    b.send(json!({"type": "call.reject", "call_id": call_id, "ref": "no-thanks"}))
         .await;
-    ended(&mut a, &call_id, "rejected").await;
-    ended(&mut b, &call_id, "rejected").await;
+    // The rejecter's call.ended is the direct reply: it carries the ref; the caller's does not.
+    let to_caller = a.expect("call.ended").await;
+    assert_eq!(to_caller["reason"], "rejected");
+    assert!(to_caller.get("ref").is_none(), "{to_caller}");
+    let ack = b.expect("call.ended").await;
+    assert_eq!(
+        (ack["reason"].as_str(), ack["ref"].as_str()),
+        (Some("rejected"), Some("no-thanks"))
+    );
     let row = call_row(&app, &call_id).await;
     assert_eq!(row.end_reason.as_deref(), Some("rejected"));
     assert!(row.answered_at.is_none());

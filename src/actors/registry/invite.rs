@@ -210,7 +210,11 @@ impl RegistryState {
             to: callee,
             reference,
         });
-        from.send(ServerMessage::CallEnded { call_id, reason });
+        from.send(ServerMessage::CallEnded {
+            call_id,
+            reason,
+            reference: None,
+        });
         tracing::info!(call_id = %call_id, reason = reason.as_str(), "call ended at once");
     }
 }

@@ -525,6 +525,7 @@ impl RegistryState {
         let ended = ServerMessage::CallEnded {
             call_id: id,
             reason: EndReason::ServerError,
+            reference: None,
         };
         c.info.caller.send(ended.clone());
         let callee_conns: Vec<ConnectionId> = match c.info.callee_conn {
