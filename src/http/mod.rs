@@ -99,11 +99,16 @@ pub async fn serve(
 
 async fn handle(state: &Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
     state.metrics.http_requests.inc();
+    let started = std::time::Instant::now();
+    // Paths carry no secrets (tokens never travel in URLs); the query string is left out anyway.
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let mut resp = match route(state, req, peer).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     };
     add_common_headers(&mut resp);
+    tracing::debug!(target: "http", %method, path, status = resp.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64, "request");
     resp
 }
 
