@@ -140,6 +140,17 @@ async fn ringing(
     (id, actor)
 }
 
+/// alice calls bob and bob answers: (alice, bob, call id).
+async fn answered(app: &TestApp) -> (Device, Device, String) {
+    let mut a = Device::connect(app, "alice", 64).await;
+    let mut b = Device::connect(app, "bob", 64).await;
+    let (id, _) = ringing(app, &mut a, &mut b, "bob").await;
+    b.send(json!({"type": "call.accept", "call_id": id}));
+    b.expect("call.accepted").await;
+    a.expect("call.accepted").await;
+    (a, b, id)
+}
+
 #[tokio::test]
 async fn ring_timeout_message_ends_the_call_missed() {
     let app = app().await;
@@ -180,12 +191,7 @@ async fn ring_timeout_after_accept_is_ignored() {
 #[tokio::test]
 async fn grace_expiry_message_ends_the_call_connection_lost() {
     let app = app().await;
-    let mut a = Device::connect(&app, "alice", 64).await;
-    let mut b = Device::connect(&app, "bob", 64).await;
-    let (id, _) = ringing(&app, &mut a, &mut b, "bob").await;
-    b.send(json!({"type": "call.accept", "call_id": id}));
-    b.expect("call.accepted").await;
-    a.expect("call.accepted").await;
+    let (mut a, mut b, id) = answered(&app).await;
     b.actor
         .cast(ConnectionMsg::SocketClosed(b.socket_id, vec![]))
         .unwrap();
@@ -404,12 +410,7 @@ async fn first_accept_wins_across_devices_and_cancel_reaches_all() {
 #[tokio::test]
 async fn a_resume_delivers_unsent_frames_then_what_came_while_away() {
     let app = app().await;
-    let mut a = Device::connect(&app, "alice", 64).await;
-    let mut b = Device::connect(&app, "bob", 64).await;
-    let (id, _) = ringing(&app, &mut a, &mut b, "bob").await;
-    b.send(json!({"type": "call.accept", "call_id": id}));
-    b.expect("call.accepted").await;
-    a.expect("call.accepted").await;
+    let (mut a, mut b, id) = answered(&app).await;
     // Bob's socket dies with two frames it never wrote; then alice sends one more.
     b.actor
         .cast(ConnectionMsg::SocketClosed(

@@ -220,6 +220,15 @@ impl TestApp {
         req.send().await.expect("request")
     }
 
+    /// DELETE with an optional bearer token.
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.delete(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("request")
+    }
+
     /// `POST /api/auth/refresh` with `token`.
     pub async fn refresh(&self, token: &str) -> reqwest::Response {
         self.post("/api/auth/refresh", &json!({"refresh_token": token}), None)

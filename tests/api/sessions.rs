@@ -11,13 +11,7 @@ async fn sessions_lists_live_sessions_with_current_flag(app: TestApp) {
     let a3 = app.login("olivia").await;
     app.post("/api/auth/logout", &json!({}), Some(&a3.access))
         .await;
-    let r = app
-        .http
-        .get(app.url("/api/sessions"))
-        .bearer_auth(&a1.access)
-        .send()
-        .await
-        .unwrap();
+    let r = app.get("/api/sessions", Some(&a1.access)).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     let list = v["sessions"].as_array().unwrap();
@@ -38,47 +32,34 @@ async fn delete_session_revokes_it_and_only_the_owners(app: TestApp) {
     let p2 = app.login("peggy").await;
     let q = app.user("quentin").await;
     let other = app
-        .http
-        .delete(app.url(&format!("/api/sessions/{}", p2.session_id)))
-        .bearer_auth(&q.access)
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/api/sessions/{}", p2.session_id), Some(&q.access))
+        .await;
     assert_eq!(other.status(), 404);
     let v: Value = other.json().await.unwrap();
     assert_eq!(v["error"]["code"], "not_found");
     let r = app
-        .http
-        .delete(app.url(&format!("/api/sessions/{}", p2.session_id)))
-        .bearer_auth(&p1.access)
-        .send()
-        .await
-        .unwrap();
+        .delete(
+            &format!("/api/sessions/{}", p2.session_id),
+            Some(&p1.access),
+        )
+        .await;
     assert_eq!(r.status(), 204);
     assert_eq!(app.get("/api/me", Some(&p2.access)).await.status(), 401);
     assert_eq!(app.get("/api/me", Some(&p1.access)).await.status(), 200);
     let again = app
-        .http
-        .delete(app.url(&format!("/api/sessions/{}", p2.session_id)))
-        .bearer_auth(&p1.access)
-        .send()
-        .await
-        .unwrap();
+        .delete(
+            &format!("/api/sessions/{}", p2.session_id),
+            Some(&p1.access),
+        )
+        .await;
     assert_eq!(again.status(), 404);
     let bogus = app
-        .http
-        .delete(app.url("/api/sessions/not-a-uuid"))
-        .bearer_auth(&p1.access)
-        .send()
-        .await
-        .unwrap();
+        .delete("/api/sessions/not-a-uuid", Some(&p1.access))
+        .await;
     assert_eq!(bogus.status(), 404);
     let unauth = app
-        .http
-        .delete(app.url(&format!("/api/sessions/{}", p1.session_id)))
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/api/sessions/{}", p1.session_id), None)
+        .await;
     assert_eq!(unauth.status(), 401);
     let _ = PASSWORD;
 }
