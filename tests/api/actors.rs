@@ -191,7 +191,7 @@ async fn ring_timeout_after_accept_is_ignored() {
 #[tokio::test]
 async fn grace_expiry_message_ends_the_call_connection_lost() {
     let app = app().await;
-    let (mut a, mut b, id) = answered(&app).await;
+    let (mut a, b, id) = answered(&app).await;
     b.actor
         .cast(ConnectionMsg::SocketClosed(b.socket_id, vec![]))
         .unwrap();
@@ -410,7 +410,7 @@ async fn first_accept_wins_across_devices_and_cancel_reaches_all() {
 #[tokio::test]
 async fn a_resume_delivers_unsent_frames_then_what_came_while_away() {
     let app = app().await;
-    let (mut a, mut b, id) = answered(&app).await;
+    let (mut a, b, id) = answered(&app).await;
     // Bob's socket dies with two frames it never wrote; then alice sends one more.
     b.actor
         .cast(ConnectionMsg::SocketClosed(

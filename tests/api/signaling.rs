@@ -154,12 +154,8 @@ async fn deleting_a_session_and_refresh_reuse_close_sockets(app: TestApp) {
     let v = app.login("grace").await;
     let mut cv = app.ws(&v).await;
     let r = app
-        .http
-        .delete(app.url(&format!("/api/sessions/{}", v.session_id)))
-        .bearer_auth(&u.access)
-        .send()
-        .await
-        .unwrap();
+        .delete(&format!("/api/sessions/{}", v.session_id), Some(&u.access))
+        .await;
     assert_eq!(r.status(), 204);
     cv.expect_error("session_revoked").await;
     assert_eq!(cv.closed().await, Closed::Code(4401));
