@@ -468,4 +468,30 @@ mod tests {
         assert!(parse("not json").is_err());
         assert!(parse(r#"{"type":"sdp","call_id":"6f1c7c3e-8f57-4b2a-9f4e-0a0b0c0d0e0f","description":{"type":"bogus","sdp":""}}"#).is_err());
     }
+
+    #[test]
+    fn mangled_frames_never_panic() {
+        let frames = [
+            r#"{"type":"hello","token":"abc","resume_token":"r","ref":"1"}"#,
+            r#"{"type":"call.invite","to":"bob","ref":"x"}"#,
+            r#"{"type":"sdp","call_id":"6f1c7c3e-8f57-4b2a-9f4e-0a0b0c0d0e0f","description":{"type":"offer","sdp":"v=0\r\n"}}"#,
+            r#"{"type":"ice","call_id":"6f1c7c3e-8f57-4b2a-9f4e-0a0b0c0d0e0f","candidate":{"candidate":"c","sdpMid":"0","sdpMLineIndex":0}}"#,
+        ];
+        let mut parsed = 0;
+        for frame in frames {
+            let bytes = frame.as_bytes();
+            for cut in 0..=bytes.len() {
+                let text = String::from_utf8_lossy(&bytes[..cut]);
+                parsed += usize::from(parse(&text).is_ok());
+            }
+            for i in 0..bytes.len() {
+                for b in [b'"', b'{', b'}', b'\\', b'0', 0xff, b' '] {
+                    let mut m = bytes.to_vec();
+                    m[i] = b;
+                    let _ = parse(&String::from_utf8_lossy(&m));
+                }
+            }
+        }
+        assert_eq!(parsed, 4, "only the complete frames parse");
+    }
 }
