@@ -30,6 +30,8 @@ pub struct Metrics {
     pub http_requests: Metric,
     /// Failed logins.
     pub login_failures: Metric,
+    /// argon2id verifications computed (one per login attempt, known user or not).
+    pub password_verifications: Metric,
     /// Logins answered 429.
     pub login_throttled: Metric,
     /// Open signaling connections (gauge).
@@ -56,7 +58,7 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self, backlog: usize) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, i64); 13] = [
+        let rows: [(&str, &str, &str, i64); 14] = [
             (
                 "callsignal_http_requests_total",
                 "counter",
@@ -68,6 +70,12 @@ impl Metrics {
                 "counter",
                 "Failed logins",
                 self.login_failures.get(),
+            ),
+            (
+                "callsignal_password_verifications_total",
+                "counter",
+                "argon2id verifications computed",
+                self.password_verifications.get(),
             ),
             (
                 "callsignal_login_throttled_total",

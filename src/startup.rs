@@ -80,6 +80,7 @@ impl App {
             hasher: PasswordHasher::new(
                 settings.auth.max_concurrent_hashes,
                 settings.auth.max_queued_hashes,
+                metrics.clone(),
             ),
             throttle: LoginThrottle::new(settings.auth.throttle.clone()),
             actors: ActorSystem {

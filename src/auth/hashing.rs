@@ -35,6 +35,8 @@ pub struct PasswordHasher {
     /// Hash of a random password, verified against for unknown usernames so that they cost
     /// exactly what a wrong password costs.
     dummy_hash: Arc<str>,
+    /// Counts verifications actually computed (exported, and proves equal work in tests).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn argon2() -> Argon2<'static> {
@@ -64,7 +66,11 @@ fn verify_blocking(password: &str, phc: &str) -> bool {
 
 impl PasswordHasher {
     /// `concurrency` 0 means the number of CPUs.
-    pub fn new(concurrency: usize, max_waiting: usize) -> Self {
+    pub fn new(
+        concurrency: usize,
+        max_waiting: usize,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let n = if concurrency == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -84,6 +90,7 @@ impl PasswordHasher {
             waiting: Arc::new(AtomicUsize::new(0)),
             max_waiting,
             dummy_hash: dummy.into(),
+            metrics,
         }
     }
 
@@ -116,7 +123,14 @@ impl PasswordHasher {
     pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, HashError> {
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy_hash.to_string());
-        let ok = self.run(move || verify_blocking(&password, &phc)).await?;
+        let metrics = self.metrics.clone();
+        let ok = self
+            .run(move || {
+                let ok = verify_blocking(&password, &phc);
+                metrics.password_verifications.inc();
+                ok
+            })
+            .await?;
         Ok(ok && known)
     }
 }
@@ -127,7 +141,8 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_argon2id_with_owasp_params_and_verify() {
-        let h = PasswordHasher::new(1, 4);
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let h = PasswordHasher::new(1, 4, metrics.clone());
         let phc = h.hash("correct horse battery".into()).await.expect("hash");
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         assert!(
@@ -141,5 +156,10 @@ mod tests {
                 .expect("v")
         );
         assert!(!h.verify("anything at all".into(), None).await.expect("v"));
+        assert_eq!(
+            metrics.password_verifications.get(),
+            3,
+            "an unknown user costs one verification too"
+        );
     }
 }
