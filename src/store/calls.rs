@@ -114,16 +114,7 @@ pub async fn apply(db: &impl ConnectionTrait, event: &CallEvent) -> Result<(), S
                 .exec(db)
                 .await?;
         }
-        CallEvent::Signal { .. } => {
-            signaling_messages::Entity::insert_many(signal_row(event))
-                .on_conflict(
-                    OnConflict::column(signaling_messages::Column::Id)
-                        .do_nothing()
-                        .to_owned(),
-                )
-                .exec_without_returning(db)
-                .await?;
-        }
+        CallEvent::Signal { .. } => insert_signals(db, std::slice::from_ref(event)).await?,
     }
     Ok(())
 }
@@ -148,17 +139,23 @@ pub async fn apply_all(db: &impl ConnectionTrait, events: &[CallEvent]) -> Resul
             rest = &rest[1..];
             continue;
         }
-        let rows = rest[..run].iter().flat_map(signal_row);
-        signaling_messages::Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::column(signaling_messages::Column::Id)
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(db)
-            .await?;
+        insert_signals(db, &rest[..run]).await?;
         rest = &rest[run..];
     }
+    Ok(())
+}
+
+/// One multi-row insert of the signaling-metadata events among `events`; existing ids are
+/// left alone.
+async fn insert_signals(db: &impl ConnectionTrait, events: &[CallEvent]) -> Result<(), StoreError> {
+    signaling_messages::Entity::insert_many(events.iter().flat_map(signal_row))
+        .on_conflict(
+            OnConflict::column(signaling_messages::Column::Id)
+                .do_nothing()
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
     Ok(())
 }
 

@@ -153,7 +153,7 @@ async fn login_returns_tokens_and_me_works(app: TestApp) {
     assert_eq!(v["user"]["username"], "erin");
     assert!(v["refresh_token"].as_str().unwrap().len() > 40);
     let token = v["access_token"].as_str().unwrap();
-    let me: Value = app.get("/api/me", Some(token)).await.json().await.unwrap();
+    let me: Value = app.get_json("/api/me", Some(token)).await;
     assert_eq!(me["username"], "erin");
     assert_eq!(me["id"], v["user"]["id"]);
 }

@@ -319,6 +319,27 @@ async fn ws(addr: &str, login: &Value) -> crate::helpers::WsClient {
     c
 }
 
+/// alice and bob registered on `server`, connected, and in an answered call:
+/// (alice's login, bob's login, alice's socket, bob's socket, call id).
+async fn call_on(
+    server: &Server,
+) -> (
+    Value,
+    Value,
+    crate::helpers::WsClient,
+    crate::helpers::WsClient,
+    String,
+) {
+    let http = reqwest::Client::new();
+    let (la, lb) = (
+        user(&http, &server.addr, "alice").await,
+        user(&http, &server.addr, "bob").await,
+    );
+    let (mut a, mut b) = (ws(&server.addr, &la).await, ws(&server.addr, &lb).await);
+    let call_id = active_call(&mut a, &mut b, "bob").await;
+    (la, lb, a, b, call_id)
+}
+
 async fn scalar(db_url: &str, sql: &str) -> Option<String> {
     use sea_orm::{ConnectionTrait, Database, Statement};
     let db = Database::connect(db_url).await.unwrap();
@@ -370,13 +391,7 @@ async fn backends() -> Vec<(Backend, tempfile::TempDir, String, DropDb)> {
 async fn a_killed_server_ends_its_calls_server_restart_on_restart() {
     for (backend, dir, url, _cleanup) in backends().await {
         let server = start_server(&url, &dir.path().join("data"), "node-a");
-        let http = reqwest::Client::new();
-        let (la, lb) = (
-            user(&http, &server.addr, "alice").await,
-            user(&http, &server.addr, "bob").await,
-        );
-        let (mut a, mut b) = (ws(&server.addr, &la).await, ws(&server.addr, &lb).await);
-        let call_id = active_call(&mut a, &mut b, "bob").await;
+        let (la, lb, mut a, _b, call_id) = call_on(&server).await;
         let q = "SELECT status FROM calls WHERE caller_id = (SELECT id FROM users WHERE username = 'alice')".to_string();
         wait_for(&url, &q, "active").await;
         // Another instance's unfinished call in the same database must not be touched.
@@ -434,13 +449,7 @@ async fn a_killed_server_ends_its_calls_server_restart_on_restart() {
 async fn sigterm_ends_calls_closes_1001_and_commits_before_exit() {
     for (backend, dir, url, _cleanup) in backends().await {
         let mut server = start_server(&url, &dir.path().join("data"), "local");
-        let http = reqwest::Client::new();
-        let (la, lb) = (
-            user(&http, &server.addr, "alice").await,
-            user(&http, &server.addr, "bob").await,
-        );
-        let (mut a, mut b) = (ws(&server.addr, &la).await, ws(&server.addr, &lb).await);
-        let call_id = active_call(&mut a, &mut b, "bob").await;
+        let (_la, _lb, mut a, mut b, call_id) = call_on(&server).await;
         let pid = server.child.id().to_string();
         assert!(
             Command::new("kill")

@@ -46,12 +46,7 @@ async fn unknown_routes_and_methods(app: TestApp) {
 async fn ice_servers_need_auth_and_list_config(app: TestApp) {
     assert_eq!(app.get("/api/ice-servers", None).await.status(), 401);
     let u = app.user("ruth").await;
-    let v: Value = app
-        .get("/api/ice-servers", Some(&u.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = app.get_json("/api/ice-servers", Some(&u.access)).await;
     assert!(v["ice_servers"].is_array());
     assert_eq!(v["ttl"], 3600);
 }
@@ -96,12 +91,7 @@ async fn turn_credentials_are_time_limited_hmac() {
     })
     .await;
     let u = app.user("sybil").await;
-    let v: Value = app
-        .get("/api/ice-servers", Some(&u.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = app.get_json("/api/ice-servers", Some(&u.access)).await;
     let servers = v["ice_servers"].as_array().unwrap();
     assert_eq!(servers.len(), 2);
     assert_eq!(servers[0]["urls"][0], "stun:stun.example.org:3478");

@@ -220,6 +220,11 @@ impl TestApp {
         req.send().await.expect("request")
     }
 
+    /// GET, expecting a JSON body.
+    pub async fn get_json(&self, path: &str, token: Option<&str>) -> serde_json::Value {
+        self.get(path, token).await.json().await.expect("json body")
+    }
+
     /// DELETE with an optional bearer token.
     pub async fn delete(&self, path: &str, token: Option<&str>) -> reqwest::Response {
         let mut req = self.http.delete(self.url(path));

@@ -42,12 +42,7 @@ async fn history_lists_both_directions_newest_first_with_paging(app: TestApp) {
     ids.push(third.clone());
     app.flushed().await;
 
-    let v: Value = app
-        .get("/api/calls", Some(&ua.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let v: Value = app.get_json("/api/calls", Some(&ua.access)).await;
     let calls = v["calls"].as_array().unwrap();
     let got: Vec<&str> = calls.iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(got, [third.as_str(), second.as_str(), first.as_str()]);
@@ -62,22 +57,14 @@ async fn history_lists_both_directions_newest_first_with_paging(app: TestApp) {
     assert!(calls[1]["duration_ms"].is_null(), "never answered");
     assert_eq!(calls[0]["end_reason"], "unavailable");
 
-    let page1: Value = app
-        .get("/api/calls?limit=2", Some(&ua.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page1: Value = app.get_json("/api/calls?limit=2", Some(&ua.access)).await;
     assert_eq!(page1["calls"].as_array().unwrap().len(), 2);
     let page2: Value = app
-        .get(
+        .get_json(
             &format!("/api/calls?limit=2&before={second}"),
             Some(&ua.access),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     let p2: Vec<&str> = page2["calls"]
         .as_array()
         .unwrap()
@@ -86,27 +73,14 @@ async fn history_lists_both_directions_newest_first_with_paging(app: TestApp) {
         .collect();
     assert_eq!(p2, [first.as_str()]);
 
-    let bob: Value = app
-        .get("/api/calls", Some(&ub.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let bob: Value = app.get_json("/api/calls", Some(&ub.access)).await;
     assert_eq!(bob["calls"].as_array().unwrap().len(), 2);
-    let carol: Value = app
-        .get("/api/calls", Some(&uc.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let carol: Value = app.get_json("/api/calls", Some(&uc.access)).await;
     assert_eq!(carol["calls"].as_array().unwrap().len(), 1);
 
     let one: Value = app
-        .get(&format!("/api/calls/{first}"), Some(&ub.access))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/api/calls/{first}"), Some(&ub.access))
+        .await;
     assert_eq!(one["id"], first.as_str());
     let r = app
         .get(&format!("/api/calls/{first}"), Some(&uc.access))
