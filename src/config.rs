@@ -152,6 +152,10 @@ pub struct CallSettings {
     pub ring_timeout_secs: u64,
     /// Invites per user per minute.
     pub invites_per_minute: u32,
+    /// Invites one user may receive per minute, from everyone together.
+    pub invites_per_callee_per_minute: u32,
+    /// Invites from one user to one other user per minute.
+    pub invites_per_pair_per_minute: u32,
 }
 
 /// `[ws]`
@@ -159,20 +163,31 @@ pub struct CallSettings {
 pub struct WsSettings {
     /// `hello` deadline in seconds.
     pub hello_timeout_secs: u64,
-    /// Resume grace in seconds.
+    /// Resume grace in seconds after a network drop.
     pub resume_grace_secs: u64,
+    /// Resume grace in seconds after the client closed with 1001 (reload, tab closed).
+    pub going_away_grace_secs: u64,
     /// Ping interval in seconds.
     pub heartbeat_secs: u64,
     /// Largest frame/message in bytes.
     pub max_message_bytes: usize,
-    /// Outbound queue length per socket.
+    /// Most messages held per connection: not yet written, or written but not yet known to be
+    /// delivered (kept for a lossless resume).
     pub outbound_queue: usize,
+    /// Most bytes held per connection, same meaning as `outbound_queue`.
+    pub outbound_queue_bytes: usize,
     /// Sustained messages per second per connection.
     pub rate_limit_per_sec: u32,
     /// Token-bucket burst.
     pub rate_limit_burst: u32,
-    /// `rate_limited` errors before close 1008.
+    /// Inbound bytes per second per user, sustained.
+    pub rate_limit_bytes_per_sec: usize,
+    /// Byte-bucket burst (at least `max_message_bytes`).
+    pub rate_limit_bytes_burst: usize,
+    /// Outstanding `rate_limited` errors tolerated before close 1008.
     pub rate_limit_strikes: u32,
+    /// Seconds of good behaviour after which `rate_limit_strikes` strikes are forgiven.
+    pub rate_limit_strike_decay_secs: u64,
     /// Connections per user.
     pub max_connections_per_user: usize,
     /// Connections in total.
@@ -187,6 +202,10 @@ impl WsSettings {
     /// `resume_grace_secs` as a duration.
     pub fn resume_grace(&self) -> Duration {
         Duration::from_secs(self.resume_grace_secs)
+    }
+    /// `going_away_grace_secs` as a duration (never longer than the network-drop grace).
+    pub fn going_away_grace(&self) -> Duration {
+        Duration::from_secs(self.going_away_grace_secs.min(self.resume_grace_secs))
     }
     /// `heartbeat_secs` as a duration.
     pub fn heartbeat(&self) -> Duration {
@@ -338,6 +357,16 @@ impl Settings {
         if self.ws.max_message_bytes < 1024 {
             return Err(ConfigError::Rule(
                 "ws.max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.ws.rate_limit_bytes_burst < self.ws.max_message_bytes {
+            return Err(ConfigError::Rule(
+                "ws.rate_limit_bytes_burst must be at least ws.max_message_bytes".into(),
+            ));
+        }
+        if self.ws.outbound_queue_bytes < 2 * self.ws.max_message_bytes {
+            return Err(ConfigError::Rule(
+                "ws.outbound_queue_bytes must be at least twice ws.max_message_bytes".into(),
             ));
         }
         if self.ws.outbound_queue == 0 || self.persistence.batch_size == 0 {

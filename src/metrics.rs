@@ -46,6 +46,10 @@ pub struct Metrics {
     pub slow_consumers: Metric,
     /// Messages refused by the rate limit.
     pub rate_limited: Metric,
+    /// Resumes that could not replay everything the client missed (`resume_gap`).
+    pub resume_gaps: Metric,
+    /// Connections resumed (by token) or taken over (same session, reloaded page).
+    pub resumes: Metric,
     /// Call events committed to the database.
     pub events_written: Metric,
     /// Signaling metadata rows skipped because the buffer was full during an outage.
@@ -58,7 +62,7 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self, backlog: usize) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, i64); 14] = [
+        let rows: [(&str, &str, &str, i64); 16] = [
             (
                 "callsignal_http_requests_total",
                 "counter",
@@ -112,6 +116,18 @@ impl Metrics {
                 "counter",
                 "Sockets closed for not reading",
                 self.slow_consumers.get(),
+            ),
+            (
+                "callsignal_resume_gaps_total",
+                "counter",
+                "Resumes that could not replay every missed message",
+                self.resume_gaps.get(),
+            ),
+            (
+                "callsignal_resumes_total",
+                "counter",
+                "Connections resumed or taken over by a new socket",
+                self.resumes.get(),
             ),
             (
                 "callsignal_rate_limited_total",

@@ -19,7 +19,7 @@ use super::registry::{self, CallEntryInfo, RegistryMsg};
 use crate::domain::{CallId, ConnectionId, UserRef};
 use crate::metrics::Metrics;
 use crate::store::calls::CallEvent;
-use crate::ws::protocol::{EndReason, ErrorCode, ServerMessage};
+use crate::ws::protocol::{EndCause, EndReason, ErrorCode, ServerMessage};
 use entity::signaling_messages::SignalingKind;
 
 /// What a party asks of the call.
@@ -27,10 +27,10 @@ use entity::signaling_messages::SignalingKind;
 pub enum CallAction {
     /// Answer (callee).
     Accept,
-    /// Decline (callee).
-    Reject,
-    /// End or cancel.
-    Hangup,
+    /// Decline (callee), with the cause it gave.
+    Reject(Option<EndCause>),
+    /// End or cancel, with the cause it gave.
+    Hangup(Option<EndCause>),
     /// Relay a session description.
     Sdp(Box<RawValue>),
     /// Relay an ICE candidate.
@@ -54,8 +54,12 @@ pub enum CallMsg {
     PartyDetached(ConnectionId),
     /// A party's socket came back.
     PartyAttached(ConnectionId),
-    /// A connection is gone for good.
-    PartyGone(ConnectionId),
+    /// A connection is gone for good; if the call cannot go on without it, it ends with this
+    /// reason (`connection_lost`, or `left` for a deliberate close).
+    PartyGone(ConnectionId, EndReason),
+    /// A device of the callee appeared while the call rings (new socket, or a reloaded page
+    /// that took its connection over): it gets `call.incoming`.
+    DeviceJoined(ConnRef),
     /// End now with `reason` (shutdown); replies once the `call.ended` messages are queued.
     End(EndReason, Option<RpcReplyPort<()>>),
     /// Tell the (restarted) registry about this call.
@@ -149,36 +153,51 @@ impl CallState {
 
     /// Tells everyone who knew of the call, records the end, frees the users, stops.
     fn end(&mut self, me: &ActorRef<CallMsg>, reason: EndReason) {
-        self.end_acking(me, reason, None);
+        self.end_acking(me, reason, None, None);
     }
 
-    /// [`end`](Self::end), acknowledging the hangup or reject of connection `by.0`: its
-    /// `call.ended` carries that message's `ref` (`by.1`).
+    /// [`end`](Self::end), acknowledging the hangup or reject of connection `by`: its
+    /// `call.ended` carries that message's `ref`; `cause` (what the ending party said) goes to
+    /// everyone. A connection of a party's user that was not told of the call yet (another
+    /// device of that user) gets its acknowledgement too.
     fn end_acking(
         &mut self,
         me: &ActorRef<CallMsg>,
         reason: EndReason,
-        by: Option<(ConnectionId, Option<String>)>,
+        by: Option<(&ConnRef, Option<String>)>,
+        cause: Option<EndCause>,
     ) {
         // Free the users first: a client reacting to `call.ended` with a new invite must find
         // the registry already knowing that this call is over.
         if let Some(r) = registry::lookup(&self.system_id) {
             let _ = r.cast(RegistryMsg::CallEnded(self.id));
         }
-        let (acked, ack_ref) = by.map_or((None, None), |(id, r)| (Some(id), r));
+        let (acker, ack_ref) = by.map_or((None, None), |(c, r)| (Some(c.clone()), r));
+        let acked = acker.as_ref().map(|c| c.id);
         let ended = |to: &ConnRef| ServerMessage::CallEnded {
             call_id: self.id,
             reason,
+            cause,
             reference: if Some(to.id) == acked {
                 ack_ref.clone()
             } else {
                 None
             },
         };
+        let mut told = vec![self.caller.id];
         self.caller.send(ended(&self.caller));
         match &self.phase {
-            Phase::Ringing => self.ringing.iter().for_each(|c| c.send(ended(c))),
-            Phase::Active { callee } => callee.send(ended(callee)),
+            Phase::Ringing => self.ringing.iter().for_each(|c| {
+                told.push(c.id);
+                c.send(ended(c));
+            }),
+            Phase::Active { callee } => {
+                told.push(callee.id);
+                callee.send(ended(callee));
+            }
+        }
+        if let Some(acker) = acker.filter(|c| !told.contains(&c.id)) {
+            acker.send(ended(&acker));
         }
         self.persistence.record(CallEvent::Ended {
             call_id: self.id,
@@ -267,14 +286,25 @@ impl Actor for Call {
                     peer.send(ServerMessage::PeerReconnected { call_id: s.id });
                 }
             }
-            CallMsg::PartyGone(conn) => {
+            CallMsg::PartyGone(conn, reason) => {
                 if conn == s.caller.id || s.peer_of(conn).is_some() {
-                    s.end(&me, EndReason::ConnectionLost);
+                    s.end(&me, reason);
                 } else if matches!(s.phase, Phase::Ringing) {
                     s.ringing.retain(|c| c.id != conn);
                     if s.ringing.is_empty() {
-                        s.end(&me, EndReason::ConnectionLost);
+                        s.end(&me, reason);
                     }
+                }
+            }
+            CallMsg::DeviceJoined(conn) => {
+                if matches!(s.phase, Phase::Ringing) && conn.user.id == s.callee.id {
+                    if !s.ringing.iter().any(|c| c.id == conn.id) {
+                        s.ringing.push(conn.clone());
+                    }
+                    conn.send(ServerMessage::CallIncoming {
+                        call_id: s.id,
+                        from: s.caller.user.clone(),
+                    });
                 }
             }
             CallMsg::End(reason, ack) => {
@@ -304,7 +334,7 @@ fn on_action(
 ) {
     let is_callee_user = from.user.id == s.callee.id;
     match action {
-        CallAction::Accept | CallAction::Reject if !is_callee_user => {
+        CallAction::Accept | CallAction::Reject(_) if !is_callee_user => {
             s.err(
                 &from,
                 ErrorCode::NotParticipant,
@@ -312,7 +342,7 @@ fn on_action(
                 reference,
             );
         }
-        CallAction::Accept | CallAction::Reject if !matches!(s.phase, Phase::Ringing) => {
+        CallAction::Accept | CallAction::Reject(_) if !matches!(s.phase, Phase::Ringing) => {
             s.err(
                 &from,
                 ErrorCode::CallNotRinging,
@@ -320,11 +350,10 @@ fn on_action(
                 reference,
             );
         }
-        CallAction::Reject => {
-            let by = Some((from.id, reference));
+        CallAction::Reject(cause) => {
             s.ringing.retain(|c| c.id != from.id);
-            s.ringing.push(from);
-            s.end_acking(me, EndReason::Rejected, by);
+            s.ringing.push(from.clone());
+            s.end_acking(me, EndReason::Rejected, Some((&from, reference)), cause);
         }
         CallAction::Accept => {
             let others: Vec<ConnRef> = s.ringing.drain(..).filter(|c| c.id != from.id).collect();
@@ -352,23 +381,25 @@ fn on_action(
                 other.send(ServerMessage::CallEnded {
                     call_id: s.id,
                     reason: EndReason::AnsweredElsewhere,
+                    cause: None,
                     reference: None,
                 });
             }
             tracing::info!(call_id = %s.id, connection_id = %from.id, "call accepted");
         }
-        CallAction::Hangup => match &s.phase {
-            Phase::Ringing if from.id == s.caller.id => {
-                s.end_acking(me, EndReason::Cancelled, Some((from.id, reference)))
+        // Any connection of a party's user may end the call (e.g. another device, shown the call
+        // by `welcome.call`).
+        CallAction::Hangup(cause) => match &s.phase {
+            Phase::Ringing if from.user.id == s.caller.user.id => {
+                s.end_acking(me, EndReason::Cancelled, Some((&from, reference)), cause)
             }
             Phase::Ringing if is_callee_user => {
-                let by = Some((from.id, reference));
                 s.ringing.retain(|c| c.id != from.id);
-                s.ringing.push(from);
-                s.end_acking(me, EndReason::Rejected, by);
+                s.ringing.push(from.clone());
+                s.end_acking(me, EndReason::Rejected, Some((&from, reference)), cause);
             }
-            Phase::Active { .. } if s.peer_of(from.id).is_some() => {
-                s.end_acking(me, EndReason::Hangup, Some((from.id, reference)))
+            Phase::Active { .. } if from.user.id == s.caller.user.id || is_callee_user => {
+                s.end_acking(me, EndReason::Hangup, Some((&from, reference)), cause)
             }
             _ => s.err(
                 &from,

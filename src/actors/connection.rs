@@ -1,15 +1,25 @@
 //! The connection actor: one per signaling connection. It owns the connection's state (user,
-//! session, resume token, current socket) and a bounded outbound queue to the socket task. When
-//! the socket drops it keeps the connection for `ws.resume_grace_secs`, queueing (boundedly)
-//! what the server sends meanwhile, and delivers it in order on resume. A client that does not
-//! read fast enough is disconnected, never buffered without bound.
+//! session, resume token, current socket) and every message it sends, numbered by `seq`.
+//!
+//! Delivery is lossless across a resume: each message is kept, bounded in count and bytes
+//! (`ws.outbound_queue`, `ws.outbound_queue_bytes`), until there is evidence the client has it —
+//! an `ack`, the `last_seq` of a resuming `hello`, or the pong to a heartbeat ping sent after it
+//! was written. A resume replays exactly what came after the client's `last_seq` (or, for a v1
+//! client, what the old socket never wrote). When a bound is reached, messages already written
+//! are forgotten first; a client that has not even been written to within the bound does not
+//! read (or stayed away too long) and is disconnected, never buffered without bound.
+//!
+//! When the socket drops the connection waits: `ws.resume_grace_secs` after a network drop,
+//! `ws.going_away_grace_secs` after close 1001; close 1000 ends it at once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::ConnRef;
 use super::registry::{self, ConnEntryInfo, RegistryMsg};
@@ -17,16 +27,63 @@ use crate::config::Settings;
 use crate::domain::{ConnectionId, SessionId, UserRef};
 use crate::ice::IceServer;
 use crate::metrics::Metrics;
-use crate::ws::close;
-use crate::ws::protocol::{ClientMessage, ErrorCode, Inbound, ServerMessage};
+use crate::ws::protocol::{
+    CallSummary, ClientMessage, EndReason, ErrorCode, Inbound, ServerMessage, close,
+};
 
 /// What the connection actor hands to its socket task.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A text frame.
-    Text(String),
-    /// A close frame with code and reason; the socket task closes after sending it.
+    /// A text frame and its `seq` (0 for the unsequenced `welcome` and resume errors).
+    Text(u64, Utf8Bytes),
+    /// A close frame with code and reason; the socket task runs the closing handshake.
     Close(u16, &'static str),
+}
+
+/// How a socket ended, as its task saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketEnd {
+    /// The client closed with 1000: it left.
+    Left,
+    /// The client closed with 1001: page reload or tab closed.
+    GoingAway,
+    /// No close frame (network drop, heartbeat timeout, write failure) or another code.
+    Dropped,
+    /// The server closed it.
+    ServerClosed,
+}
+
+#[derive(Debug, Default)]
+struct ControlInner {
+    kill: tokio::sync::Notify,
+    kill_code: AtomicU16,
+    written: AtomicU64,
+}
+
+/// State shared by a socket task and its connection actor: the highest `seq` the socket wrote,
+/// and a way to make the socket close at once (bypassing its queue).
+#[derive(Debug, Clone, Default)]
+pub struct SocketControl(Arc<ControlInner>);
+
+impl SocketControl {
+    /// Asks the socket task to close with `code` now (closing handshake, bounded in time).
+    pub fn kill(&self, code: u16) {
+        self.0.kill_code.store(code, Ordering::Release);
+        self.0.kill.notify_one();
+    }
+    /// Resolves with the close code once [`kill`](Self::kill) was called.
+    pub async fn killed(&self) -> u16 {
+        self.0.kill.notified().await;
+        self.0.kill_code.load(Ordering::Acquire)
+    }
+    /// The highest `seq` written to the socket.
+    pub fn written(&self) -> u64 {
+        self.0.written.load(Ordering::Acquire)
+    }
+    /// Records that `seq` was written (socket task).
+    pub fn mark_written(&self, seq: u64) {
+        self.0.written.fetch_max(seq, Ordering::AcqRel);
+    }
 }
 
 /// The connection's current socket.
@@ -34,25 +91,26 @@ pub enum Outbound {
 pub struct SocketLink {
     /// Unique per socket, so a stale socket's "closed" notice is ignored after a resume.
     pub socket_id: u64,
-    /// Bounded queue to the socket task.
+    /// Queue to the socket task (bounded; the actor also bounds what it holds in bytes).
     pub tx: mpsc::Sender<Outbound>,
-    /// Kills the socket task when the client does not read.
-    pub abort: SocketKill,
+    /// Written progress and the kill switch.
+    pub control: SocketControl,
 }
 
-/// Stops a socket task at once, without a close handshake (for clients that do not read).
-#[derive(Debug, Clone, Default)]
-pub struct SocketKill(std::sync::Arc<tokio::sync::Notify>);
-
-impl SocketKill {
-    /// Asks the socket task to drop the connection.
-    pub fn abort(&self) {
-        self.0.notify_one();
-    }
-    /// Resolves once [`abort`](Self::abort) was called.
-    pub async fn killed(&self) {
-        self.0.notified().await;
-    }
+/// How a new socket joins an existing connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Join {
+    /// `hello` with the connection's resume token: replay what the client missed. `last_seq`
+    /// is what the client says it processed (`None` for a v1 client: replay what the old
+    /// socket never wrote).
+    Resume {
+        /// The client's last processed `seq`.
+        last_seq: Option<u64>,
+    },
+    /// A `hello` of the same login session without (a valid) resume token, while this
+    /// connection waited in its grace: a reloaded page. It takes the connection over (and its
+    /// call) but gets no replay: the page has no context for old messages.
+    Takeover,
 }
 
 /// Messages of the connection actor.
@@ -61,15 +119,22 @@ pub enum ConnectionMsg {
     Client(Inbound),
     /// A message for the client.
     Deliver(ServerMessage),
-    /// A new socket resumed this connection.
-    Attach(SocketLink),
-    /// The socket `socket_id` closed or failed; carries the frames it had not written yet, which
-    /// go first to the next socket that resumes the connection.
-    SocketClosed(u64, Vec<String>),
+    /// A new socket joins this connection; `call` is the user's current call for `welcome`.
+    Attach(SocketLink, Join, Option<CallSummary>),
+    /// The socket `socket_id` ended.
+    SocketClosed(u64, SocketEnd),
+    /// The client provably has every message up to this `seq` (it answered a heartbeat ping
+    /// sent after they were written).
+    Delivered(u64),
     /// The resume grace of detach number `epoch` is over.
     GraceExpired(u64),
     /// The session was revoked or reached its lifetime: `session_revoked`, close 4401.
     Revoke,
+    /// Refuse the connection after the fact: `error code`, close `close_code`.
+    Kick(ErrorCode, &'static str, u16),
+    /// Released to make room for a new connection of the same user (it was waiting in its
+    /// grace).
+    Release,
     /// Server shutdown: close 1001.
     Shutdown,
     /// Tell the (restarted) registry about this connection.
@@ -90,8 +155,12 @@ pub struct ConnectionInfo {
     pub user: UserRef,
     /// Whether a socket is attached.
     pub attached: bool,
-    /// Messages waiting for a resume.
+    /// Messages held (unwritten, or written but not known to be delivered).
     pub pending: usize,
+    /// Bytes held.
+    pub pending_bytes: usize,
+    /// The `seq` the next message will get.
+    pub next_seq: u64,
 }
 
 /// Links every connection actor needs.
@@ -119,6 +188,8 @@ pub struct ConnectionArgs {
     pub resume_token: String,
     /// The first socket.
     pub socket: SocketLink,
+    /// The user's current call, for `welcome`.
+    pub call: Option<CallSummary>,
     /// ICE servers for `welcome`.
     pub ice_servers: Vec<IceServer>,
     /// Shared links.
@@ -136,11 +207,22 @@ pub struct ConnectionState {
     session_expires_at: DateTime<Utc>,
     resume_token: String,
     socket: Option<SocketLink>,
-    pending: VecDeque<String>,
+    /// `seq` of the next message.
+    next_seq: u64,
+    /// Messages not known to be delivered, in `seq` order (contiguous).
+    held: VecDeque<(u64, Utf8Bytes)>,
+    held_bytes: usize,
+    /// Highest `seq` written by any socket of this connection.
+    written: u64,
     detach_epoch: u64,
+    /// What the call gets if this connection ends now.
+    end_reason: EndReason,
     ice_servers: Vec<IceServer>,
     links: Links,
 }
+
+/// Why a message could not be queued.
+struct Overflow;
 
 impl ConnectionState {
     fn conn_ref(&self, me: &ActorRef<ConnectionMsg>) -> ConnRef {
@@ -151,7 +233,7 @@ impl ConnectionState {
         }
     }
 
-    fn welcome(&self, resumed: bool) -> ServerMessage {
+    fn welcome(&self, resumed: bool, call: Option<CallSummary>) -> ServerMessage {
         ServerMessage::Welcome {
             session_id: self.session_id,
             connection_id: self.id,
@@ -160,35 +242,91 @@ impl ConnectionState {
             heartbeat_ms: self.links.settings.ws.heartbeat().as_millis() as u64,
             ice_servers: self.ice_servers.clone(),
             resumed,
+            call,
         }
     }
 
-    /// Queues a frame to the socket, or for a resume. `false` if the client must be dropped.
-    fn push(&mut self, text: String) -> bool {
-        let cap = self.links.settings.ws.outbound_queue;
-        match &self.socket {
-            Some(s) => match s.tx.try_send(Outbound::Text(text)) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => false,
-                // The socket task is gone; its SocketClosed notice is on the way.
-                Err(mpsc::error::TrySendError::Closed(Outbound::Text(t))) => {
-                    self.pending.push_back(t);
-                    self.pending.len() <= cap
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => true,
-            },
-            None => {
-                self.pending.push_back(text);
-                self.pending.len() <= cap
+    fn refresh_written(&mut self) -> u64 {
+        if let Some(s) = &self.socket {
+            self.written = self.written.max(s.control.written());
+        }
+        self.written
+    }
+
+    /// Forgets held messages up to `seq` (the client has them).
+    fn trim_to(&mut self, seq: u64) {
+        while let Some((s, text)) = self.held.front() {
+            if *s > seq {
+                break;
+            }
+            self.held_bytes -= text.len();
+            self.held.pop_front();
+        }
+    }
+
+    /// Enforces the count and byte bounds, forgetting written messages first.
+    fn bound(&mut self) -> Result<(), Overflow> {
+        let ws = &self.links.settings.ws;
+        let (max, max_bytes) = (ws.outbound_queue, ws.outbound_queue_bytes);
+        if self.held.len() <= max && self.held_bytes <= max_bytes {
+            return Ok(());
+        }
+        let written = self.refresh_written();
+        while self.held.len() > max || self.held_bytes > max_bytes {
+            match self.held.front() {
+                Some((seq, _)) if *seq <= written => self.trim_to(*seq),
+                _ => return Err(Overflow),
             }
         }
+        Ok(())
     }
 
-    fn close(&mut self, code: u16, reason: &'static str) {
-        if let Some(s) = self.socket.take()
-            && s.tx.try_send(Outbound::Close(code, reason)).is_err()
+    /// Numbers `msg`, holds it and queues it to the socket (if any).
+    fn push(&mut self, msg: &ServerMessage) -> Result<(), Overflow> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let text = Utf8Bytes::from(msg.to_json_with_seq(seq));
+        self.held_bytes += text.len();
+        self.held.push_back((seq, text.clone()));
+        if let Some(s) = &self.socket
+            && let Err(mpsc::error::TrySendError::Full(_)) =
+                s.tx.try_send(Outbound::Text(seq, text))
         {
-            s.abort.abort();
+            return Err(Overflow);
+        }
+        // A closed queue: the socket task is gone and its SocketClosed notice is on the way;
+        // the message is held for the next socket.
+        self.bound()
+    }
+
+    /// Sends a per-socket message (`welcome`, resume errors): no `seq`, never replayed.
+    fn push_unsequenced(&self, msg: &ServerMessage) -> Result<(), Overflow> {
+        match &self.socket {
+            Some(s) => s
+                .tx
+                .try_send(Outbound::Text(0, Utf8Bytes::from(msg.to_json())))
+                .map_err(|_| Overflow),
+            None => Ok(()),
+        }
+    }
+
+    /// Queues the held messages after `after` to the current socket.
+    fn replay_after(&self, after: u64) -> Result<(), Overflow> {
+        let Some(s) = &self.socket else { return Ok(()) };
+        for (seq, text) in self.held.iter().filter(|(seq, _)| *seq > after) {
+            s.tx.try_send(Outbound::Text(*seq, text.clone()))
+                .map_err(|_| Overflow)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the current socket with `code` after what is already queued.
+    fn close(&mut self, code: u16, reason: &'static str) {
+        if let Some(s) = self.socket.take() {
+            self.written = self.written.max(s.control.written());
+            if s.tx.try_send(Outbound::Close(code, reason)).is_err() {
+                s.control.kill(code);
+            }
         }
     }
 
@@ -203,8 +341,91 @@ impl ConnectionState {
                 session_id: self.session_id,
                 session_expires_at: self.session_expires_at,
                 resume_token: self.resume_token.clone(),
+                attached: self.socket.is_some(),
             }));
         }
+    }
+
+    /// Ends the connection because its client does not read (or stayed away too long).
+    fn overflowed(&mut self, me: &ActorRef<ConnectionMsg>) {
+        self.links.metrics.slow_consumers.inc();
+        tracing::warn!(connection_id = %self.id, user_id = %self.user.id,
+            held = self.held.len(), held_bytes = self.held_bytes,
+            "client does not read its messages; disconnecting");
+        if let Some(s) = self.socket.take() {
+            s.control.kill(close::POLICY);
+        }
+        self.end_reason = EndReason::ConnectionLost;
+        me.stop(Some("slow_consumer".into()));
+    }
+
+    /// A new socket joins (resume or takeover).
+    fn attach(
+        &mut self,
+        me: &ActorRef<ConnectionMsg>,
+        socket: SocketLink,
+        join: Join,
+        call: Option<CallSummary>,
+    ) -> Result<(), Overflow> {
+        if let Some(old) = self.socket.replace(socket) {
+            self.written = self.written.max(old.control.written());
+            old.control.kill(close::SUPERSEDED);
+        }
+        self.detach_epoch += 1;
+        match join {
+            Join::Takeover => {
+                // The reloaded page has no use for messages meant for the page it replaced.
+                let last = self.next_seq - 1;
+                self.trim_to(last);
+                self.push_unsequenced(&self.welcome(false, call))?;
+                tracing::info!(connection_id = %self.id, user_id = %self.user.id,
+                    "connection taken over by a new socket of its session");
+            }
+            Join::Resume { last_seq } => {
+                self.push_unsequenced(&self.welcome(true, call))?;
+                let after = match last_seq {
+                    Some(n) => {
+                        let n = n.min(self.next_seq - 1);
+                        self.trim_to(n);
+                        let first_held = self.held.front().map_or(self.next_seq, |(s, _)| *s);
+                        if first_held > n + 1 {
+                            self.links.metrics.resume_gaps.inc();
+                            self.push_unsequenced(&ServerMessage::error(
+                                ErrorCode::ResumeGap,
+                                format!(
+                                    "messages {}..{} are no longer held; resynchronise",
+                                    n + 1,
+                                    first_held - 1
+                                ),
+                                None,
+                                None,
+                            ))?;
+                        }
+                        n
+                    }
+                    None => self.written,
+                };
+                self.replay_after(after)?;
+                tracing::info!(connection_id = %self.id, user_id = %self.user.id,
+                    replayed = self.held.iter().filter(|(s, _)| *s > after).count(), "connection resumed");
+            }
+        }
+        if let Some(r) = self.registry() {
+            let _ = r.cast(RegistryMsg::Attached(self.id));
+        }
+        let _ = me;
+        Ok(())
+    }
+
+    fn detach(&mut self, me: &ActorRef<ConnectionMsg>, grace: std::time::Duration) {
+        self.detach_epoch += 1;
+        let epoch = self.detach_epoch;
+        tracing::info!(connection_id = %self.id, user_id = %self.user.id,
+            grace_secs = grace.as_secs(), "socket dropped; waiting for resume");
+        if let Some(r) = self.registry() {
+            let _ = r.cast(RegistryMsg::Detached(self.id));
+        }
+        me.send_after(grace, move || ConnectionMsg::GraceExpired(epoch));
     }
 }
 
@@ -218,30 +439,25 @@ impl Actor for Connection {
         _me: ActorRef<Self::Msg>,
         a: ConnectionArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(ConnectionState {
+        let state = ConnectionState {
             id: a.id,
             user: a.user,
             session_id: a.session_id,
             session_expires_at: a.session_expires_at,
             resume_token: a.resume_token,
             socket: Some(a.socket),
-            pending: VecDeque::new(),
+            next_seq: 1,
+            held: VecDeque::new(),
+            held_bytes: 0,
+            written: 0,
             detach_epoch: 0,
+            end_reason: EndReason::ConnectionLost,
             ice_servers: a.ice_servers,
             links: a.links,
-        })
-    }
-
-    async fn post_start(
-        &self,
-        me: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        let welcome = state.welcome(false).to_json();
-        if !state.push(welcome) {
-            me.stop(Some("slow_consumer".into()));
-        }
-        Ok(())
+        };
+        // Queued before the actor is announced, so `welcome` precedes anything sent to it.
+        let _ = state.push_unsequenced(&state.welcome(false, a.call));
+        Ok(state)
     }
 
     async fn post_stop(
@@ -251,7 +467,7 @@ impl Actor for Connection {
     ) -> Result<(), ActorProcessingErr> {
         state.close(close::GOING_AWAY, "connection ended");
         if let Some(r) = state.registry() {
-            let _ = r.cast(RegistryMsg::ConnectionGone(state.id));
+            let _ = r.cast(RegistryMsg::ConnectionGone(state.id, state.end_reason));
         }
         Ok(())
     }
@@ -265,60 +481,44 @@ impl Actor for Connection {
         match msg {
             ConnectionMsg::Client(inbound) => self.on_client(&me, inbound, state),
             ConnectionMsg::Deliver(msg) => {
-                if !state.push(msg.to_json()) {
-                    state.links.metrics.slow_consumers.inc();
-                    tracing::warn!(connection_id = %state.id, user_id = %state.user.id,
-                        "client does not read its messages; disconnecting");
-                    if let Some(s) = state.socket.take() {
-                        s.abort.abort();
-                    }
-                    me.stop(Some("slow_consumer".into()));
+                if state.push(&msg).is_err() {
+                    state.overflowed(&me);
                 }
             }
-            ConnectionMsg::Attach(socket) => {
-                if let Some(old) = state.socket.replace(socket) {
-                    old.abort.abort();
-                }
-                let welcome = state.welcome(true).to_json();
-                let mut ok = state.push(welcome);
-                while ok && let Some(text) = state.pending.pop_front() {
-                    ok = state.push(text);
-                }
-                if !ok {
-                    me.stop(Some("slow_consumer".into()));
-                    return Ok(());
-                }
-                tracing::info!(connection_id = %state.id, user_id = %state.user.id, "connection resumed");
-                if let Some(r) = state.registry() {
-                    let _ = r.cast(RegistryMsg::Attached(state.id));
+            ConnectionMsg::Attach(socket, join, call) => {
+                if state.attach(&me, socket, join, call).is_err() {
+                    state.overflowed(&me);
                 }
             }
-            ConnectionMsg::SocketClosed(socket_id, unsent) => {
+            ConnectionMsg::SocketClosed(socket_id, end) => {
                 if state
                     .socket
                     .as_ref()
                     .is_some_and(|s| s.socket_id == socket_id)
                 {
+                    state.refresh_written();
                     state.socket = None;
-                    // Unsent frames were queued before anything that waited in `pending`.
-                    for text in unsent.into_iter().rev() {
-                        state.pending.push_front(text);
+                    let ws = &state.links.settings.ws;
+                    match end {
+                        SocketEnd::Left => {
+                            tracing::info!(connection_id = %state.id, user_id = %state.user.id, "client left (close 1000)");
+                            state.end_reason = EndReason::Left;
+                            me.stop(Some("left".into()));
+                        }
+                        SocketEnd::GoingAway => {
+                            let grace = ws.going_away_grace();
+                            state.detach(&me, grace);
+                        }
+                        SocketEnd::Dropped | SocketEnd::ServerClosed => {
+                            let grace = ws.resume_grace();
+                            state.detach(&me, grace);
+                        }
                     }
-                    if state.pending.len() > state.links.settings.ws.outbound_queue {
-                        me.stop(Some("slow_consumer".into()));
-                        return Ok(());
-                    }
-                    state.detach_epoch += 1;
-                    let epoch = state.detach_epoch;
-                    tracing::info!(connection_id = %state.id, user_id = %state.user.id,
-                        grace_secs = state.links.settings.ws.resume_grace_secs, "socket dropped; waiting for resume");
-                    if let Some(r) = state.registry() {
-                        let _ = r.cast(RegistryMsg::Detached(state.id));
-                    }
-                    me.send_after(state.links.settings.ws.resume_grace(), move || {
-                        ConnectionMsg::GraceExpired(epoch)
-                    });
                 }
+            }
+            ConnectionMsg::Delivered(seq) => {
+                let seq = seq.min(state.refresh_written());
+                state.trim_to(seq);
             }
             ConnectionMsg::GraceExpired(epoch) => {
                 if state.socket.is_none() && epoch == state.detach_epoch {
@@ -326,17 +526,24 @@ impl Actor for Connection {
                 }
             }
             ConnectionMsg::Revoke => {
-                let err = ServerMessage::error(
+                self.kick(
+                    &me,
+                    state,
                     ErrorCode::SessionRevoked,
                     "your session was revoked or has expired",
-                    None,
-                    None,
+                    close::UNAUTHORIZED,
                 );
-                state.push(err.to_json());
-                state.close(close::UNAUTHORIZED, "session revoked");
-                me.stop(Some("session_revoked".into()));
+            }
+            ConnectionMsg::Kick(code, message, close_code) => {
+                self.kick(&me, state, code, message, close_code);
+            }
+            ConnectionMsg::Release => {
+                tracing::info!(connection_id = %state.id, user_id = %state.user.id,
+                    "connection waiting in its grace released for a new one");
+                me.stop(Some("released".into()));
             }
             ConnectionMsg::Shutdown => {
+                state.end_reason = EndReason::ServerShutdown;
                 state.close(close::GOING_AWAY, "server shutting down");
                 me.stop(Some("server_shutdown".into()));
             }
@@ -346,7 +553,9 @@ impl Actor for Connection {
                     id: state.id,
                     user: state.user.clone(),
                     attached: state.socket.is_some(),
-                    pending: state.pending.len(),
+                    pending: state.held.len(),
+                    pending_bytes: state.held_bytes,
+                    next_seq: state.next_seq,
                 });
             }
             #[cfg(feature = "test-hooks")]
@@ -357,6 +566,20 @@ impl Actor for Connection {
 }
 
 impl Connection {
+    fn kick(
+        &self,
+        me: &ActorRef<ConnectionMsg>,
+        state: &mut ConnectionState,
+        code: ErrorCode,
+        message: &'static str,
+        close_code: u16,
+    ) {
+        let _ = state.push(&ServerMessage::error(code, message, None, None));
+        state.close(close_code, message);
+        state.end_reason = EndReason::Left;
+        me.stop(Some(format!("{code:?}")));
+    }
+
     fn on_client(
         &self,
         me: &ActorRef<ConnectionMsg>,
@@ -370,6 +593,11 @@ impl Connection {
             ClientMessage::Ping => reply(ServerMessage::Pong {
                 reference: inbound.reference,
             }),
+            ClientMessage::Ack { seq } => {
+                // A client can only vouch for what was sent.
+                let seq = seq.min(state.next_seq - 1);
+                state.trim_to(seq);
+            }
             ClientMessage::Hello { .. } => reply(ServerMessage::error(
                 ErrorCode::BadMessage,
                 "already authenticated",

@@ -121,6 +121,10 @@ export class Api {
     return this.request("GET", `/api/calls?limit=${limit}`);
   }
 
+  call(id) {
+    return this.request("GET", `/api/calls/${encodeURIComponent(id)}`);
+  }
+
   sessions() {
     return this.request("GET", "/api/sessions");
   }

@@ -3,7 +3,7 @@
 
 import { Api, ApiError } from "./api.js";
 import { Signaling } from "./signaling.js";
-import { CallSession, Ringtone } from "./call.js";
+import { CallSession, Ringtone, getMicrophone, microphoneCause, simulateMicrophoneFailure } from "./call.js";
 import { formatCode } from "./verify.js";
 
 const $ = (id) => document.getElementById(id);
@@ -11,9 +11,15 @@ const api = new Api();
 const signaling = new Signaling(api);
 const ringtone = new Ringtone();
 
-/** The call on screen: {id, peer, role, session, startedAt, byMe} or null. */
+/**
+ * The call this page shows: {id, peer, role: caller|callee, state: ringing|active, session,
+ * mic (the granted microphone until a session owns it), startedAt, byMe, rejoined} or null.
+ */
 let call = null;
+/** An invite being prepared or sent, before `call.created`: {to, mic, sent, cancelled}. */
 let pendingInvite = null;
+/** Calls this page has finished with: their late messages must not touch the screen. */
+const finished = new Set();
 let timer = null;
 
 const SCREENS = ["auth", "home", "outgoing", "incoming", "incall"];
@@ -28,6 +34,12 @@ function notice(text) {
   const n = $("notice");
   n.textContent = text || "";
   n.hidden = !text;
+}
+
+/** Why the verification code changed (shown beside the code). */
+function codeNote(text) {
+  $("verify-note").textContent = text || "";
+  $("verify-note").hidden = !text;
 }
 
 const ERRORS = {
@@ -49,9 +61,42 @@ const ERRORS = {
   too_many_attempts: "Too many failed attempts. Please wait before trying again.",
 };
 
-function endedText(reason, c) {
+/** The `cause` of call.reject / call.hangup / call.ended, in words for each side. */
+const CAUSES = {
+  microphone_denied: {
+    you: "the microphone is blocked",
+    they: "their microphone is blocked",
+    fix: "Allow microphone access for this site in your browser's settings",
+  },
+  microphone_unavailable: {
+    you: "no microphone is available",
+    they: "they have no working microphone",
+    fix: "Connect a microphone",
+  },
+};
+
+/** What a call that ended with `cause` (a microphone problem) means for this side, or null. */
+function causeText(reason, c, cause) {
+  const why = CAUSES[cause];
+  if (!why) return null;
+  const peer = c.peer;
+  switch (reason) {
+    case "rejected":
+      return c.role === "caller" ? `${peer} could not answer: ${why.they}.` : `You declined because ${why.you}. ${why.fix}, then ask ${peer} to call again.`;
+    case "cancelled":
+      return c.role === "caller" ? `You cancelled because ${why.you}. ${why.fix}, then call again.` : `${peer} cancelled the call: ${why.they}.`;
+    case "hangup":
+      return c.byMe ? `The call ended because ${why.you}. ${why.fix}, then call again.` : `${peer} hung up: ${why.they}.`;
+    default:
+      return null;
+  }
+}
+
+function endedText(reason, c, cause = null) {
   const peer = c ? c.peer : "The other person";
   const caller = c && c.role === "caller";
+  const withCause = c && causeText(reason, c, cause);
+  if (withCause) return withCause;
   switch (reason) {
     case "hangup": return c && c.byMe ? "You ended the call." : `${peer} ended the call.`;
     case "cancelled": return caller ? "You cancelled the call." : `${peer} cancelled the call.`;
@@ -60,6 +105,7 @@ function endedText(reason, c) {
     case "busy": return `${peer} is on another call.`;
     case "unavailable": return `${peer} is not online right now.`;
     case "answered_elsewhere": return "The call was answered on another of your devices.";
+    case "left": return `${peer} left the call.`;
     case "connection_lost": return `The connection to ${peer} was lost.`;
     case "glare": return `You and ${peer} called each other at the same time — answer their call instead.`;
     case "server_shutdown": return "The server is restarting. Please call again in a moment.";
@@ -69,9 +115,16 @@ function endedText(reason, c) {
   }
 }
 
+/** The caller's own microphone failed before the invite: no call was placed. */
+function micRefusedText(error) {
+  return microphoneCause(error) === "microphone_denied"
+    ? "Your microphone is blocked, so the call was not placed. Allow microphone access for this site in your browser's settings, then call again."
+    : `No microphone is available (${error.message || error.name}), so the call was not placed. Connect a microphone, then call again.`;
+}
+
 const SHORT_REASON = {
   hangup: "ended", cancelled: "cancelled", rejected: "declined", missed: "missed", busy: "busy",
-  unavailable: "offline", answered_elsewhere: "answered elsewhere", connection_lost: "connection lost",
+  unavailable: "offline", answered_elsewhere: "answered elsewhere", left: "left", connection_lost: "connection lost",
   glare: "crossed calls", server_shutdown: "server restart", server_restart: "server restart", server_error: "server error",
 };
 
@@ -207,143 +260,420 @@ async function loadSessions() {
 
 // ------------------------------------------------------------------------------------- calls
 
-function placeCall(to) {
-  if (call || pendingInvite) return;
-  notice("");
-  pendingInvite = to;
-  $("out-title").textContent = to;
-  $("out-state").textContent = "Connecting…";
-  show("outgoing");
-  if (!signaling.send({ type: "call.invite", to, ref: "invite" })) {
-    pendingInvite = null;
-    show("home");
-    notice("Not connected to the server yet. Please try again in a moment.");
+const SNAPSHOT_KEY = "callsignal.call";
+
+/**
+ * What a reload must not forget about the call, per tab like the login: its code (to say
+ * whether it changed), the peer's DTLS fingerprint (to spot messages meant for the lost
+ * connection) and when it was answered (for the timer).
+ */
+function saveSnapshot() {
+  if (!call || call.state !== "active") return;
+  const s = call.session;
+  sessionStorage.setItem(SNAPSHOT_KEY, JSON.stringify({
+    id: call.id,
+    code: s ? s.code : null,
+    remoteFp: s ? s.remoteFingerprint || null : null,
+    startedAt: call.startedAt,
+  }));
+}
+
+function loadSnapshot(callId) {
+  try {
+    const snap = JSON.parse(sessionStorage.getItem(SNAPSHOT_KEY));
+    return snap && snap.id === callId ? snap : null;
+  } catch {
+    return null;
   }
+}
+
+function stopStream(stream) {
+  for (const t of stream ? stream.getTracks() : []) t.stop();
+}
+
+function newCall(id, peer, role, state) {
+  return { id, peer, role, state, session: null, mic: null, startedAt: null, byMe: false, cause: null, rejoined: null };
+}
+
+function live(stream) {
+  return stream && stream.active ? stream : null;
+}
+
+/** Forgets an invite that never became a call. */
+function dropInvite() {
+  if (pendingInvite) stopStream(pendingInvite.mic);
+  pendingInvite = null;
 }
 
 function cleanupCall() {
   ringtone.stop();
   clearInterval(timer);
   timer = null;
-  if (call && call.session) call.session.close();
+  if (call) {
+    if (call.session) call.session.close();
+    stopStream(call.mic);
+  }
+  dropInvite();
   call = null;
-  pendingInvite = null;
+  sessionStorage.removeItem(SNAPSHOT_KEY);
   $("peer-reconnecting").hidden = true;
   $("mute").setAttribute("aria-pressed", "false");
   $("mute").textContent = "Mute";
   $("verify-code").textContent = formatCode(null);
+  delete $("verify-code").dataset.code;
+  codeNote("");
   $("call-state").textContent = "connecting…";
+  $("accept").disabled = false;
 }
 
-async function startMedia() {
-  const session = new CallSession({
-    signaling,
-    callId: call.id,
-    iceServers: signaling.welcome ? signaling.welcome.ice_servers : [],
-    role: call.role,
-    audioElement: $("remote-audio"),
-  });
-  call.session = session;
-  session.addEventListener("state", (e) => {
-    const words = { new: "connecting…", connecting: "connecting…", connected: "connected · encrypted", disconnected: "connection interrupted…", failed: "connection failed — the network blocked the call, or the keys did not match", closed: "closed" };
-    $("call-state").textContent = words[e.detail] || e.detail;
-    $("screen-incall").dataset.pcState = e.detail;
-  });
-  session.addEventListener("code", (e) => {
-    $("verify-code").textContent = formatCode(e.detail);
-    $("verify-code").dataset.code = e.detail;
-  });
-  session.addEventListener("levels", (e) => {
-    $("meter-in").value = e.detail.local;
-    $("meter-out").value = e.detail.remote;
-  });
+/** Leaves the call on this page: home screen, the reason, fresh history. */
+function finishCall(text) {
+  const id = call ? call.id : null;
+  if (id) finished.add(id);
+  cleanupCall();
+  show("home");
+  notice(text);
+  loadHistory(id);
+}
+
+function showOutgoing(text) {
+  $("out-title").textContent = call ? call.peer : pendingInvite.to;
+  $("out-state").textContent = text;
+  show("outgoing");
+}
+
+function showIncoming() {
+  $("in-title").textContent = call.peer;
+  $("in-state").textContent = "";
+  show("incoming");
+  ringtone.start();
+}
+
+/** Asks for the microphone first: without one, no invite is sent. */
+async function placeCall(to) {
+  if (call || pendingInvite) return;
+  notice("");
+  const invite = { to, mic: null, sent: false, cancelled: false };
+  pendingInvite = invite;
+  showOutgoing("Waiting for the microphone…");
+  let mic;
   try {
-    await session.start();
+    mic = await getMicrophone();
   } catch (e) {
-    notice(`Microphone unavailable: ${e.message}`);
-    signaling.send({ type: "call.hangup", call_id: call.id });
+    if (pendingInvite === invite) {
+      pendingInvite = null;
+      show("home");
+      notice(micRefusedText(e));
+    }
+    return;
+  }
+  if (pendingInvite !== invite) return stopStream(mic); // cancelled meanwhile
+  invite.mic = mic;
+  if (call) {
+    // Their call rang while the browser asked: it is on screen; keep the microphone for it.
+    pendingInvite = null;
+    if (!live(call.mic)) call.mic = mic;
+    else stopStream(mic);
+    return;
+  }
+  $("out-state").textContent = "Calling…";
+  invite.sent = signaling.send({ type: "call.invite", to, ref: "invite" });
+  if (!invite.sent) {
+    dropInvite();
+    show("home");
+    notice("Not connected to the server yet. Please try again in a moment.");
   }
 }
 
-function onMessage(msg) {
-  switch (msg.type) {
-    case "call.created":
-      pendingInvite = null;
-      call = { id: msg.call_id, peer: msg.to.username, role: "caller", session: null, byMe: false };
-      $("out-title").textContent = call.peer;
-      $("out-state").textContent = "Calling…";
-      break;
-    case "call.ringing":
-      if (call && call.id === msg.call_id) $("out-state").textContent = "Ringing…";
-      break;
-    case "call.incoming":
-      if (call) return;
-      call = { id: msg.call_id, peer: msg.from.username, role: "callee", session: null, byMe: false };
-      notice("");
-      $("in-title").textContent = call.peer;
-      show("incoming");
-      ringtone.start();
-      break;
-    case "call.accepted":
-      if (!call || call.id !== msg.call_id) return;
-      ringtone.stop();
-      $("call-peer").textContent = call.peer;
-      call.startedAt = Date.now();
-      $("call-timer").textContent = "0:00";
-      timer = setInterval(() => ($("call-timer").textContent = duration(Date.now() - call.startedAt)), 1000);
-      show("incall");
-      startMedia();
-      break;
-    case "sdp":
-      if (call && call.session && call.id === msg.call_id) call.session.onSdp(msg.description);
-      break;
-    case "ice":
-      if (call && call.session && call.id === msg.call_id) call.session.onIce(msg.candidate);
-      break;
-    case "peer.reconnecting":
-      if (call && call.id === msg.call_id) $("peer-reconnecting").hidden = false;
-      break;
-    case "peer.reconnected":
-      if (call && call.id === msg.call_id) $("peer-reconnecting").hidden = true;
-      break;
-    case "call.ended": {
-      if (!call || call.id !== msg.call_id) {
-        if (!call) notice(endedText(msg.reason, { peer: pendingInvite || "The other person", role: "caller" }));
-        pendingInvite = null;
-        if (!call) show("home");
-        loadHistory(msg.call_id);
-        return;
-      }
-      const text = endedText(msg.reason, call);
-      cleanupCall();
-      show("home");
-      notice(text);
-      loadHistory(msg.call_id);
-      break;
-    }
-    case "error":
-      if (pendingInvite && msg.ref === "invite") {
-        pendingInvite = null;
-        show("home");
-      }
-      notice(ERRORS[msg.code] || msg.message);
-      break;
+/** Asks for the microphone before answering; without one, declines and says why. */
+async function acceptCall() {
+  const c = call;
+  if (!c || c.role !== "callee" || c.state !== "ringing" || $("accept").disabled) return;
+  ringtone.stop();
+  $("accept").disabled = true;
+  $("in-state").textContent = "Starting the microphone…";
+  let mic = live(c.mic);
+  try {
+    mic = mic || (await getMicrophone());
+  } catch (e) {
+    if (call !== c) return;
+    const cause = microphoneCause(e);
+    c.byMe = true;
+    c.cause = cause;
+    notice(endedText("rejected", c, cause));
+    signaling.send({ type: "call.reject", call_id: c.id, cause, ref: "reject" });
+    return;
   }
+  if (call !== c) return stopStream(mic); // the call ended while the browser asked
+  c.mic = mic;
+  $("in-state").textContent = "Connecting…";
+  if (!signaling.send({ type: "call.accept", call_id: c.id, ref: "accept" })) {
+    $("accept").disabled = false;
+    $("in-state").textContent = "Not connected to the server. Try again in a moment.";
+  }
+}
+
+function rejectCall() {
+  if (!call) return;
+  ringtone.stop();
+  call.byMe = true;
+  signaling.send({ type: "call.reject", call_id: call.id, ref: "reject" });
 }
 
 function hangup() {
   if (!call) {
-    pendingInvite = null;
+    // Before `call.created`: an invite already sent is cancelled as soon as its call exists.
+    if (pendingInvite && pendingInvite.sent) pendingInvite.cancelled = true;
+    else dropInvite();
     show("home");
     return;
   }
   call.byMe = true;
-  signaling.send({ type: "call.hangup", call_id: call.id });
+  const sent = signaling.send({ type: "call.hangup", call_id: call.id, ref: "hangup" }, { queue: true });
+  // Offline: end here at once; the queued hangup goes out if the connection resumes, and a
+  // fresh connection that still finds the call ends it (see syncCall).
+  if (!sent) finishCall(endedText("hangup", call));
+}
+
+function enterCall(startedAt) {
+  $("call-peer").textContent = call.peer;
+  $("peer-reconnecting").hidden = true;
+  call.startedAt = startedAt;
+  const tick = () => ($("call-timer").textContent = call && call.startedAt ? duration(Date.now() - call.startedAt) : "0:00");
+  tick();
+  clearInterval(timer);
+  timer = setInterval(tick, 1000);
+  show("incall");
+  saveSnapshot();
+}
+
+const PHASE_TEXT = {
+  connecting: () => "connecting…",
+  connected: () => "connected · encrypted",
+  interrupted: () => "Connection interrupted — reconnecting…",
+  waiting: (peer) => `Waiting for ${peer} to come back…`,
+  restarting: () => "The connection dropped — reconnecting…",
+  "network-failed": () => "The network could not connect the call. Check your connection, or hang up and call again.",
+  "encryption-failed": () =>
+    "The network connected, but the encrypted connection could not be set up. If your codes differ, someone may be intercepting the call — hang up.",
+};
+
+function onStatus(detail) {
+  const text = PHASE_TEXT[detail.phase] || (() => detail.pc);
+  $("call-state").textContent = text(call.peer);
+  $("screen-incall").dataset.pcState = detail.pc;
+  $("screen-incall").dataset.phase = detail.phase;
+}
+
+/** A new code: show it, and when it replaces an earlier one of this call, say why. */
+function onCode({ code, previous, why }) {
+  $("verify-code").textContent = formatCode(code);
+  $("verify-code").dataset.code = code;
+  const before = previous || (call.rejoined && call.rejoined.code) || null;
+  if (before && before !== code) {
+    const fresh = "the code changed because a new encrypted connection was made — compare it again";
+    if (why === "peer") codeNote(`${call.peer} reconnected; ${fresh}.`);
+    else if (why === "rejoin") codeNote(`You reconnected; ${fresh} with ${call.peer}.`);
+    else codeNote(`The connection was rebuilt; ${fresh} with ${call.peer}.`);
+  }
+  saveSnapshot();
+}
+
+/** Media for an active call. `rejoin`: this page lost its connection (a reload) and offers anew. */
+async function startMedia(rejoin = null) {
+  const c = call;
+  let mic = live(c.mic);
+  c.mic = null;
+  if (!mic) {
+    try {
+      mic = await getMicrophone();
+    } catch (e) {
+      if (call !== c) return;
+      c.byMe = true;
+      c.cause = microphoneCause(e);
+      signaling.send({ type: "call.hangup", call_id: c.id, cause: c.cause, ref: "hangup" });
+      return;
+    }
+  }
+  if (call !== c) return stopStream(mic);
+  const session = new CallSession({
+    signaling,
+    callId: c.id,
+    iceServers: signaling.welcome ? signaling.welcome.ice_servers : [],
+    polite: c.role === "callee",
+    audioElement: $("remote-audio"),
+    localStream: mic,
+    rejoin: rejoin ? { staleFingerprint: rejoin.remoteFp || null } : null,
+  });
+  c.session = session;
+  session.addEventListener("status", (e) => call === c && onStatus(e.detail));
+  session.addEventListener("code", (e) => call === c && onCode(e.detail));
+  session.addEventListener("levels", (e) => {
+    $("meter-in").value = e.detail.local;
+    $("meter-out").value = e.detail.remote;
+  });
+  session.start({ offer: Boolean(rejoin) || c.role === "caller" });
+}
+
+/** The call was answered (here, or found active after a gap): into the call, media up. */
+function onAccepted(msg) {
+  if (!call || call.id !== msg.call_id || call.state === "active") return;
+  call.state = "active";
+  ringtone.stop();
+  enterCall(Date.now());
+  startMedia();
+}
+
+/** Brings the page back into a call the server says this connection is part of (a reload). */
+function rejoin(wc) {
+  call = newCall(wc.call_id, wc.peer.username, wc.role, wc.state);
+  if (pendingInvite) {
+    call.mic = pendingInvite.mic;
+    pendingInvite = null;
+  }
+  if (wc.state === "ringing") return wc.role === "callee" ? showIncoming() : showOutgoing("Ringing…");
+  const snap = loadSnapshot(wc.call_id) || {};
+  call.rejoined = snap;
+  enterCall(snap.startedAt || Date.now());
+  if (!snap.startedAt) restoreStartTime(call);
+  startMedia(snap);
+}
+
+async function restoreStartTime(c) {
+  try {
+    const record = await api.call(c.id);
+    if (record.answered_at) c.startedAt = Date.parse(record.answered_at);
+  } catch {
+    // the timer then counts from the rejoin
+  }
+}
+
+/**
+ * Brings the page in line with the server's view of our call (`welcome.call`).
+ * `why`: "resumed" (the replay that follows brings what we missed), "fresh" (a new connection:
+ * nothing is replayed) or "gap" (`resume_gap`: some missed messages are gone).
+ */
+function syncCall(wc, why) {
+  const mine = wc && wc.here ? wc : null;
+  if (mine && finished.has(mine.call_id)) {
+    // We hung up while offline and the hangup never reached the server: say it again.
+    signaling.send({ type: "call.hangup", call_id: mine.call_id });
+    return;
+  }
+  if (call && (!mine || mine.call_id !== call.id)) {
+    if (why === "resumed") return;
+    if (wc && wc.call_id === call.id) return finishCall("The call continues on another of your devices.");
+    return finishCall(why === "gap" ? `The call with ${call.peer} ended while you were disconnected.` : endedText("connection_lost", call));
+  }
+  if (!mine) {
+    if (pendingInvite && pendingInvite.sent && why !== "resumed") {
+      dropInvite();
+      show("home");
+      notice("The connection dropped before the call was placed. Please call again.");
+    }
+    if (wc && !call && why === "fresh") notice(`You are in a call with ${wc.peer.username} in another window or device.`);
+    return;
+  }
+  if (!call) return rejoin(mine);
+  if (mine.state === "active" && call.state === "ringing") return onAccepted({ call_id: call.id });
+  // Messages may be lost (a gap) or this is a new connection: make sure media still flows.
+  if (why !== "resumed" && call.session) call.session.resync();
+}
+
+function onCreated(msg) {
+  if (call && call.id === msg.call_id) return; // replayed after a rejoin
+  const invite = pendingInvite;
+  pendingInvite = null;
+  if (call) {
+    // Crossed invites: we are ringing with their call and ours ends `glare`; keep the microphone.
+    if (invite && !live(call.mic)) call.mic = invite.mic;
+    else if (invite) stopStream(invite.mic);
+    return;
+  }
+  if (invite && invite.cancelled) {
+    stopStream(invite.mic);
+    finished.add(msg.call_id);
+    signaling.send({ type: "call.hangup", call_id: msg.call_id });
+    return;
+  }
+  call = newCall(msg.call_id, msg.to.username, "caller", "ringing");
+  call.mic = invite ? invite.mic : null;
+  showOutgoing("Calling…");
+}
+
+function onIncoming(msg) {
+  if (call) return; // already ringing (a rejoin shows it too) or busy
+  call = newCall(msg.call_id, msg.from.username, "callee", "ringing");
+  notice("");
+  showIncoming();
+}
+
+function onEnded(msg) {
+  if (!call || call.id !== msg.call_id) {
+    if (msg.reason === "glare" && !finished.has(msg.call_id)) {
+      finished.add(msg.call_id);
+      notice(endedText("glare", call));
+    }
+    return;
+  }
+  const byMe = call.byMe || Boolean(msg.ref);
+  // Never trade a known cause for a generic line: ours stands if the server did not echo it.
+  finishCall(endedText(msg.reason, { ...call, byMe }, msg.cause || call.cause));
+}
+
+/** Replies to our own actions carry their `ref`; errors for sdp/ice/ack have none. */
+const CALL_ACTIONS = new Set(["accept", "reject", "hangup"]);
+
+function onError(msg) {
+  if (msg.code === "resume_gap") return syncCall(signaling.welcome && signaling.welcome.call, "gap");
+  const text = ERRORS[msg.code] || msg.message;
+  if (msg.ref === "invite") {
+    dropInvite();
+    if (!call) show("home");
+    return notice(text);
+  }
+  if (CALL_ACTIONS.has(msg.ref)) {
+    // The call ended just before our action arrived: its real ending is already on screen.
+    if (!call || (msg.call_id && msg.call_id !== call.id)) return;
+    if (msg.ref === "accept") $("accept").disabled = false;
+    return notice(text);
+  }
+  if (!msg.ref) return console.warn("server error", msg.code, msg.message);
+  notice(text);
+}
+
+function onPeerLink(msg, away) {
+  if (!call || call.id !== msg.call_id) return;
+  $("peer-reconnecting").textContent = `${call.peer} is reconnecting…`;
+  $("peer-reconnecting").hidden = !away;
+  if (call.session) call.session.setPeerAway(away);
+}
+
+function onMessage(msg) {
+  const forCall = call && call.id === msg.call_id;
+  switch (msg.type) {
+    case "call.created": return onCreated(msg);
+    case "call.ringing":
+      if (forCall && call.state === "ringing") $("out-state").textContent = "Ringing…";
+      return;
+    case "call.incoming": return onIncoming(msg);
+    case "call.accepted": return onAccepted(msg);
+    case "sdp":
+      if (forCall && call.session) call.session.onSdp(msg.description);
+      return;
+    case "ice":
+      if (forCall && call.session) call.session.onIce(msg.candidate);
+      return;
+    case "peer.reconnecting": return onPeerLink(msg, true);
+    case "peer.reconnected": return onPeerLink(msg, false);
+    case "call.ended": return onEnded(msg);
+    case "error": return onError(msg);
+  }
 }
 
 // -------------------------------------------------------------------------------------- wire
 
-/** The last server messages seen (types only), for diagnostics and the browser tests. */
+/** The last server messages seen (types; errors as `error.<code>`), for diagnostics and tests. */
 const events = [];
 function seen(type) {
   events.push(type);
@@ -351,34 +681,46 @@ function seen(type) {
 }
 
 signaling.addEventListener("message", (e) => {
-  seen(e.detail.type);
-  onMessage(e.detail);
+  const msg = e.detail;
+  seen(msg.type === "error" ? `error.${msg.code}` : msg.type);
+  onMessage(msg);
 });
 signaling.addEventListener("state", (e) => {
   $("link").dataset.state = e.detail;
   $("link").textContent = e.detail;
 });
 signaling.addEventListener("welcome", (e) => {
-  seen(e.detail.resumed ? "welcome.resumed" : "welcome");
-  if (!e.detail.resumed && call) {
-    // The server did not keep our connection: the call is gone.
-    const text = endedText("connection_lost", call);
-    cleanupCall();
-    show("home");
-    notice(text);
-  }
+  const w = e.detail;
+  seen(w.resumed ? "welcome.resumed" : "welcome");
+  syncCall(w.call, w.resumed ? "resumed" : "fresh");
 });
 signaling.addEventListener("revoked", () => loggedOut("Your session has ended. Please log in again."));
+signaling.addEventListener("superseded", () => {
+  // The connection (and its call) now lives in another window: let go without hanging up.
+  if (call) finished.add(call.id);
+  cleanupCall();
+  show("home");
+  notice("Another window took over this page's connection (a duplicated tab?). Reload to connect here again.");
+});
+
+// Leaving the page. We deliberately do NOT hang up on `pagehide`: a reload fires it too, and a
+// reload must keep the call (this tab's sessionStorage keeps the login, the resume token, the
+// last seq and the call snapshot, and the new page rejoins). The browser closes the socket with
+// 1001 "going away"; the server holds the connection only for a short grace, so when the tab
+// really closed the peer gets `call.ended connection_lost` a few seconds later.
+// Only an explicit "Log out" closes with 1000 ("the user left"), after hanging up.
+$("logout").addEventListener("click", async () => {
+  if (call) hangup();
+  signaling.stop(1000);
+  await api.logout().catch(() => {});
+  loggedOut("");
+});
 
 $("auth-form").addEventListener("submit", (e) => {
   e.preventDefault();
   authSubmit(false);
 });
 $("register").addEventListener("click", () => authSubmit(true));
-$("logout").addEventListener("click", async () => {
-  await api.logout().catch(() => {});
-  loggedOut("");
-});
 $("call-form").addEventListener("submit", (e) => {
   e.preventDefault();
   const to = $("call-to").value.trim();
@@ -386,17 +728,8 @@ $("call-form").addEventListener("submit", (e) => {
 });
 $("cancel").addEventListener("click", hangup);
 $("hangup").addEventListener("click", hangup);
-$("accept").addEventListener("click", () => {
-  if (!call) return;
-  ringtone.stop();
-  signaling.send({ type: "call.accept", call_id: call.id });
-});
-$("reject").addEventListener("click", () => {
-  if (!call) return;
-  ringtone.stop();
-  call.byMe = true;
-  signaling.send({ type: "call.reject", call_id: call.id });
-});
+$("accept").addEventListener("click", acceptCall);
+$("reject").addEventListener("click", rejectCall);
 $("mute").addEventListener("click", () => {
   if (!call || !call.session) return;
   const muted = $("mute").getAttribute("aria-pressed") !== "true";
@@ -410,17 +743,44 @@ document.addEventListener("keydown", (e) => {
   if (e.key === "Escape" && call && !$("screen-incoming").hidden) $("reject").click();
 });
 
-// A small read-only view for diagnostics and the browser tests.
-window.callsignal = {
-  screen: () => SCREENS.find((s) => !$(`screen-${s}`).hidden),
+// A small view for diagnostics and the browser tests (WebDriver execute/sync reads it).
+// `window.callsignal` is the original name; `window.__callsignal` is the same object.
+const screen = () => SCREENS.find((s) => !$(`screen-${s}`).hidden) || null;
+const pc = () => (call && call.session && call.session.pc ? call.session.pc : null);
+const hooks = {
+  screen,
   callId: () => (call ? call.id : null),
   code: () => (call && call.session ? call.session.code : null),
-  pcState: () => (call && call.session && call.session.pc ? call.session.pc.connectionState : null),
+  pcState: () => (pc() ? pc().connectionState : null),
   bytesReceived: () => (call && call.session ? call.session.bytesReceived() : 0),
   link: () => $("link").dataset.state,
-  dropSocket: () => signaling.simulateNetworkDrop(),
   events: () => events.slice(),
+  state: () => ({
+    screen: screen(),
+    callId: call ? call.id : null,
+    callState: call ? call.state : null,
+    role: call ? call.role : null,
+    peer: call ? call.peer : null,
+    code: call && call.session ? call.session.code : null,
+    codeNote: $("verify-note").hidden ? null : $("verify-note").textContent,
+    lastSeq: signaling.lastSeq,
+    notice: $("notice").hidden ? null : $("notice").textContent,
+    pcState: pc() ? pc().connectionState : null,
+    iceState: pc() ? pc().iceConnectionState : null,
+    phase: $("screen-incall").dataset.phase || null,
+    callText: $("call-state").textContent,
+    peerReconnecting: !$("peer-reconnecting").hidden,
+    link: $("link").dataset.state,
+  }),
+  /** Drops the socket like a network failure (close 4000: the long grace, then resume). */
+  dropSocket: () => signaling.simulateNetworkDrop(),
+  /** Closes the socket with `code` (1000, or 3000–4999); 1000 = the user left, no reconnect. */
+  closeSocket: (code) => signaling.closeSocket(code),
+  /** Makes microphone requests fail with a DOMException of this name ("NotAllowedError", "NotFoundError"); null undoes. */
+  failMicrophone: (name) => simulateMicrophoneFailure(name),
 };
+window.callsignal = hooks;
+window.__callsignal = hooks;
 
 // Boot: a refresh token in this tab's storage means we were logged in before the reload.
 if (api.hasRefresh()) {

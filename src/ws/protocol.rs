@@ -8,6 +8,27 @@ use serde_json::value::RawValue;
 use crate::domain::{CallId, ConnectionId, SessionId, UserRef};
 use crate::ice::IceServer;
 
+/// WebSocket close codes (RFC 6455 §7.4; 4000–4999 are application codes, contract §2).
+pub mod close {
+    /// The client left deliberately (client-sent): its call ends at once.
+    pub const NORMAL: u16 = 1000;
+    /// Going away: server shutdown (server-sent), page reload or tab close (client-sent; the
+    /// connection stays resumable for `ws.going_away_grace_secs`).
+    pub const GOING_AWAY: u16 = 1001;
+    /// Policy violation (persistent rate-limit abuse, client not reading).
+    pub const POLICY: u16 = 1008;
+    /// Frame or message over `ws.max_message_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error (the connection's actor failed).
+    pub const INTERNAL: u16 = 1011;
+    /// Try again later (connection caps).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Superseded: the connection was resumed on a newer socket (extension).
+    pub const SUPERSEDED: u16 = 4001;
+    /// Authentication failed or the session ended.
+    pub const UNAUTHORIZED: u16 = 4401;
+}
+
 /// A typed client message.
 #[derive(Debug, Clone)]
 pub enum ClientMessage {
@@ -17,6 +38,9 @@ pub enum ClientMessage {
         token: String,
         /// Resume token from a previous `welcome`.
         resume_token: Option<String>,
+        /// The `seq` of the last server message the client processed (extension): a resume
+        /// replays exactly what came after it.
+        last_seq: Option<u64>,
     },
     /// Start a call to `to` (a username, not yet validated).
     Invite {
@@ -32,11 +56,20 @@ pub enum ClientMessage {
     Reject {
         /// The call.
         call_id: CallId,
+        /// Why the callee declined, relayed in `call.ended` (extension).
+        cause: Option<EndCause>,
     },
     /// End (or cancel) a call.
     Hangup {
         /// The call.
         call_id: CallId,
+        /// Why, relayed in `call.ended` (extension).
+        cause: Option<EndCause>,
+    },
+    /// Every server message up to `seq` was processed; the server may forget them (extension).
+    Ack {
+        /// The last processed `seq`.
+        seq: u64,
     },
     /// Session description to relay.
     Sdp {
@@ -76,6 +109,9 @@ struct Frame {
     resume_token: Option<String>,
     to: Option<String>,
     call_id: Option<CallId>,
+    last_seq: Option<u64>,
+    seq: Option<u64>,
+    cause: Option<EndCause>,
     #[serde(default, deserialize_with = "present")]
     description: Option<Box<RawValue>>,
     #[serde(default, deserialize_with = "present")]
@@ -93,21 +129,65 @@ struct RefOnly {
     reference: Option<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
-struct Description {
-    #[serde(rename = "type")]
-    kind: String,
-    #[allow(dead_code)]
-    sdp: String,
+/// Longest `ref` a client may attach (it is echoed back).
+pub const MAX_REF_CHARS: usize = 128;
+
+/// Most keys beyond the WebRTC ones that a `description` or `candidate` may carry; each must be
+/// a scalar (string, number, boolean or null), so nothing nested is ever relayed.
+const MAX_EXTRA_KEYS: usize = 4;
+
+type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+/// Parses `raw` as a JSON object. serde_json's recursion limit (128) refuses deep nesting
+/// before any of it is looked at.
+fn object(raw: &RawValue) -> Option<JsonMap> {
+    serde_json::from_str::<JsonMap>(raw.get()).ok()
 }
 
-#[derive(Deserialize)]
-#[allow(non_snake_case, dead_code)]
-struct CandidateInit {
-    candidate: String,
-    sdpMid: Option<String>,
-    sdpMLineIndex: Option<u16>,
-    usernameFragment: Option<String>,
+/// Keys outside `known` must be few and scalar.
+fn extras_ok(map: &JsonMap, known: &[&str]) -> bool {
+    let mut extra = 0;
+    for (k, v) in map {
+        if known.contains(&k.as_str()) {
+            continue;
+        }
+        extra += 1;
+        if extra > MAX_EXTRA_KEYS || v.is_array() || v.is_object() {
+            return false;
+        }
+    }
+    true
+}
+
+/// `RTCSessionDescriptionInit` as signaled (contract §2.2, W3C WebRTC §4.8.1): `type` is
+/// `offer` or `answer`, `sdp` a string.
+fn valid_description(raw: &RawValue) -> bool {
+    let Some(map) = object(raw) else { return false };
+    matches!(
+        map.get("type").and_then(|v| v.as_str()),
+        Some("offer" | "answer")
+    ) && map.get("sdp").is_some_and(|v| v.is_string())
+        && extras_ok(&map, &["type", "sdp"])
+}
+
+/// `RTCIceCandidateInit` (W3C WebRTC §4.8.2): `candidate` a string; `sdpMid` a string or null;
+/// `sdpMLineIndex` an unsigned short or null; `usernameFragment` a string or null.
+fn valid_candidate(raw: &RawValue) -> bool {
+    if raw.get() == "null" {
+        return true;
+    }
+    let Some(map) = object(raw) else { return false };
+    let string_or_null = |k: &str| map.get(k).is_none_or(|v| v.is_string() || v.is_null());
+    map.get("candidate").is_some_and(|v| v.is_string())
+        && string_or_null("sdpMid")
+        && string_or_null("usernameFragment")
+        && map
+            .get("sdpMLineIndex")
+            .is_none_or(|v| v.is_null() || v.as_u64().is_some_and(|n| n <= u64::from(u16::MAX)))
+        && extras_ok(
+            &map,
+            &["candidate", "sdpMid", "sdpMLineIndex", "usernameFragment"],
+        )
 }
 
 /// A frame that is not a valid client message: answer `bad_message`, keep the socket.
@@ -133,6 +213,15 @@ pub fn parse(text: &str) -> Result<Inbound, BadMessage> {
             .and_then(|v| v.as_str().map(str::to_owned)),
     })?;
     let reference = frame.reference.clone();
+    if reference
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REF_CHARS)
+    {
+        return Err(BadMessage {
+            message: format!("`ref` is longer than {MAX_REF_CHARS} characters"),
+            reference: None,
+        });
+    }
     typed(frame)
         .map(|message| Inbound {
             message,
@@ -147,6 +236,7 @@ fn typed(f: Frame) -> Result<ClientMessage, String> {
         "hello" => ClientMessage::Hello {
             token: need(f.token, "token", k)?,
             resume_token: f.resume_token,
+            last_seq: f.last_seq,
         },
         "call.invite" => ClientMessage::Invite {
             to: need(f.to, "to", k)?,
@@ -156,16 +246,19 @@ fn typed(f: Frame) -> Result<ClientMessage, String> {
         },
         "call.reject" => ClientMessage::Reject {
             call_id: need(f.call_id, "call_id", k)?,
+            cause: f.cause,
         },
         "call.hangup" => ClientMessage::Hangup {
             call_id: need(f.call_id, "call_id", k)?,
+            cause: f.cause,
+        },
+        "ack" => ClientMessage::Ack {
+            seq: need(f.seq, "seq", k)?,
         },
         "sdp" => {
             let description = need(f.description, "description", k)?;
-            let d: Description = serde_json::from_str(description.get())
-                .map_err(|_| "`description` must be {type, sdp} with string values".to_string())?;
-            if d.kind != "offer" && d.kind != "answer" {
-                return Err("`description.type` must be \"offer\" or \"answer\"".into());
+            if !valid_description(&description) {
+                return Err("`description` must be an RTCSessionDescriptionInit: {type: \"offer\"|\"answer\", sdp: string}, at most 4 extra scalar keys".into());
             }
             ClientMessage::Sdp {
                 call_id: need(f.call_id, "call_id", k)?,
@@ -174,10 +267,8 @@ fn typed(f: Frame) -> Result<ClientMessage, String> {
         }
         "ice" => {
             let candidate = need(f.candidate, "candidate", k)?;
-            if candidate.get() != "null" {
-                serde_json::from_str::<CandidateInit>(candidate.get()).map_err(|_| {
-                    "`candidate` must be an RTCIceCandidateInit object or null".to_string()
-                })?;
+            if !valid_candidate(&candidate) {
+                return Err("`candidate` must be an RTCIceCandidateInit ({candidate: string, sdpMid?, sdpMLineIndex?, usernameFragment?}, at most 4 extra scalar keys) or null".into());
             }
             ClientMessage::Ice {
                 call_id: need(f.call_id, "call_id", k)?,
@@ -217,6 +308,57 @@ pub enum EndReason {
     ServerRestart,
     /// The call's actor failed; the call was ended cleanly (extension).
     ServerError,
+    /// A party closed its connection deliberately (WebSocket close 1000, or its session was
+    /// revoked) without hanging up; for a ringing call, the callee's last device did (extension).
+    Left,
+}
+
+/// Why a party rejected or hung up, as it told the server (extension); relayed in
+/// `call.ended.cause` so the other side can say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndCause {
+    /// The browser refused microphone access (`NotAllowedError`).
+    MicrophoneDenied,
+    /// No usable microphone (missing, busy, or any other `getUserMedia` failure).
+    MicrophoneUnavailable,
+}
+
+/// The state of a user's current call, as `welcome.call` reports it (extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallPhase {
+    /// Not answered yet.
+    Ringing,
+    /// Answered.
+    Active,
+}
+
+/// Which side of a call a user is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallRole {
+    /// The inviting user.
+    Caller,
+    /// The invited user.
+    Callee,
+}
+
+/// `welcome.call` (extension): the connection's user's current call, so a new or reloaded page
+/// can show it and end it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallSummary {
+    /// The call.
+    pub call_id: CallId,
+    /// `ringing` or `active`.
+    pub state: CallPhase,
+    /// The user's side.
+    pub role: CallRole,
+    /// The other user.
+    pub peer: UserRef,
+    /// Whether this connection is the call's party connection (the caller's inviting
+    /// connection, the answering callee connection, or for a ringing call any callee device).
+    pub here: bool,
 }
 
 impl EndReason {
@@ -235,6 +377,7 @@ impl EndReason {
             Self::ServerShutdown => "server_shutdown",
             Self::ServerRestart => "server_restart",
             Self::ServerError => "server_error",
+            Self::Left => "left",
         }
     }
 }
@@ -275,6 +418,9 @@ pub enum ErrorCode {
     TooManyConnections,
     /// A server fault (extension).
     InternalError,
+    /// A resume could not replay everything the client missed: the oldest of those messages
+    /// are no longer held (extension). The client must resynchronise.
+    ResumeGap,
 }
 
 /// A server → client message.
@@ -298,6 +444,8 @@ pub enum ServerMessage {
         ice_servers: Vec<IceServer>,
         /// Whether this resumed a previous connection.
         resumed: bool,
+        /// The user's current call, if any (extension).
+        call: Option<CallSummary>,
     },
     /// The invite was accepted by the server.
     #[serde(rename = "call.created")]
@@ -340,6 +488,9 @@ pub enum ServerMessage {
         call_id: CallId,
         /// Why.
         reason: EndReason,
+        /// The cause the ending party gave, if any (extension).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cause: Option<EndCause>,
         /// The `ref` of the hangup/reject this acknowledges (to its sender only).
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
@@ -419,6 +570,20 @@ impl ServerMessage {
     pub fn to_json(&self) -> String {
         // Serialising these plain types cannot fail.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// JSON text of the message with `"seq": seq` as its first field (extension: every message
+    /// of a connection after `welcome` carries its sequence number).
+    pub fn to_json_with_seq(&self, seq: u64) -> String {
+        let body = self.to_json();
+        // Every message is a JSON object with at least `type`: splice the field in after `{`.
+        let rest = body.strip_prefix('{').unwrap_or(&body);
+        let mut out = String::with_capacity(body.len() + 28);
+        out.push_str("{\"seq\":");
+        out.push_str(&seq.to_string());
+        out.push(',');
+        out.push_str(rest);
+        out
     }
 }
 

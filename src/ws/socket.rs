@@ -1,7 +1,15 @@
 //! One task per WebSocket: it owns the stream, runs the `hello` handshake (deadline, token and
-//! session check, resume), then pumps frames both ways. Inbound text is rate-limited, parsed
-//! into typed messages and cast to the connection actor; outbound frames come from the actor
-//! over a bounded queue. It sends heartbeat pings and drops a peer silent for two intervals.
+//! session check, resume), then pumps frames both ways. Every inbound frame counts against the
+//! user's limits; text is parsed into typed messages and cast to the connection actor; outbound
+//! frames come from the actor over a queue. It sends heartbeat pings (their payload is the
+//! highest `seq` written, so the pong proves delivery) and drops a peer silent for two
+//! intervals.
+//!
+//! Every close the server starts is a complete closing handshake (RFC 6455 §7.1.1–7.1.2): write
+//! Close, stop handling application data, read and discard until the client's Close or EOF
+//! (bounded in time and bytes), then shut the TCP connection down — so what was written before
+//! the Close (errors, `session_revoked`, `call.ended`) reaches the client instead of being
+//! destroyed by a reset.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,19 +18,20 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use ractor::ActorRef;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::close;
-use super::protocol::{self, ClientMessage, ErrorCode, ServerMessage};
+use super::limit::Verdict;
+use super::protocol::{self, ClientMessage, ErrorCode, ServerMessage, close};
 use crate::actors::ask;
-use crate::actors::connection::{ConnectionMsg, Outbound, SocketKill, SocketLink};
-use crate::actors::registry::{ConnectRequest, RegistryMsg};
-use crate::domain::UserRef;
+use crate::actors::connection::{ConnectionMsg, Outbound, SocketControl, SocketEnd, SocketLink};
+use crate::actors::registry::{ConnectRequest, Connected, RegistryMsg};
+use crate::domain::{SessionId, UserRef};
 use crate::http::request::{AuthFailure, verify_token};
 use crate::state::AppState;
 use crate::store;
@@ -34,6 +43,12 @@ const READ_BUFFER_BYTES: usize = 1024;
 
 /// A write that takes longer than this means the peer is not reading: drop it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a closing handshake may take, start to TCP shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How much a client may still send after the server's Close before it is cut off.
+const CLOSE_DRAIN_BYTES: usize = 1 << 20;
 
 static SOCKET_IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -57,12 +72,65 @@ async fn send(ws: &mut Ws, msg: &ServerMessage) -> bool {
     )
 }
 
+/// Shuts the TCP connection down (FIN), bounded in time.
+async fn shutdown_tcp(ws: &mut Ws) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.get_mut().shutdown()).await;
+}
+
+/// A server-initiated close: Close frame, then discard what the client still sends until its
+/// Close or EOF (bounded by [`CLOSE_TIMEOUT`] and [`CLOSE_DRAIN_BYTES`]), then TCP shutdown.
 async fn close_with(ws: &mut Ws, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code: code.into(),
         reason: reason.into(),
     };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if ws.close(Some(frame)).await.is_err() {
+            return;
+        }
+        let mut discarded = 0usize;
+        while let Some(Ok(msg)) = ws.next().await {
+            discarded += msg.len();
+            if discarded > CLOSE_DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
+    shutdown_tcp(ws).await;
+}
+
+/// A close after a framing error (a frame over the size limit): the stream can no longer be
+/// parsed, so after the Close frame the raw bytes are discarded until EOF or a quiet moment
+/// (bounded), then the TCP connection is shut down.
+async fn close_after_framing_error(ws: &mut Ws, code: u16, reason: &'static str) {
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    };
     let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
+    let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
+    let mut buf = [0u8; 4096];
+    let mut discarded = 0usize;
+    while discarded <= CLOSE_DRAIN_BYTES {
+        let quiet = tokio::time::Instant::now() + Duration::from_millis(300);
+        match tokio::time::timeout_at(quiet.min(deadline), ws.get_mut().read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n,
+            _ => break,
+        }
+    }
+    shutdown_tcp(ws).await;
+}
+
+/// A close the client started: let tungstenite write the echoing Close, read to the end, then
+/// shut the TCP connection down (the server closes TCP first, RFC 6455 §7.1.1).
+async fn finish_client_close(ws: &mut Ws) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        let _ = ws.flush().await;
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    shutdown_tcp(ws).await;
 }
 
 async fn refuse(ws: &mut Ws, code: ErrorCode, message: &str, close_code: u16) {
@@ -70,35 +138,13 @@ async fn refuse(ws: &mut Ws, code: ErrorCode, message: &str, close_code: u16) {
     close_with(ws, close_code, "handshake refused").await;
 }
 
-/// A token bucket: `rate` per second sustained, `burst` at once.
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            tokens: f64::from(burst),
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            last: Instant::now(),
-        }
-    }
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+/// A socket admitted by the registry.
+struct Admitted {
+    connected: Connected,
+    socket_id: u64,
+    session_id: SessionId,
+    rx: mpsc::Receiver<Outbound>,
+    control: SocketControl,
 }
 
 /// Runs one upgraded socket to its end.
@@ -112,16 +158,36 @@ pub async fn run(state: Arc<AppState>, upgraded: Upgraded) {
     .await;
     // Boxed: the handshake awaits database queries whose futures are large; inline, their size
     // would stay reserved in this task for the whole life of an idle connection.
-    let Some((actor, socket_id, mut rx, kill)) = Box::pin(handshake(&state, &mut ws)).await else {
+    let Some(mut admitted) = Box::pin(handshake(&state, &mut ws)).await else {
         return;
     };
-    pump(&state, ws, &actor, &mut rx, kill).await;
-    // Hand back what the socket never wrote, so a resume delivers it.
-    let mut unsent = Vec::new();
-    while let Ok(Outbound::Text(text)) = rx.try_recv() {
-        unsent.push(text);
+    Box::pin(recheck_session(&state, &admitted)).await;
+    let end = pump(&state, &mut ws, &mut admitted).await;
+    let _ = admitted
+        .connected
+        .actor
+        .cast(ConnectionMsg::SocketClosed(admitted.socket_id, end));
+}
+
+/// Check-after-act: the session was verified before the socket was registered; a revocation
+/// that committed in between cast its notice to the registry before this socket was there to
+/// receive it. Reading the session again after registering closes that window: a revocation
+/// either is visible now or its notice arrives after the registration.
+async fn recheck_session(state: &AppState, admitted: &Admitted) {
+    let actor = &admitted.connected.actor;
+    match store::sessions::get(&state.db, admitted.session_id).await {
+        Ok(Some(s)) if store::sessions::is_live(&s, chrono::Utc::now()) => {}
+        Ok(_) => {
+            let _ = actor.cast(ConnectionMsg::Revoke);
+        }
+        Err(_) => {
+            let _ = actor.cast(ConnectionMsg::Kick(
+                ErrorCode::InternalError,
+                "the service is temporarily unavailable",
+                close::TRY_AGAIN_LATER,
+            ));
+        }
     }
-    let _ = actor.cast(ConnectionMsg::SocketClosed(socket_id, unsent));
 }
 
 /// The first data frame, whatever it is.
@@ -134,15 +200,7 @@ async fn first_frame(ws: &mut Ws) -> Option<Result<Message, WsError>> {
     }
 }
 
-async fn handshake(
-    state: &Arc<AppState>,
-    ws: &mut Ws,
-) -> Option<(
-    ActorRef<ConnectionMsg>,
-    u64,
-    mpsc::Receiver<Outbound>,
-    SocketKill,
-)> {
+async fn handshake(state: &Arc<AppState>, ws: &mut Ws) -> Option<Admitted> {
     let settings = &state.settings.ws;
     let first = match tokio::time::timeout(settings.hello_timeout(), first_frame(ws)).await {
         Err(_) => {
@@ -156,7 +214,10 @@ async fn handshake(
             return None;
         }
         Ok(None | Some(Err(_))) => return None,
-        Ok(Some(Ok(Message::Close(_)))) => return None,
+        Ok(Some(Ok(Message::Close(_)))) => {
+            finish_client_close(ws).await;
+            return None;
+        }
         Ok(Some(Ok(frame))) => frame,
     };
     let hello = match &first {
@@ -166,6 +227,7 @@ async fn handshake(
     let Some(ClientMessage::Hello {
         token,
         resume_token,
+        last_seq,
     }) = hello.map(|h| h.message)
     else {
         refuse(
@@ -219,8 +281,10 @@ async fn handshake(
             return None;
         }
     };
-    let (tx, rx) = mpsc::channel(settings.outbound_queue);
-    let kill = SocketKill::default();
+    // The actor bounds what it holds (count and bytes); the queue only needs room for that
+    // plus the unsequenced per-socket messages.
+    let (tx, rx) = mpsc::channel(settings.outbound_queue + 8);
+    let control = SocketControl::default();
     let socket_id = SOCKET_IDS.fetch_add(1, Ordering::Relaxed);
     let request = ConnectRequest {
         user: UserRef {
@@ -230,10 +294,11 @@ async fn handshake(
         session_id: auth.session_id,
         session_expires_at: session.expires_at,
         resume_token,
+        last_seq,
         socket: SocketLink {
             socket_id,
             tx,
-            abort: kill.clone(),
+            control: control.clone(),
         },
         ice_servers: crate::ice::servers_for(&state.settings.ice, auth.user_id),
     };
@@ -242,9 +307,20 @@ async fn handshake(
         None => None,
     };
     match result {
-        Some(Ok(actor)) => Some((actor, socket_id, rx, kill)),
+        Some(Ok(connected)) => Some(Admitted {
+            connected,
+            socket_id,
+            session_id: auth.session_id,
+            rx,
+            control,
+        }),
         Some(Err((code, message))) => {
-            refuse(ws, code, message, close::TRY_AGAIN_LATER).await;
+            let close_code = if code == ErrorCode::SessionRevoked {
+                close::UNAUTHORIZED
+            } else {
+                close::TRY_AGAIN_LATER
+            };
+            refuse(ws, code, message, close_code).await;
             None
         }
         None => {
@@ -260,85 +336,135 @@ async fn handshake(
     }
 }
 
-async fn pump(
-    state: &Arc<AppState>,
-    mut ws: Ws,
-    actor: &ActorRef<ConnectionMsg>,
-    rx: &mut mpsc::Receiver<Outbound>,
-    kill: SocketKill,
-) {
+/// Sends a per-socket error (no `seq`: it answers this socket's frame and is never replayed).
+async fn reply_error(ws: &mut Ws, code: ErrorCode, message: String, reference: Option<String>) -> bool {
+    send(ws, &ServerMessage::error(code, message, reference, None)).await
+}
+
+/// Pumps frames both ways until the socket ends; says how it ended.
+async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> SocketEnd {
     let settings = &state.settings.ws;
+    let actor = a.connected.actor.clone();
     let heartbeat = settings.heartbeat();
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut last_heard = Instant::now();
-    let mut bucket = Bucket::new(settings.rate_limit_per_sec, settings.rate_limit_burst);
-    let mut strikes = 0u32;
+    let mut delivered = 0u64;
     loop {
         tokio::select! {
             biased;
-            _ = kill.killed() => return,
-            out = rx.recv() => match out {
-                Some(Outbound::Text(text)) => {
+            code = a.control.killed() => {
+                close_with(ws, code, "closed by the server").await;
+                return SocketEnd::ServerClosed;
+            }
+            out = a.rx.recv() => match out {
+                Some(Outbound::Text(seq, text)) => {
                     let sent = tokio::select! {
-                        r = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::text(text))) => matches!(r, Ok(Ok(()))),
-                        _ = kill.killed() => false,
+                        r = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Text(text))) => matches!(r, Ok(Ok(()))),
+                        code = a.control.killed() => {
+                            close_with(ws, code, "closed by the server").await;
+                            return SocketEnd::ServerClosed;
+                        }
                     };
                     if !sent {
-                        return;
+                        return SocketEnd::Dropped;
                     }
+                    a.control.mark_written(seq);
                 }
-                Some(Outbound::Close(code, reason)) => return close_with(&mut ws, code, reason).await,
-                None => return close_with(&mut ws, close::INTERNAL, "connection failed").await,
+                Some(Outbound::Close(code, reason)) => {
+                    close_with(ws, code, reason).await;
+                    return SocketEnd::ServerClosed;
+                }
+                None => {
+                    close_with(ws, close::INTERNAL, "connection failed").await;
+                    return SocketEnd::ServerClosed;
+                }
             },
             frame = ws.next() => {
                 let msg = match frame {
-                    None | Some(Ok(Message::Close(_))) => return,
-                    Some(Err(WsError::Capacity(_))) => {
-                        return close_with(&mut ws, close::TOO_BIG, "message too big").await;
+                    None => return SocketEnd::Dropped,
+                    Some(Ok(Message::Close(frame))) => {
+                        finish_client_close(ws).await;
+                        return match frame.map(|f| f.code) {
+                            Some(CloseCode::Normal) => SocketEnd::Left,
+                            Some(CloseCode::Away) => SocketEnd::GoingAway,
+                            _ => SocketEnd::Dropped,
+                        };
                     }
-                    Some(Err(_)) => return,
+                    Some(Err(WsError::Capacity(_))) => {
+                        close_after_framing_error(ws, close::TOO_BIG, "message too big").await;
+                        return SocketEnd::ServerClosed;
+                    }
+                    Some(Err(_)) => return SocketEnd::Dropped,
                     Some(Ok(msg)) => msg,
                 };
                 last_heard = Instant::now();
+                // Every frame counts, of any kind.
+                let verdict = a
+                    .connected
+                    .limiter
+                    .lock()
+                    .map(|mut l| l.take(msg.len()))
+                    .unwrap_or(Verdict::Abuse);
+                match verdict {
+                    Verdict::Pass => {}
+                    Verdict::Limited => {
+                        state.metrics.rate_limited.inc();
+                        if !reply_error(ws, ErrorCode::RateLimited, "too many messages; slow down".into(), None).await {
+                            return SocketEnd::Dropped;
+                        }
+                        continue;
+                    }
+                    Verdict::Abuse => {
+                        state.metrics.rate_limited.inc();
+                        close_with(ws, close::POLICY, "rate limit exceeded").await;
+                        return SocketEnd::ServerClosed;
+                    }
+                }
                 let text = match msg {
                     Message::Text(t) => t,
                     Message::Binary(_) => {
-                        let e = ServerMessage::error(ErrorCode::BadMessage, "binary frames are not accepted", None, None);
-                        if !send(&mut ws, &e).await { return; }
+                        if !reply_error(ws, ErrorCode::BadMessage, "binary frames are not accepted".into(), None).await {
+                            return SocketEnd::Dropped;
+                        }
+                        continue;
+                    }
+                    Message::Pong(payload) => {
+                        // Our pings carry the highest seq written before them: the pong proves
+                        // the client has everything up to it.
+                        if let Ok(bytes) = <[u8; 8]>::try_from(payload.as_ref()) {
+                            let seq = u64::from_be_bytes(bytes);
+                            if seq > delivered {
+                                delivered = seq;
+                                let _ = actor.cast(ConnectionMsg::Delivered(seq));
+                            }
+                        }
                         continue;
                     }
                     _ => continue,
                 };
-                if !bucket.take() {
-                    strikes += 1;
-                    state.metrics.rate_limited.inc();
-                    if strikes > settings.rate_limit_strikes {
-                        return close_with(&mut ws, close::POLICY, "rate limit exceeded").await;
-                    }
-                    let e = ServerMessage::error(ErrorCode::RateLimited, "too many messages; slow down", None, None);
-                    if !send(&mut ws, &e).await { return; }
-                    continue;
-                }
                 match protocol::parse(text.as_str()) {
                     Ok(inbound) => {
                         if actor.cast(ConnectionMsg::Client(inbound)).is_err() {
-                            return close_with(&mut ws, close::INTERNAL, "connection failed").await;
+                            close_with(ws, close::INTERNAL, "connection failed").await;
+                            return SocketEnd::ServerClosed;
                         }
                     }
                     Err(bad) => {
-                        let e = ServerMessage::error(ErrorCode::BadMessage, bad.message, bad.reference, None);
-                        if !send(&mut ws, &e).await { return; }
+                        if !reply_error(ws, ErrorCode::BadMessage, bad.message, bad.reference).await {
+                            return SocketEnd::Dropped;
+                        }
                     }
                 }
             }
             _ = ticker.tick() => {
                 if last_heard.elapsed() > heartbeat * 2 {
                     tracing::debug!("peer silent for two heartbeats; dropping the socket");
-                    return;
+                    return SocketEnd::Dropped;
                 }
-                let ping = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(Default::default())));
+                let mark = a.control.written().to_be_bytes();
+                let ping = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(mark.to_vec().into())));
                 if !matches!(ping.await, Ok(Ok(()))) {
-                    return;
+                    return SocketEnd::Dropped;
                 }
             }
         }

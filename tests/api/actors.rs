@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use callsignal::actors::ask;
 use callsignal::actors::call::CallMsg;
-use callsignal::actors::connection::{ConnectionMsg, Outbound, SocketKill, SocketLink};
+use callsignal::actors::connection::{
+    ConnectionMsg, Outbound, SocketControl, SocketEnd, SocketLink,
+};
 use callsignal::actors::registry::{ConnectRequest, RegistryMsg};
 use callsignal::domain::{CallId, SessionId, UserId, UserRef, Username};
 use ractor::ActorRef;
@@ -20,6 +22,7 @@ struct Device {
     actor: ActorRef<ConnectionMsg>,
     rx: mpsc::Receiver<Outbound>,
     socket_id: u64,
+    control: SocketControl,
     user: UserRef,
     session: SessionId,
     welcome: Value,
@@ -36,13 +39,19 @@ impl Device {
     }
 
     async fn attach(app: &TestApp, user: UserRef, queue: usize) -> Device {
-        Self::open(app, user, SessionId::new(), None, queue).await
+        Self::open(app, user, SessionId::new(), None, None, queue).await
     }
 
-    /// A new "socket" for this device's connection, presenting its resume token.
-    async fn resume(&self, app: &TestApp) -> Device {
+    /// A new "socket" for this device's connection, presenting its resume token (and the last
+    /// `seq` it processed, `None` for a v1 client).
+    async fn resume(&self, app: &TestApp, last_seq: Option<u64>) -> Device {
         let token = self.welcome["resume_token"].as_str().map(str::to_owned);
-        Self::open(app, self.user.clone(), self.session, token, 64).await
+        Self::open(app, self.user.clone(), self.session, token, last_seq, 64).await
+    }
+
+    /// A new "socket" of the same login session without the resume token (a reloaded page).
+    async fn reload(&self, app: &TestApp) -> Device {
+        Self::open(app, self.user.clone(), self.session, None, None, 64).await
     }
 
     async fn open(
@@ -50,19 +59,22 @@ impl Device {
         user: UserRef,
         session: SessionId,
         resume_token: Option<String>,
+        last_seq: Option<u64>,
         queue: usize,
     ) -> Device {
         let (tx, rx) = mpsc::channel(queue);
         let socket_id = rand_id();
+        let control = SocketControl::default();
         let req = ConnectRequest {
             user: user.clone(),
             session_id: session,
             session_expires_at: chrono::Utc::now() + chrono::Duration::days(1),
             resume_token,
+            last_seq,
             socket: SocketLink {
                 socket_id,
                 tx,
-                abort: SocketKill::default(),
+                control: control.clone(),
             },
             ice_servers: vec![],
         };
@@ -70,11 +82,13 @@ impl Device {
         let actor = ask(&registry, |r| RegistryMsg::Connect(Box::new(req), r))
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .actor;
         let mut d = Device {
             actor,
             rx,
             socket_id,
+            control,
             user,
             session,
             welcome: Value::Null,
@@ -94,9 +108,29 @@ impl Device {
             .await
             .unwrap()
         {
-            Some(Outbound::Text(t)) => serde_json::from_str(&t).unwrap(),
+            Some(Outbound::Text(_, t)) => serde_json::from_str(&t).unwrap(),
             other => panic!("expected a message, got {other:?}"),
         }
+    }
+
+    /// Reads the next message as the socket task would: it is then "written".
+    async fn read(&mut self) -> Value {
+        let v = self.recv().await;
+        if let Some(seq) = v["seq"].as_u64() {
+            self.control.mark_written(seq);
+        }
+        v
+    }
+
+    /// The socket ends as `end`.
+    fn socket_ends(&self, end: SocketEnd) {
+        self.actor
+            .cast(ConnectionMsg::SocketClosed(self.socket_id, end))
+            .unwrap();
+    }
+
+    async fn info(&self) -> callsignal::actors::connection::ConnectionInfo {
+        ask(&self.actor, ConnectionMsg::Info).await.unwrap()
     }
 
     async fn expect(&mut self, kind: &str) -> Value {
@@ -192,9 +226,7 @@ async fn ring_timeout_after_accept_is_ignored() {
 async fn grace_expiry_message_ends_the_call_connection_lost() {
     let app = app().await;
     let (mut a, b, id) = answered(&app).await;
-    b.actor
-        .cast(ConnectionMsg::SocketClosed(b.socket_id, vec![]))
-        .unwrap();
+    b.socket_ends(SocketEnd::Dropped);
     assert_eq!(a.expect("peer.reconnecting").await["call_id"], id.as_str());
     // A stale epoch does nothing; the current one ends the connection.
     b.actor.cast(ConnectionMsg::GraceExpired(0)).unwrap();
@@ -407,25 +439,245 @@ async fn first_accept_wins_across_devices_and_cancel_reaches_all() {
     error(&mut b1, "call_not_ringing").await;
 }
 
+/// Alice sends `n` candidates to bob; returns their texts.
+fn send_ice(a: &Device, id: &str, n: usize, tag: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let c = format!("{tag}-{i}");
+            a.send(json!({"type": "ice", "call_id": id, "candidate": {"candidate": c}}));
+            c
+        })
+        .collect()
+}
+
+async fn expect_ice(d: &mut Device, texts: &[String]) -> Vec<u64> {
+    let mut seqs = vec![];
+    for t in texts {
+        let v = d.read().await;
+        assert_eq!((v["type"].as_str(), v["candidate"]["candidate"].as_str()), (Some("ice"), Some(t.as_str())), "{v}");
+        seqs.push(v["seq"].as_u64().expect("seq"));
+    }
+    seqs
+}
+
 #[tokio::test]
-async fn a_resume_delivers_unsent_frames_then_what_came_while_away() {
+async fn every_message_after_welcome_is_numbered_and_a_resume_replays_after_last_seq() {
     let app = app().await;
-    let (mut a, b, id) = answered(&app).await;
-    // Bob's socket dies with two frames it never wrote; then alice sends one more.
-    b.actor
-        .cast(ConnectionMsg::SocketClosed(
-            b.socket_id,
-            vec!["{\"n\":1}".into(), "{\"n\":2}".into()],
-        ))
-        .unwrap();
+    let (mut a, mut b, id) = answered(&app).await;
+    assert!(b.welcome.get("seq").is_none(), "welcome is not numbered");
+    let first = send_ice(&a, &id, 3, "one");
+    let seqs = expect_ice(&mut b, &first).await;
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    // Bob processed only the first of them when his socket died (they were all written).
+    b.socket_ends(SocketEnd::Dropped);
     a.expect("peer.reconnecting").await;
-    a.send(json!({"type": "ice", "call_id": id, "candidate": {"candidate": "later"}}));
+    let later = send_ice(&a, &id, 2, "two");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let mut b2 = b.resume(&app).await;
+    let mut b2 = b.resume(&app, Some(seqs[0])).await;
     assert_eq!(b2.welcome["resumed"], true);
     assert_eq!(b2.welcome["connection_id"], b.welcome["connection_id"]);
-    assert_eq!(b2.recv().await["n"], 1);
-    assert_eq!(b2.recv().await["n"], 2);
-    assert_eq!(b2.expect("ice").await["candidate"]["candidate"], "later");
+    let replayed = expect_ice(&mut b2, &[&first[1..], &later[..]].concat()).await;
+    assert_eq!(replayed[..2], seqs[1..], "replayed messages keep their seq");
     a.expect("peer.reconnected").await;
+    // An ack frees what was processed.
+    assert_eq!(b2.info().await.pending, 4);
+    b2.send(json!({"type": "ack", "seq": replayed[2]}));
+    eventually_pending(&b2, 1).await;
+    b2.send(json!({"type": "ack", "seq": 1_000_000}));
+    eventually_pending(&b2, 0).await;
+}
+
+async fn eventually_pending(d: &Device, n: usize) {
+    for _ in 0..250 {
+        if d.info().await.pending == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("pending never reached {n}: {:?}", d.info().await);
+}
+
+#[tokio::test]
+async fn a_v1_resume_gets_what_the_old_socket_never_wrote_then_what_came_while_away() {
+    let app = app().await;
+    let (a, mut b, id) = answered(&app).await;
+    let written = send_ice(&a, &id, 2, "written");
+    expect_ice(&mut b, &written).await;
+    // Two more reach bob's queue but his socket dies before writing them.
+    let unwritten = send_ice(&a, &id, 2, "unwritten");
+    eventually_pending(&b, 4).await;
+    b.socket_ends(SocketEnd::Dropped);
+    let away = send_ice(&a, &id, 1, "away");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut b2 = b.resume(&app, None).await;
+    expect_ice(&mut b2, &[&unwritten[..], &away[..]].concat()).await;
+}
+
+#[tokio::test]
+async fn a_pong_proves_delivery_and_trims() {
+    let app = app().await;
+    let (a, mut b, id) = answered(&app).await;
+    b.send(json!({"type": "ack", "seq": 1_000_000}));
+    eventually_pending(&b, 0).await;
+    let sent = send_ice(&a, &id, 3, "x");
+    let seqs = expect_ice(&mut b, &sent).await;
+    eventually_pending(&b, 3).await;
+    b.actor.cast(ConnectionMsg::Delivered(seqs[1])).unwrap();
+    eventually_pending(&b, 1).await;
+    // A claim beyond what was written proves nothing more.
+    b.actor.cast(ConnectionMsg::Delivered(u64::MAX)).unwrap();
+    eventually_pending(&b, 0).await;
+}
+
+#[tokio::test]
+async fn retention_is_bounded_and_a_resume_past_it_says_resume_gap() {
+    let app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("calls.ring_timeout_secs", 3600))
+            .merge(("ws.resume_grace_secs", 3600))
+            .merge(("ws.outbound_queue", 8))
+    })
+    .await;
+    let (a, mut b, id) = answered(&app).await;
+    // 20 messages written to bob (he reads as they come) but never acknowledged: only the
+    // newest 8 are held.
+    let mut sent = vec![];
+    let mut seqs = vec![];
+    for round in 0..4 {
+        let batch = send_ice(&a, &id, 5, &format!("w{round}"));
+        seqs.extend(expect_ice(&mut b, &batch).await);
+        sent.extend(batch);
+    }
+    eventually_pending(&b, 8).await;
+    b.socket_ends(SocketEnd::Dropped);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut b2 = b.resume(&app, Some(seqs[0])).await;
+    let gap = b2.recv().await;
+    assert_eq!((gap["type"].as_str(), gap["code"].as_str()), (Some("error"), Some("resume_gap")), "{gap}");
+    assert!(gap.get("seq").is_none());
+    expect_ice(&mut b2, &sent[12..]).await;
+    // Away, bob cannot be held more than the bound of unwritten messages: his connection ends.
+    b2.socket_ends(SocketEnd::Dropped);
+    send_ice(&a, &id, 9, "overflow");
+    crate::helpers::eventually("bob's connection ends", || {
+        b2.actor.get_status() != ractor::ActorStatus::Running
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn retention_is_bounded_in_bytes() {
+    let app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("calls.ring_timeout_secs", 3600))
+            .merge(("ws.resume_grace_secs", 3600))
+            .merge(("ws.max_message_bytes", 16384))
+            .merge(("ws.outbound_queue_bytes", 40000))
+    })
+    .await;
+    let (a, b, id) = answered(&app).await;
+    b.socket_ends(SocketEnd::Dropped);
+    // Three 15 KB descriptions fit, a fourth does not: bob is away, so nothing is written and
+    // his connection ends rather than growing.
+    let sdp = "a".repeat(15000);
+    for _ in 0..2 {
+        a.send(json!({"type": "sdp", "call_id": id, "description": {"type": "offer", "sdp": sdp}}));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(b.actor.get_status(), ractor::ActorStatus::Running);
+    assert!(b.info().await.pending_bytes > 30000);
+    a.send(json!({"type": "sdp", "call_id": id, "description": {"type": "offer", "sdp": sdp}}));
+    crate::helpers::eventually("bob's connection ends", || {
+        b.actor.get_status() != ractor::ActorStatus::Running
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reload_of_the_same_session_takes_the_call_over() {
+    let app = app().await;
+    let (mut a, b, id) = answered(&app).await;
+    b.socket_ends(SocketEnd::GoingAway);
+    a.expect("peer.reconnecting").await;
+    let b2 = b.reload(&app).await;
+    assert_eq!(b2.welcome["resumed"], false);
+    assert_eq!(b2.welcome["connection_id"], b.welcome["connection_id"]);
+    let call = &b2.welcome["call"];
+    assert_eq!(
+        (call["call_id"].as_str(), call["state"].as_str(), call["role"].as_str(), call["here"].as_bool()),
+        (Some(id.as_str()), Some("active"), Some("callee"), Some(true)),
+        "{call}"
+    );
+    a.expect("peer.reconnected").await;
+    b2.send(json!({"type": "call.hangup", "call_id": id}));
+    ended(&mut a, &id, "hangup").await;
+}
+
+#[tokio::test]
+async fn callee_devices_that_appear_while_ringing_are_told() {
+    let app = app().await;
+    let mut a = Device::connect(&app, "alice", 64).await;
+    let mut b = Device::connect(&app, "bob", 64).await;
+    let (id, _) = ringing(&app, &mut a, &mut b, "bob").await;
+    // A second device of bob's.
+    let mut b2 = Device::attach(&app, b.user.clone(), 64).await;
+    assert_eq!(b2.welcome["call"]["state"], "ringing");
+    assert_eq!(b2.expect("call.incoming").await["call_id"], id.as_str());
+    // Bob's first page reloads (going away, then a new socket of its session).
+    b.socket_ends(SocketEnd::GoingAway);
+    let mut b3 = b.reload(&app).await;
+    assert_eq!(b3.welcome["call"]["here"], true);
+    assert_eq!(b3.expect("call.incoming").await["call_id"], id.as_str());
+    b3.send(json!({"type": "call.accept", "call_id": id}));
+    b3.expect("call.accepted").await;
+    a.expect("call.accepted").await;
+    ended(&mut b2, &id, "answered_elsewhere").await;
+}
+
+#[tokio::test]
+async fn close_1000_ends_the_call_at_once_with_left() {
+    let app = app().await;
+    let (mut a, b, id) = answered(&app).await;
+    b.socket_ends(SocketEnd::Left);
+    ended(&mut a, &id, "left").await;
+    // A ringing callee's only device leaving ends the ring at once.
+    let mut c = Device::connect(&app, "carol", 64).await;
+    let mut d = Device::connect(&app, "dave", 64).await;
+    let (id2, _) = ringing(&app, &mut c, &mut d, "dave").await;
+    d.socket_ends(SocketEnd::Left);
+    ended(&mut c, &id2, "left").await;
+}
+
+#[tokio::test]
+async fn detached_connections_never_lock_their_user_out() {
+    let app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("ws.resume_grace_secs", 3600))
+            .merge(("ws.max_connections_per_user", 3))
+    })
+    .await;
+    let first = Device::connect(&app, "alice", 64).await;
+    let user = first.user.clone();
+    first.socket_ends(SocketEnd::GoingAway);
+    let mut ghosts = vec![first];
+    for _ in 0..10 {
+        let d = Device::attach(&app, user.clone(), 64).await;
+        d.socket_ends(SocketEnd::GoingAway);
+        ghosts.push(d);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let live = Device::attach(&app, user.clone(), 64).await;
+    assert_eq!(live.welcome["type"], "welcome");
+    assert!(app.state.actors.stats().await.unwrap().connections <= 3);
+}
+
+#[tokio::test]
+async fn any_device_of_a_party_may_hang_up_and_gets_the_acknowledgement() {
+    let app = app().await;
+    let (mut a, _b, id) = answered(&app).await;
+    let mut a2 = Device::attach(&app, a.user.clone(), 64).await;
+    assert_eq!(a2.welcome["call"]["here"], false);
+    assert_eq!(a2.welcome["call"]["role"], "caller");
+    a2.send(json!({"type": "call.hangup", "call_id": id, "ref": "h", "cause": "microphone_denied"}));
+    let ack = a2.expect("call.ended").await;
+    assert_eq!((ack["reason"].as_str(), ack["ref"].as_str(), ack["cause"].as_str()), (Some("hangup"), Some("h"), Some("microphone_denied")));
+    let e = a.expect("call.ended").await;
+    assert_eq!(e["cause"], "microphone_denied");
 }

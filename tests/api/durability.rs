@@ -155,6 +155,8 @@ async fn a_database_outage_loses_no_call_event() {
             .merge(("database.connect_timeout_secs", 1))
             .merge(("persistence.buffer_capacity", 40))
             .merge(("persistence.retry_max_backoff_ms", 300))
+            .merge(("calls.invites_per_pair_per_minute", 100))
+            .merge(("calls.invites_per_callee_per_minute", 100))
     })
     .await;
     let (ua, ub) = (app.user("alice").await, app.user("bob").await);

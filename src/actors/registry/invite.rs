@@ -2,6 +2,7 @@
 //! a call that ends at once (`busy`, `unavailable`, `glare`), or a ringing call with its own
 //! call actor.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -11,7 +12,7 @@ use super::{CallEntry, CallEntryInfo, INVITE_WINDOW, RegistryMsg, RegistryState}
 use crate::actors::call::CallArgs;
 use crate::actors::supervisor::SupervisorMsg;
 use crate::actors::{ConnRef, ask};
-use crate::domain::{CallId, UserRef, Username};
+use crate::domain::{CallId, UserId, UserRef, Username};
 use crate::store::calls::CallEvent;
 use crate::ws::protocol::{EndReason, ErrorCode, ServerMessage};
 
@@ -104,8 +105,7 @@ impl RegistryState {
         offline: bool,
     ) {
         let caller_call = self.users.get(&from.user.id).and_then(|u| u.call);
-        let callee_entry = self.users.get(&callee.id);
-        let callee_call = callee_entry.and_then(|u| u.call);
+        let callee_call = self.users.get(&callee.id).and_then(|u| u.call);
         // Glare: the callee is ringing us right now.
         let glare = callee_call.is_some()
             && callee_call == caller_call
@@ -127,7 +127,18 @@ impl RegistryState {
                 None,
             ));
         }
-        let conns: Vec<ConnRef> = callee_entry
+        if !self.admit_invite_to(from.user.id, callee.id) {
+            self.args.metrics.rate_limited.inc();
+            return from.send(ServerMessage::error(
+                ErrorCode::RateLimited,
+                "this user was called too often in the last minute; try again later",
+                reference,
+                None,
+            ));
+        }
+        let conns: Vec<ConnRef> = self
+            .users
+            .get(&callee.id)
             .map(|u| {
                 u.conns
                     .iter()
@@ -181,6 +192,37 @@ impl RegistryState {
         self.calls.insert(call_id, CallEntry { actor, info });
     }
 
+    /// The per-callee and per-pair invite limits (harassment bounds): records the invite and
+    /// says whether it may proceed.
+    fn admit_invite_to(&mut self, caller: UserId, callee: UserId) -> bool {
+        let now = Instant::now();
+        let calls = &self.args.settings.calls;
+        let (per_callee, per_pair) = (
+            calls.invites_per_callee_per_minute as usize,
+            calls.invites_per_pair_per_minute as usize,
+        );
+        let fresh = |w: &mut VecDeque<Instant>| {
+            while w
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= INVITE_WINDOW)
+            {
+                w.pop_front();
+            }
+            w.len()
+        };
+        let to = fresh(self.invites_to.entry(callee).or_default());
+        let pair = fresh(self.invites_pair.entry((caller, callee)).or_default());
+        if to >= per_callee || pair >= per_pair {
+            return false;
+        }
+        self.invites_to.entry(callee).or_default().push_back(now);
+        self.invites_pair
+            .entry((caller, callee))
+            .or_default()
+            .push_back(now);
+        true
+    }
+
     /// A call that ends as soon as it is created (busy, unavailable, glare): recorded, and the
     /// inviter told, without a call actor.
     fn ended_at_once(
@@ -213,6 +255,7 @@ impl RegistryState {
         from.send(ServerMessage::CallEnded {
             call_id,
             reason,
+            cause: None,
             reference: None,
         });
         tracing::info!(call_id = %call_id, reason = reason.as_str(), "call ended at once");

@@ -11,7 +11,7 @@
 //! every live connection and call actor to announce itself again: no live call is lost.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 mod invite;
 
 use super::call::{CallAction, CallMsg};
-use super::connection::{ConnectionArgs, ConnectionMsg, Links, SocketLink};
+use super::connection::{ConnectionArgs, ConnectionMsg, Join, Links, SocketLink};
 use super::persistence::PersistenceHandle;
 use super::supervisor::SupervisorMsg;
 use super::{ConnRef, ask};
@@ -31,14 +31,20 @@ use crate::domain::{CallId, ConnectionId, SessionId, UserId, UserRef, Username};
 use crate::ice::IceServer;
 use crate::metrics::Metrics;
 use crate::store::calls::CallEvent;
-use crate::ws::protocol::{ClientMessage, EndReason, ErrorCode, Inbound, ServerMessage};
+use crate::ws::limit::RateLimiter;
+use crate::ws::protocol::{
+    CallPhase, CallRole, CallSummary, ClientMessage, EndReason, ErrorCode, Inbound, ServerMessage,
+};
 
 /// How often sessions that reached their absolute lifetime are looked for; one sweep for all
 /// connections instead of one timer task each keeps idle connections cheap.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 
-/// Window of the invites-per-minute limit.
+/// Window of the invites-per-minute limits.
 const INVITE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Every this many sweeps, idle rate limiters and empty invite windows are forgotten.
+const PRUNE_EVERY_SWEEPS: u64 = 10;
 
 /// The registered name of the registry of tree `system_id`.
 pub fn name(system_id: &str) -> String {
@@ -61,6 +67,8 @@ pub struct ConnEntryInfo {
     pub session_expires_at: DateTime<Utc>,
     /// Its resume token (kept hashed).
     pub resume_token: String,
+    /// Whether a socket is attached now.
+    pub attached: bool,
 }
 
 /// A call announcing itself.
@@ -86,14 +94,26 @@ pub struct ConnectRequest {
     pub session_expires_at: DateTime<Utc>,
     /// Resume token from the `hello`, if any.
     pub resume_token: Option<String>,
+    /// `last_seq` from the `hello`, if any.
+    pub last_seq: Option<u64>,
     /// The socket.
     pub socket: SocketLink,
     /// ICE servers for `welcome`.
     pub ice_servers: Vec<IceServer>,
 }
 
+/// An admitted socket: its connection actor and its user's rate limiter (shared by all of the
+/// user's sockets, so reconnecting resets nothing).
+#[derive(Clone)]
+pub struct Connected {
+    /// The connection actor the socket now belongs to.
+    pub actor: ActorRef<ConnectionMsg>,
+    /// The user's inbound limits.
+    pub limiter: Arc<Mutex<RateLimiter>>,
+}
+
 /// Answer to a [`ConnectRequest`].
-pub type ConnectResult = Result<ActorRef<ConnectionMsg>, (ErrorCode, &'static str)>;
+pub type ConnectResult = Result<Connected, (ErrorCode, &'static str)>;
 
 /// Counts, for tests and diagnostics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,8 +154,8 @@ pub enum RegistryMsg {
     Detached(ConnectionId),
     /// A connection's socket came back.
     Attached(ConnectionId),
-    /// A connection ended.
-    ConnectionGone(ConnectionId),
+    /// A connection ended; its call (if it was essential to it) ends with this reason.
+    ConnectionGone(ConnectionId, EndReason),
     /// A connection actor failed.
     ConnectionFailed(ConnectionId),
     /// A call ended.
@@ -182,7 +202,8 @@ struct ConnEntry {
     session_id: SessionId,
     session_expires_at: DateTime<Utc>,
     resume_hash: [u8; 32],
-    attached: bool,
+    /// When the socket went away; `None` while one is attached.
+    detached_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -205,6 +226,10 @@ pub struct RegistryState {
     resume: HashMap<[u8; 32], ConnectionId>,
     calls: HashMap<CallId, CallEntry>,
     invites: HashMap<UserId, VecDeque<Instant>>,
+    invites_to: HashMap<UserId, VecDeque<Instant>>,
+    invites_pair: HashMap<(UserId, UserId), VecDeque<Instant>>,
+    limiters: HashMap<UserId, Arc<Mutex<RateLimiter>>>,
+    sweeps: u64,
     shutting_down: bool,
 }
 
@@ -241,6 +266,10 @@ impl Actor for Registry {
             resume: HashMap::new(),
             calls: HashMap::new(),
             invites: HashMap::new(),
+            invites_to: HashMap::new(),
+            invites_pair: HashMap::new(),
+            limiters: HashMap::new(),
+            sweeps: 0,
             shutting_down: false,
         })
     }
@@ -282,7 +311,7 @@ impl Actor for Registry {
                 let result = s.connect(*req).await;
                 let _ = reply.send(result);
             }
-            RegistryMsg::Register(info) => s.register(info, true),
+            RegistryMsg::Register(info) => s.register(info),
             RegistryMsg::RegisterCall(actor, info) => s.register_call(actor, info),
             RegistryMsg::Route { from, inbound } => s.route(&me, from, inbound).await,
             RegistryMsg::InviteOffline {
@@ -300,18 +329,18 @@ impl Actor for Registry {
             },
             RegistryMsg::Detached(id) => {
                 if let Some(e) = s.conns.get_mut(&id) {
-                    e.attached = false;
+                    e.detached_at = Some(Instant::now());
                 }
                 s.tell_call_of(id, CallMsg::PartyDetached(id));
             }
             RegistryMsg::Attached(id) => {
                 if let Some(e) = s.conns.get_mut(&id) {
-                    e.attached = true;
+                    e.detached_at = None;
                 }
                 s.tell_call_of(id, CallMsg::PartyAttached(id));
             }
-            RegistryMsg::ConnectionGone(id) => {
-                s.tell_call_of(id, CallMsg::PartyGone(id));
+            RegistryMsg::ConnectionGone(id, reason) => {
+                s.tell_call_of(id, CallMsg::PartyGone(id, reason));
                 s.unregister(id);
             }
             RegistryMsg::ConnectionFailed(id) => {
@@ -319,9 +348,11 @@ impl Actor for Registry {
                 // dropped socket, then `connection_lost`.
                 s.tell_call_of(id, CallMsg::PartyDetached(id));
                 let grace = s.args.settings.ws.resume_grace();
-                me.send_after(grace, move || RegistryMsg::ConnectionGone(id));
+                me.send_after(grace, move || {
+                    RegistryMsg::ConnectionGone(id, EndReason::ConnectionLost)
+                });
                 if let Some(e) = s.conns.get_mut(&id) {
-                    e.attached = false;
+                    e.detached_at = Some(Instant::now());
                 }
             }
             RegistryMsg::CallEnded(id) => s.forget_call(id),
@@ -330,6 +361,10 @@ impl Actor for Registry {
                 let now = Utc::now();
                 for e in s.conns.values().filter(|e| e.session_expires_at <= now) {
                     let _ = e.conn.actor.cast(ConnectionMsg::Revoke);
+                }
+                s.sweeps += 1;
+                if s.sweeps % PRUNE_EVERY_SWEEPS == 0 {
+                    s.prune();
                 }
             }
             RegistryMsg::RevokeSession(session) => {
@@ -376,36 +411,44 @@ impl RegistryState {
         if self.shutting_down {
             return Err((ErrorCode::TooManyConnections, "the server is shutting down"));
         }
+        let limiter = self.limiter_of(req.user.id);
+        // A resume: the token names a connection of the same user and login session.
         if let Some(token) = &req.resume_token {
-            let found = self
-                .resume
-                .get(&resume_hash(token))
-                .and_then(|id| self.conns.get(id));
-            if let Some(e) =
-                found.filter(|e| e.conn.user.id == req.user.id && e.session_id == req.session_id)
-            {
-                let actor = e.conn.actor.clone();
-                if actor.cast(ConnectionMsg::Attach(req.socket)).is_ok() {
-                    return Ok(actor);
-                }
-                return Err((
-                    ErrorCode::InternalError,
-                    "the connection could not be resumed",
-                ));
+            let found = self.resume.get(&resume_hash(token)).copied().filter(|id| {
+                self.conns.get(id).is_some_and(|e| {
+                    e.conn.user.id == req.user.id && e.session_id == req.session_id
+                })
+            });
+            if let Some(id) = found {
+                let join = Join::Resume {
+                    last_seq: req.last_seq,
+                };
+                return self.join(id, req.socket, join, limiter);
             }
         }
+        // A reloaded page that lost its token: the same login session's connection waiting in
+        // its grace is taken over, and its call with it.
+        if let Some(id) = self.takeover_candidate(req.user.id, req.session_id) {
+            return self.join(id, req.socket, Join::Takeover, limiter);
+        }
         let ws = &self.args.settings.ws;
-        if self.conns.len() >= ws.max_connections {
+        let per_user = self.users.get(&req.user.id).map_or(0, |u| u.conns.len());
+        if per_user >= ws.max_connections_per_user {
+            // Connections waiting in a grace never lock their user out.
+            match self.oldest_detached(req.user.id) {
+                Some(victim) => self.release(victim),
+                None => {
+                    return Err((
+                        ErrorCode::TooManyConnections,
+                        "too many connections for this user",
+                    ));
+                }
+            }
+        }
+        if self.conns.len() >= self.args.settings.ws.max_connections {
             return Err((
                 ErrorCode::TooManyConnections,
                 "the server has reached its connection limit",
-            ));
-        }
-        let per_user = self.users.get(&req.user.id).map_or(0, |u| u.conns.len());
-        if per_user >= ws.max_connections_per_user {
-            return Err((
-                ErrorCode::TooManyConnections,
-                "too many connections for this user",
             ));
         }
         let id = ConnectionId::new();
@@ -417,6 +460,7 @@ impl RegistryState {
             session_expires_at: req.session_expires_at,
             resume_token: resume_token.clone(),
             socket: req.socket,
+            call: self.call_summary(req.user.id, id),
             ice_servers: req.ice_servers,
             links: Links {
                 system_id: self.args.system_id.clone(),
@@ -430,23 +474,179 @@ impl RegistryState {
         .await
         .flatten()
         .ok_or((ErrorCode::InternalError, "could not start the connection"))?;
-        self.register(
-            ConnEntryInfo {
-                conn: ConnRef {
-                    id,
-                    user: req.user,
-                    actor: actor.clone(),
-                },
-                session_id: req.session_id,
-                session_expires_at: req.session_expires_at,
-                resume_token,
+        self.register(ConnEntryInfo {
+            conn: ConnRef {
+                id,
+                user: req.user,
+                actor: actor.clone(),
             },
-            true,
-        );
-        Ok(actor)
+            session_id: req.session_id,
+            session_expires_at: req.session_expires_at,
+            resume_token,
+            attached: true,
+        });
+        self.device_joined(id);
+        Ok(Connected { actor, limiter })
     }
 
-    fn register(&mut self, info: ConnEntryInfo, attached: bool) {
+    /// Attaches `socket` to the existing connection `id`.
+    fn join(
+        &mut self,
+        id: ConnectionId,
+        socket: SocketLink,
+        join: Join,
+        limiter: Arc<Mutex<RateLimiter>>,
+    ) -> ConnectResult {
+        let Some(e) = self.conns.get_mut(&id) else {
+            return Err((ErrorCode::InternalError, "the connection is gone"));
+        };
+        e.detached_at = None;
+        let (actor, user) = (e.conn.actor.clone(), e.conn.user.id);
+        let call = self.call_summary(user, id);
+        if actor
+            .cast(ConnectionMsg::Attach(socket, join, call))
+            .is_err()
+        {
+            return Err((
+                ErrorCode::InternalError,
+                "the connection could not be resumed",
+            ));
+        }
+        self.args.metrics.resumes.inc();
+        if matches!(join, Join::Takeover) {
+            // The reloaded page must hear of a call ringing for it again.
+            self.device_joined(id);
+        }
+        Ok(Connected { actor, limiter })
+    }
+
+    /// The user's inbound limiter, created on first use.
+    fn limiter_of(&mut self, user: UserId) -> Arc<Mutex<RateLimiter>> {
+        let ws = &self.args.settings.ws;
+        self.limiters
+            .entry(user)
+            .or_insert_with(|| Arc::new(Mutex::new(RateLimiter::new(ws))))
+            .clone()
+    }
+
+    /// Forgets limiters no socket holds that are back to full, and empty invite windows.
+    fn prune(&mut self) {
+        let now = Instant::now();
+        self.limiters.retain(|_, l| {
+            Arc::strong_count(l) > 1
+                || !l
+                    .lock()
+                    .map(|mut l| l.is_rested(now))
+                    .unwrap_or(true)
+        });
+        let fresh = |w: &mut VecDeque<Instant>| {
+            while w
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= INVITE_WINDOW)
+            {
+                w.pop_front();
+            }
+            !w.is_empty()
+        };
+        self.invites.retain(|_, w| fresh(w));
+        self.invites_to.retain(|_, w| fresh(w));
+        self.invites_pair.retain(|_, w| fresh(w));
+    }
+
+    /// The connections that are parties of `user`'s current call.
+    fn party_conns(&self, user: UserId) -> [Option<ConnectionId>; 2] {
+        match self
+            .users
+            .get(&user)
+            .and_then(|u| u.call)
+            .and_then(|c| self.calls.get(&c))
+        {
+            Some(c) => [Some(c.info.caller.id), c.info.callee_conn],
+            None => [None, None],
+        }
+    }
+
+    /// `user`'s detached connections of `session`: the call's party first, then the newest.
+    fn takeover_candidate(&self, user: UserId, session: SessionId) -> Option<ConnectionId> {
+        let parties = self.party_conns(user);
+        self.users
+            .get(&user)?
+            .conns
+            .iter()
+            .filter_map(|id| self.conns.get(id))
+            .filter(|e| e.session_id == session)
+            .filter_map(|e| Some((parties.contains(&Some(e.conn.id)), e.detached_at?, e.conn.id)))
+            .max_by_key(|(party, at, _)| (*party, *at))
+            .map(|(_, _, id)| id)
+    }
+
+    /// `user`'s detached connection to release first: not a call party, then the oldest.
+    fn oldest_detached(&self, user: UserId) -> Option<ConnectionId> {
+        let parties = self.party_conns(user);
+        self.users
+            .get(&user)?
+            .conns
+            .iter()
+            .filter_map(|id| self.conns.get(id))
+            .filter_map(|e| Some((parties.contains(&Some(e.conn.id)), e.detached_at?, e.conn.id)))
+            .min_by_key(|(party, at, _)| (*party, *at))
+            .map(|(_, _, id)| id)
+    }
+
+    /// Ends connection `id` now (it was waiting in its grace).
+    fn release(&mut self, id: ConnectionId) {
+        if let Some(e) = self.conns.get(&id) {
+            let _ = e.conn.actor.cast(ConnectionMsg::Release);
+        }
+        self.tell_call_of(id, CallMsg::PartyGone(id, EndReason::ConnectionLost));
+        self.unregister(id);
+    }
+
+    /// Tells a ringing call of a callee device that (re)appeared, so it rings there too.
+    fn device_joined(&self, id: ConnectionId) {
+        let Some(e) = self.conns.get(&id) else { return };
+        let call = self
+            .users
+            .get(&e.conn.user.id)
+            .and_then(|u| u.call)
+            .and_then(|c| self.calls.get(&c));
+        if let Some(c) = call
+            && c.info.callee_conn.is_none()
+            && c.info.callee.id == e.conn.user.id
+        {
+            let _ = c.actor.cast(CallMsg::DeviceJoined(e.conn.clone()));
+        }
+    }
+
+    /// `welcome.call` for connection `conn` of `user`.
+    fn call_summary(&self, user: UserId, conn: ConnectionId) -> Option<CallSummary> {
+        let c = self.calls.get(&self.users.get(&user)?.call?)?;
+        let caller = c.info.caller.user.id == user;
+        let (state, here) = match c.info.callee_conn {
+            None => (CallPhase::Ringing, !caller || c.info.caller.id == conn),
+            Some(answered) => (
+                CallPhase::Active,
+                answered == conn || c.info.caller.id == conn,
+            ),
+        };
+        Some(CallSummary {
+            call_id: c.info.call_id,
+            state,
+            role: if caller {
+                CallRole::Caller
+            } else {
+                CallRole::Callee
+            },
+            peer: if caller {
+                c.info.callee.clone()
+            } else {
+                c.info.caller.user.clone()
+            },
+            here,
+        })
+    }
+
+    fn register(&mut self, info: ConnEntryInfo) {
         let id = info.conn.id;
         let hash = resume_hash(&info.resume_token);
         let user = self.users.entry(info.conn.user.id).or_default();
@@ -463,7 +663,7 @@ impl RegistryState {
                 session_id: info.session_id,
                 session_expires_at: info.session_expires_at,
                 resume_hash: hash,
-                attached,
+                detached_at: (!info.attached).then(Instant::now),
             },
         );
     }
@@ -525,6 +725,7 @@ impl RegistryState {
         let ended = ServerMessage::CallEnded {
             call_id: id,
             reason: EndReason::ServerError,
+            cause: None,
             reference: None,
         };
         c.info.caller.send(ended.clone());
@@ -553,14 +754,14 @@ impl RegistryState {
         let (call_id, action) = match inbound.message {
             ClientMessage::Invite { to } => return self.invite(me, from, &to, reference).await,
             ClientMessage::Accept { call_id } => (call_id, CallAction::Accept),
-            ClientMessage::Reject { call_id } => (call_id, CallAction::Reject),
-            ClientMessage::Hangup { call_id } => (call_id, CallAction::Hangup),
+            ClientMessage::Reject { call_id, cause } => (call_id, CallAction::Reject(cause)),
+            ClientMessage::Hangup { call_id, cause } => (call_id, CallAction::Hangup(cause)),
             ClientMessage::Sdp {
                 call_id,
                 description,
             } => (call_id, CallAction::Sdp(description)),
             ClientMessage::Ice { call_id, candidate } => (call_id, CallAction::Ice(candidate)),
-            ClientMessage::Hello { .. } | ClientMessage::Ping => return,
+            ClientMessage::Hello { .. } | ClientMessage::Ping | ClientMessage::Ack { .. } => return,
         };
         match self.calls.get(&call_id) {
             Some(c) => {
