@@ -249,6 +249,8 @@ pub struct PersistenceSettings {
     pub batch_interval_ms: u64,
     /// Events kept during an outage.
     pub buffer_capacity: usize,
+    /// Percentage of `buffer_capacity` that signaling-metadata rows may use (at most 90).
+    pub signaling_buffer_share: usize,
     /// Longest retry backoff in milliseconds.
     pub retry_max_backoff_ms: u64,
 }

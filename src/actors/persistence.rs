@@ -8,12 +8,15 @@
 //! harmless to repeat. The queue lives outside the actor so that a restarted actor carries on
 //! with it: nothing buffered is lost to a panic.
 //!
-//! Lifecycle events are never dropped. When the queue is full (a long outage), the registry
-//! refuses new invites (`persistence_unavailable`), and signaling-metadata rows are skipped and
-//! counted (`callsignal_signal_rows_skipped_total`).
+//! Lifecycle events are never dropped. The queue has two budgets: signaling-metadata rows may
+//! hold at most `signaling_buffer_share` percent of `buffer_capacity`, and lifecycle events
+//! have the rest to themselves, so a chatty call can never make an unrelated invite fail. When
+//! the lifecycle budget is full (a long outage), the registry refuses new invites
+//! (`persistence_unavailable`); when the signaling budget is full, metadata rows are skipped
+//! and counted (`callsignal_signal_rows_skipped_total`).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,7 +39,12 @@ struct Outage {
 
 struct Shared {
     queue: Mutex<VecDeque<CallEvent>>,
-    capacity: usize,
+    /// Budget of lifecycle events (created, accepted, ended).
+    lifecycle_capacity: usize,
+    /// Budget of signaling-metadata rows.
+    signal_capacity: usize,
+    /// Signaling rows in the queue.
+    signals_queued: AtomicUsize,
     log_signaling: bool,
     /// Set while a `Flush` is queued or running, so producers wake the actor once, not per event.
     flush_pending: AtomicBool,
@@ -55,7 +63,11 @@ impl PersistenceHandle {
     pub fn new(settings: &PersistenceSettings, system_id: &str, metrics: Arc<Metrics>) -> Self {
         Self(Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
-            capacity: settings.buffer_capacity,
+            signal_capacity: settings.buffer_capacity * settings.signaling_buffer_share.min(90)
+                / 100,
+            lifecycle_capacity: settings.buffer_capacity
+                - settings.buffer_capacity * settings.signaling_buffer_share.min(90) / 100,
+            signals_queued: AtomicUsize::new(0),
             log_signaling: settings.log_signaling,
             flush_pending: AtomicBool::new(false),
             outage: Mutex::new(Outage::default()),
@@ -78,9 +90,12 @@ impl PersistenceHandle {
         }
         {
             let mut q = self.queue();
-            if is_signal && q.len() >= self.0.capacity {
-                self.0.metrics.signal_rows_skipped.inc();
-                return;
+            if is_signal {
+                if self.0.signals_queued.load(Ordering::Acquire) >= self.0.signal_capacity {
+                    self.0.metrics.signal_rows_skipped.inc();
+                    return;
+                }
+                self.0.signals_queued.fetch_add(1, Ordering::AcqRel);
             }
             q.push_back(event);
         }
@@ -102,9 +117,12 @@ impl PersistenceHandle {
         }
     }
 
-    /// Whether a new call may be admitted (the queue has room for its events).
+    /// Whether a new call may be admitted (the lifecycle budget has room for its events;
+    /// signaling rows never count against it).
     pub fn has_room(&self) -> bool {
-        self.queue().len() < self.0.capacity
+        let q = self.queue();
+        q.len() - self.0.signals_queued.load(Ordering::Acquire).min(q.len())
+            < self.0.lifecycle_capacity
     }
 
     /// Events not yet committed.
@@ -224,7 +242,12 @@ impl Actor for Persistence {
             }
             match write_batch(&state.db, &batch).await {
                 Ok(()) => {
-                    h.queue().drain(..batch.len());
+                    let signals = h
+                        .queue()
+                        .drain(..batch.len())
+                        .filter(|e| matches!(e, CallEvent::Signal { .. }))
+                        .count();
+                    h.0.signals_queued.fetch_sub(signals, Ordering::AcqRel);
                     for _ in 0..batch.len() {
                         state.handle.0.metrics.events_written.inc();
                     }

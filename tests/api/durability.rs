@@ -241,6 +241,42 @@ async fn a_database_outage_loses_no_call_event() {
 // ---------------------------------------------------------------------------------------------
 // The server as a child process.
 
+/// A chatty call cannot use up the budget that admits other users' calls: during an outage,
+/// signaling rows fill only their own share of the buffer, and an unrelated invite still rings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signaling_rows_cannot_starve_new_calls_of_buffer() {
+    let Some(pg) = OwnPostgres::init() else {
+        return;
+    };
+    let url = pg.url();
+    let app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("database.url", url.clone()))
+            .merge(("database.connect_timeout_secs", 1))
+            .merge(("persistence.buffer_capacity", 40))
+            .merge(("persistence.retry_max_backoff_ms", 300))
+    })
+    .await;
+    let (ua, ub) = (app.user("alice").await, app.user("bob").await);
+    let (uc, ud) = (app.user("carol").await, app.user("dave").await);
+    let (mut a, mut b) = (app.ws(&ua).await, app.ws(&ub).await);
+    let (mut c, mut d) = (app.ws(&uc).await, app.ws(&ud).await);
+    let chatty = active_call(&mut a, &mut b, "bob").await;
+    app.flushed().await;
+    pg.stop_immediately();
+    // 100 candidates: far more signaling rows than the whole buffer holds.
+    for i in 0..100 {
+        a.send(json!({"type": "ice", "call_id": chatty, "candidate": {"candidate": format!("c{i}")}}))
+            .await;
+        b.expect("ice").await;
+    }
+    assert!(app.state.metrics.signal_rows_skipped.get() > 0, "metadata rows were skipped");
+    // carol can still call dave.
+    c.send(json!({"type": "call.invite", "to": "dave"})).await;
+    assert_eq!(c.expect("call.created").await["to"]["username"], "dave");
+    d.expect("call.incoming").await;
+    pg.start();
+}
+
 struct Server {
     child: Child,
     addr: String,

@@ -295,13 +295,23 @@ impl TestApp {
 
     /// Opens a socket without a handshake.
     pub async fn ws_raw(&self) -> WsClient {
-        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", self.addr))
-            .await
-            .expect("websocket connects");
-        WsClient {
-            stream,
-            welcome: Value::Null,
+        ws_raw_at(self.addr).await
+    }
+
+    /// Opens a socket and sends `hello` with `extra` fields (e.g. `resume_token`, `last_seq`);
+    /// returns the client and the first answer.
+    pub async fn ws_hello(&self, user: &TestUser, extra: Value) -> (WsClient, Value) {
+        let mut c = self.ws_raw().await;
+        let mut hello = json!({"type": "hello", "token": user.access});
+        if let (Some(h), Some(e)) = (hello.as_object_mut(), extra.as_object()) {
+            h.extend(e.clone());
         }
+        c.send(hello).await;
+        let first = c.recv().await;
+        if first["type"] == "welcome" {
+            c.welcome = first.clone();
+        }
+        (c, first)
     }
 
     /// Shuts the server down as SIGTERM would and waits for it to finish.
@@ -377,6 +387,17 @@ pub fn drop_test_database(url: &str) {
         })
     })
     .join();
+}
+
+/// Opens a socket to `/ws` at `addr` (the server, or a relay in front of it).
+pub async fn ws_raw_at(addr: SocketAddr) -> WsClient {
+    let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("websocket connects");
+    WsClient {
+        stream,
+        welcome: Value::Null,
+    }
 }
 
 /// A real WebSocket client.

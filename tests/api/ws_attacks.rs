@@ -1,0 +1,262 @@
+//! Attacks on the signaling side, each a reproduction of a weakness found in an adversarial
+//! pass: revocation racing authentication, hostile payloads relayed, limits that reset or
+//! that a burst turns against its owner, harassment by invites, and memory held for a client
+//! that never reads.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::calls::active_call;
+use crate::helpers::{Backend, Closed, TestApp, WsClient, eventually, spawn_app_with};
+use crate::{db_tests, db_tests_with};
+
+/// What became of a socket opened with a revoked session's token: `true` if it is still alive
+/// (answers `ping`).
+async fn still_alive(c: &mut WsClient) -> bool {
+    if c.stream
+        .send(Message::text(r#"{"type":"ping","ref":"alive"}"#))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), c.stream.next()).await {
+            Err(_) => return false,
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"pong\"") => return true,
+            Ok(Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(_) => return false,
+        }
+    }
+}
+
+/// Sockets authenticating while their session is revoked never survive the revocation.
+async fn a_socket_that_authenticates_during_revocation_does_not_survive(app: TestApp) {
+    for trial in 0..6 {
+        let name = format!("racer{trial}");
+        let s1 = app.user(&name).await;
+        let s2 = app.login(&name).await;
+        let mut openers = vec![];
+        for _ in 0..6 {
+            let token = s1.access.clone();
+            let addr = app.addr;
+            openers.push(tokio::spawn(async move {
+                let mut alive = vec![];
+                for _ in 0..6 {
+                    let mut c = crate::helpers::ws_raw_at(addr).await;
+                    c.send(json!({"type": "hello", "token": token})).await;
+                    alive.push(c);
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+                alive
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(8)).await;
+        let r = app
+            .delete(&format!("/api/sessions/{}", s1.session_id), Some(&s2.access))
+            .await;
+        assert_eq!(r.status(), 204);
+        let mut sockets = vec![];
+        for o in openers {
+            sockets.extend(o.await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for (i, c) in sockets.iter_mut().enumerate() {
+            assert!(
+                !still_alive(c).await,
+                "trial {trial}: socket {i} of the revoked session is still alive"
+            );
+        }
+    }
+}
+
+/// A candidate nested 30,000 levels deep (or any non-scalar extra) is refused, never relayed;
+/// a valid one still is, byte for byte.
+async fn hostile_payloads_are_refused_and_valid_ones_relayed_verbatim(app: TestApp) {
+    let (ua, ub) = (app.user("alice").await, app.user("bob").await);
+    let mut a = app.ws(&ua).await;
+    let mut b = app.ws(&ub).await;
+    let call = active_call(&mut a, &mut b, "bob").await;
+    let deep = format!(
+        r#"{{"type":"ice","call_id":"{call}","ref":"deep","candidate":{{"candidate":"x","z":{}1{}}}}}"#,
+        "[".repeat(30_000),
+        "]".repeat(30_000)
+    );
+    let hostile = [
+        deep,
+        format!(r#"{{"type":"ice","call_id":"{call}","ref":"h1","candidate":{{"candidate":"x","z":{{"a":1}}}}}}"#),
+        format!(r#"{{"type":"ice","call_id":"{call}","ref":"h2","candidate":{{"candidate":5}}}}"#),
+        format!(r#"{{"type":"ice","call_id":"{call}","ref":"h3","candidate":{{"candidate":"x","sdpMLineIndex":70000}}}}"#),
+        format!(r#"{{"type":"ice","call_id":"{call}","ref":"h4","candidate":{{"candidate":"x","a":1,"b":2,"c":3,"d":4,"e":5}}}}"#),
+        format!(r#"{{"type":"sdp","call_id":"{call}","ref":"h5","description":{{"type":"offer","sdp":"v=0","x":[1]}}}}"#),
+        format!(r#"{{"type":"sdp","call_id":"{call}","ref":"h6","description":{{"type":"offer"}}}}"#),
+        format!(r#"{{"type":"ping","ref":"{}"}}"#, "r".repeat(200)),
+    ];
+    for frame in &hostile {
+        a.send_text(frame).await;
+        let e = a.expect_error("bad_message").await;
+        assert!(e.get("seq").is_none());
+    }
+    let valid = format!(
+        r#"{{"type":"ice","call_id":"{call}","candidate":{{"sdpMid":"0","candidate":"candidate:1 1 udp 1 192.0.2.1 5000 typ host","usernameFragment":null,"sdpMLineIndex":0}}}}"#
+    );
+    a.send_text(&valid).await;
+    let got = match b.stream.next().await {
+        Some(Ok(Message::Text(t))) => t.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        got.contains(r#""candidate":{"sdpMid":"0","candidate":"candidate:1 1 udp 1 192.0.2.1 5000 typ host","usernameFragment":null,"sdpMLineIndex":0}"#),
+        "relayed byte for byte: {got}"
+    );
+    b.silent_for(200).await;
+}
+
+/// Sends `n` pings back to back; returns how many `rate_limited` errors came back and whether
+/// the socket was closed (and how).
+async fn burst(c: &mut WsClient, n: usize) -> (usize, Option<Closed>) {
+    for _ in 0..n {
+        if c.stream
+            .send(Message::text(r#"{"type":"ping"}"#))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (mut limited, mut answered) = (0, 0);
+    while limited + answered < n {
+        match tokio::time::timeout(Duration::from_secs(3), c.stream.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("rate_limited") => limited += 1,
+            Ok(Some(Ok(Message::Text(_)))) => answered += 1,
+            Ok(Some(Ok(Message::Close(f)))) => {
+                return (limited, Some(f.map_or(Closed::Dropped, |f| Closed::Code(f.code.into()))));
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(_) => return (limited, Some(Closed::Dropped)),
+        }
+    }
+    (limited, None)
+}
+
+/// Occasional over-the-bucket bursts separated by quiet are forgiven (strikes decay): 135 pings
+/// 2 ms apart, then 10 s of quiet, three times, with the default limits.
+async fn occasional_bursts_are_not_abuse(app: TestApp) {
+    let u = app.user("alice").await;
+    let mut c = app.ws(&u).await;
+    for round in 0..3 {
+        let (limited, closed) = burst(&mut c, 135).await;
+        assert!(limited > 0, "round {round}: the bucket was exceeded");
+        assert_eq!(closed, None, "round {round}: closed as an abuser");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+/// Neither a resume nor a new connection resets the limits.
+async fn reconnecting_or_resuming_resets_no_limit(app: TestApp) {
+    let u = app.user("alice").await;
+    let mut c = app.ws(&u).await;
+    let (limited, closed) = burst(&mut c, 14).await;
+    assert_eq!((limited, closed), (4, None));
+    // Resume on a new socket: the strikes are still there.
+    let token = c.welcome["resume_token"].clone();
+    drop(c);
+    let (mut r, w) = app.ws_hello(&u, json!({"resume_token": token})).await;
+    assert_eq!(w["resumed"], true);
+    let (_, closed) = burst(&mut r, 3).await;
+    assert_eq!(closed, Some(Closed::Code(1008)), "abuse after the resume");
+    // A brand-new connection of the same user starts from the same empty bucket.
+    let (mut n, w) = app.ws_hello(&u, json!({})).await;
+    assert_eq!(w["type"], "welcome");
+    let (_, closed) = burst(&mut n, 1).await;
+    assert_eq!(closed, Some(Closed::Code(1008)), "the strikes belong to the user");
+}
+
+/// Rings `v` from `c` until refused (or `max` times); returns how many rang.
+async fn ring_until_refused(c: &mut WsClient, v: &mut WsClient, max: usize) -> usize {
+    for rung in 0..max {
+        c.send(json!({"type": "call.invite", "to": "victim"})).await;
+        let first = c.recv().await;
+        if first["type"] == "error" {
+            assert_eq!(first["code"], "rate_limited", "{first}");
+            return rung;
+        }
+        let id = first["call_id"].as_str().unwrap().to_owned();
+        v.expect("call.incoming").await;
+        c.expect("call.ringing").await;
+        c.send(json!({"type": "call.hangup", "call_id": id})).await;
+        c.expect("call.ended").await;
+        v.expect("call.ended").await;
+    }
+    max
+}
+
+/// Accounts ringing one user over and over are bounded per pair (4 a minute) and per callee
+/// (12 a minute from everyone).
+async fn invites_are_limited_per_callee_and_per_pair(app: TestApp) {
+    let victim = app.user("victim").await;
+    let mut v = app.ws(&victim).await;
+    let mut total = 0;
+    for i in 0..4 {
+        let u = app.user(&format!("pest{i}")).await;
+        let mut c = app.ws(&u).await;
+        let rung = ring_until_refused(&mut c, &mut v, 10).await;
+        assert_eq!(rung, if i < 3 { 4 } else { 0 }, "pest{i}");
+        total += rung;
+    }
+    assert_eq!(total, 12);
+}
+
+/// A callee that never reads costs the server at most `ws.outbound_queue_bytes`, then is
+/// disconnected; its caller is told the call ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_bounded_in_bytes() {
+    let app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("ws.rate_limit_bytes_per_sec", 1 << 30))
+            .merge(("ws.rate_limit_bytes_burst", 1 << 30))
+            .merge(("ws.rate_limit_per_sec", 1000))
+            .merge(("ws.rate_limit_burst", 1000))
+    })
+    .await;
+    let (ua, ub) = (app.user("alice").await, app.user("bob").await);
+    let mut a = app.ws(&ua).await;
+    let mut b = app.ws(&ub).await;
+    let call = active_call(&mut a, &mut b, "bob").await;
+    let conn: callsignal::domain::ConnectionId =
+        serde_json::from_value(b.welcome["connection_id"].clone()).unwrap();
+    let actor = app.state.actors.connection(conn).await.unwrap();
+    let bound = app.state.settings.ws.outbound_queue_bytes;
+    let sdp = "s".repeat(60_000);
+    let mut max_held = 0;
+    for _ in 0..400 {
+        a.send(json!({"type": "sdp", "call_id": call, "description": {"type": "offer", "sdp": sdp}}))
+            .await;
+        match callsignal::actors::ask(&actor, callsignal::actors::connection::ConnectionMsg::Info).await {
+            Some(info) => max_held = max_held.max(info.pending_bytes),
+            None => break,
+        }
+    }
+    assert!(max_held <= bound, "held {max_held} > {bound}");
+    eventually("bob is disconnected", || {
+        actor.get_status() != ractor::ActorStatus::Running
+    })
+    .await;
+    assert!(app.state.metrics.slow_consumers.get() >= 1);
+    drop(b);
+}
+
+db_tests!(
+    a_socket_that_authenticates_during_revocation_does_not_survive,
+    hostile_payloads_are_refused_and_valid_ones_relayed_verbatim,
+    invites_are_limited_per_callee_and_per_pair,
+);
+db_tests!(occasional_bursts_are_not_abuse);
+db_tests_with!(
+    |f| f.merge(("ws.rate_limit_per_sec", 1)).merge(("ws.rate_limit_burst", 10)).merge(("ws.rate_limit_strikes", 5)).merge(("ws.rate_limit_strike_decay_secs", 3600));
+    reconnecting_or_resuming_resets_no_limit
+);
