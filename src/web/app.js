@@ -176,6 +176,7 @@ function loggedIn() {
 
 function loggedOut(message) {
   cleanupCall();
+  showElsewhere(null);
   signaling.stop();
   api.forget();
   $("whoami").hidden = true;
@@ -404,7 +405,7 @@ async function acceptCall() {
     signaling.send({ type: "call.reject", call_id: c.id, cause, ref: "reject" });
     return;
   }
-  if (call !== c) return stopStream(mic); // the call ended while the browser asked
+  if (call !== c || c.byMe) return stopStream(mic); // ended or declined while the browser asked
   c.mic = mic;
   $("in-state").textContent = "Connecting…";
   if (!signaling.send({ type: "call.accept", call_id: c.id, ref: "accept" })) {
@@ -432,7 +433,7 @@ function hangup() {
   const sent = signaling.send({ type: "call.hangup", call_id: call.id, ref: "hangup" }, { queue: true });
   // Offline: end here at once; the queued hangup goes out if the connection resumes, and a
   // fresh connection that still finds the call ends it (see syncCall).
-  if (!sent) finishCall(endedText("hangup", call));
+  if (!sent) finishCall(endedText(call.state === "active" ? "hangup" : call.role === "caller" ? "cancelled" : "rejected", call));
 }
 
 function enterCall(startedAt) {
@@ -555,6 +556,7 @@ async function restoreStartTime(c) {
  */
 function syncCall(wc, why) {
   const mine = wc && wc.here ? wc : null;
+  if (why !== "resumed") showElsewhere(wc && !wc.here ? wc : null);
   if (mine && finished.has(mine.call_id)) {
     // We hung up while offline and the hangup never reached the server: say it again.
     signaling.send({ type: "call.hangup", call_id: mine.call_id });
@@ -571,13 +573,28 @@ function syncCall(wc, why) {
       show("home");
       notice("The connection dropped before the call was placed. Please call again.");
     }
-    if (wc && !call && why === "fresh") notice(`You are in a call with ${wc.peer.username} in another window or device.`);
     return;
   }
   if (!call) return rejoin(mine);
   if (mine.state === "active" && call.state === "ringing") return onAccepted({ call_id: call.id });
   // Messages may be lost (a gap) or this is a new connection: make sure media still flows.
   if (why !== "resumed" && call.session) call.session.resync();
+}
+
+/**
+ * The user's call lives on another connection (another window or device): say so, and offer to
+ * end it (a hangup from any connection of a party's user ends the call).
+ */
+function showElsewhere(wc) {
+  $("elsewhere").hidden = !wc;
+  $("elsewhere").dataset.callId = wc ? wc.call_id : "";
+  if (wc) $("elsewhere-text").textContent = `You are in a call with ${wc.peer.username} in another window or on another device.`;
+}
+
+function endElsewhere() {
+  const id = $("elsewhere").dataset.callId;
+  if (id) signaling.send({ type: "call.hangup", call_id: id, ref: "hangup-elsewhere" });
+  showElsewhere(null);
 }
 
 function onCreated(msg) {
@@ -609,6 +626,7 @@ function onIncoming(msg) {
 }
 
 function onEnded(msg) {
+  if ($("elsewhere").dataset.callId === msg.call_id) showElsewhere(null);
   if (!call || call.id !== msg.call_id) {
     if (msg.reason === "glare" && !finished.has(msg.call_id)) {
       finished.add(msg.call_id);
@@ -622,7 +640,7 @@ function onEnded(msg) {
 }
 
 /** Replies to our own actions carry their `ref`; errors for sdp/ice/ack have none. */
-const CALL_ACTIONS = new Set(["accept", "reject", "hangup"]);
+const CALL_ACTIONS = new Set(["accept", "reject", "hangup", "hangup-elsewhere"]);
 
 function onError(msg) {
   if (msg.code === "resume_gap") return syncCall(signaling.welcome && signaling.welcome.call, "gap");
@@ -729,6 +747,7 @@ $("call-form").addEventListener("submit", (e) => {
 $("cancel").addEventListener("click", hangup);
 $("hangup").addEventListener("click", hangup);
 $("accept").addEventListener("click", acceptCall);
+$("end-elsewhere").addEventListener("click", endElsewhere);
 $("reject").addEventListener("click", rejectCall);
 $("mute").addEventListener("click", () => {
   if (!call || !call.session) return;

@@ -68,6 +68,7 @@ export class CallSession extends EventTarget {
     this.ignoreOffer = false;
     this.restarts = 0;
     this.offerRetries = 0;
+    this.offers = 0; // offers sent: the watchdog renews only the latest, if still unanswered
     this.peerAway = false;
     // Until our first offer leaves, a rejoining page ignores sdp/ice: they were meant for the
     // connection the reload destroyed (the server replays what it queued for it).
@@ -99,7 +100,7 @@ export class CallSession extends EventTarget {
 
   /** Our socket or the peer's came back, or messages were lost: make sure media flows again. */
   resync() {
-    this.peerAway = false;
+    if (this.awaitingOwnOffer) return; // our fresh offer is on its way
     this.restarts = 0;
     this.offerRetries = 0;
     const s = this.pc ? this.pc.connectionState : "closed";
@@ -163,16 +164,17 @@ export class CallSession extends EventTarget {
     return pc;
   }
 
-  async #offer(pc) {
-    if (!this.canOffer || pc.signalingState !== "stable") return;
+  /** Offers (`iceRestart`: with new ICE credentials), unless an exchange is under way. */
+  async #offer(pc, { iceRestart = false } = {}) {
+    if (!this.canOffer || this.makingOffer || pc.signalingState !== "stable") return;
     try {
       this.makingOffer = true;
-      await pc.setLocalDescription();
+      await pc.setLocalDescription(iceRestart ? await pc.createOffer({ iceRestart: true }) : undefined);
       // Crossed offers may have rolled ours back meanwhile: send only a live offer.
       if (pc !== this.pc || pc.signalingState !== "have-local-offer") return;
       this.#send("sdp", { description: { type: "offer", sdp: pc.localDescription.sdp } });
       this.awaitingOwnOffer = false;
-      this.#watchOffer(pc, pc.localDescription.sdp);
+      this.#watchOffer(pc, ++this.offers);
     } catch (e) {
       console.warn("could not make an offer", e);
     } finally {
@@ -180,20 +182,24 @@ export class CallSession extends EventTarget {
     }
   }
 
-  /** An offer lost (the peer was away) or ignored (crossed offers) is made again, a few times. */
-  #watchOffer(pc, sdp) {
+  /**
+   * An offer lost (the peer was away) or ignored (offers crossed while both pages rejoined, each
+   * dropping the other's as stale) is made again, a few times.
+   */
+  #watchOffer(pc, serial) {
     this.#timer("offer", OFFER_TIMEOUT_MS, async () => {
-      if (pc !== this.pc || pc.signalingState !== "have-local-offer" || pc.localDescription.sdp !== sdp) return;
+      if (pc !== this.pc || pc.signalingState !== "have-local-offer" || this.offers !== serial) return;
       if (this.peerAway || this.offerRetries >= MAX_RESTARTS) return;
       this.offerRetries += 1;
       await pc.setLocalDescription({ type: "rollback" }).catch(() => {});
-      this.#restartIce(pc);
+      if (pc === this.pc) this.#offer(pc, { iceRestart: true });
     });
   }
 
   async #onDescription(description) {
     let pc = this.pc;
     if (!pc) return;
+    if (pc.signalingState === "closed") pc = this.#newPc({ offer: false, why: "self" });
     const incoming = fingerprints(description.sdp);
     const current = pc.remoteDescription ? fingerprints(pc.remoteDescription.sdp) : null;
     if (current && incoming && incoming !== current) {
@@ -234,8 +240,8 @@ export class CallSession extends EventTarget {
     try {
       await this.pc.addIceCandidate(candidate || undefined); // null = end of candidates
     } catch (e) {
-      // Candidates for an offer we ignored, or for a connection that no longer exists.
-      if (!this.ignoreOffer) console.warn("ICE candidate refused", e);
+      // Candidates for an offer we ignored or dropped, or for a connection that no longer exists.
+      if (!this.ignoreOffer && this.pc.remoteDescription) console.warn("ICE candidate refused", e);
     }
   }
 
@@ -281,16 +287,13 @@ export class CallSession extends EventTarget {
     this.#status(this.pc, "restarting");
   }
 
+  /**
+   * Offers with new ICE credentials now (an explicit offer: Chrome does not always fire
+   * negotiationneeded after restartIce()); an offer already out is renewed by its watchdog.
+   */
   #restartIce(pc) {
     this.canOffer = true;
-    if (pc.restartIce) {
-      pc.restartIce(); // fires negotiationneeded: #offer sends the new offer
-    } else {
-      pc.createOffer({ iceRestart: true })
-        .then((o) => pc.setLocalDescription(o))
-        .then(() => this.#send("sdp", { description: { type: "offer", sdp: pc.localDescription.sdp } }))
-        .catch((e) => console.warn("ICE restart failed", e));
-    }
+    this.#offer(pc, { iceRestart: true });
   }
 
   #interrupted(pc) {
