@@ -399,7 +399,11 @@ async fn browser_scenarios() {
         );
         return;
     }
-    let app = spawn_app_with(Backend::Sqlite, |f| f).await;
+    // Many calls between the same two users within a minute: lift the per-pair invite limit.
+    let app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("calls.invites_per_pair_per_minute", 100))
+    })
+    .await;
     let base = format!("http://{}/", app.addr);
     let driver = Driver::start().await;
     let alice = driver.browser("alice", 1280, 800).await;
@@ -489,6 +493,81 @@ async fn browser_scenarios() {
             json!("hangup"),
             10,
         )
+        .await;
+
+    // 5. The caller's tab reloads mid-call: the page takes its connection over, renegotiates
+    // media on the same call, audio flows again and both pages show the same new code.
+    connected_call(&alice, &bob, "bob").await;
+    let call_id = alice.js("return window.callsignal.callId();").await;
+    let (old, _) = codes(&alice, &bob).await;
+    alice.js("location.reload(); return null;").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    alice
+        .wait_for("window.callsignal && window.callsignal.screen()", json!("incall"), 15)
+        .await;
+    assert_eq!(alice.js("return window.callsignal.callId();").await, call_id, "same call");
+    for x in [&alice, &bob] {
+        x.wait_for("window.callsignal.pcState()", json!("connected"), 30)
+            .await;
+    }
+    audio_flows_both_ways(&alice, &bob).await;
+    for x in [&alice, &bob] {
+        x.wait_for(
+            &format!("(window.callsignal.code() || '{old}') !== '{old}'"),
+            json!(true),
+            15,
+        )
+        .await;
+    }
+    let (na, nb) = codes(&alice, &bob).await;
+    assert_eq!(na, nb, "both pages show the same new code");
+    bob.wait_for(
+        "(window.callsignal.state().codeNote || '').includes('code changed')",
+        json!(true),
+        10,
+    )
+    .await;
+    alice.screenshot("reloaded-alice").await;
+    end_call(&alice, &bob).await;
+
+    // 6. The callee's tab closes (navigates away: close 1001): the caller's page shows the end
+    // within the short grace.
+    connected_call(&alice, &bob, "bob").await;
+    bob.goto("about:blank").await;
+    alice
+        .wait_for("window.callsignal.screen()", json!("home"), 12)
+        .await;
+    alice
+        .wait_for(
+            "document.getElementById('notice').textContent",
+            json!("The connection to bob was lost."),
+            5,
+        )
+        .await;
+    bob.goto(&base).await;
+    bob.wait_for("window.callsignal && window.callsignal.link()", json!("online"), 15)
+        .await;
+
+    // 7. The callee's microphone is blocked: accepting declines with the cause, and both pages
+    // say so.
+    bob.js("window.callsignal.failMicrophone('NotAllowedError'); return null;")
+        .await;
+    call(&alice, &bob, "bob").await;
+    bob.click("#accept").await;
+    alice
+        .wait_for(
+            "document.getElementById('notice').textContent",
+            json!("bob could not answer: their microphone is blocked."),
+            10,
+        )
+        .await;
+    bob.wait_for(
+        "document.getElementById('notice').textContent.startsWith('You declined because the microphone is blocked')",
+        json!(true),
+        10,
+    )
+    .await;
+    bob.js("window.callsignal.failMicrophone(null); return null;")
         .await;
 
     // 4. A signaling server that rewrites a fingerprint is caught: the codes differ.

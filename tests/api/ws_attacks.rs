@@ -196,17 +196,17 @@ async fn ring_until_refused(c: &mut WsClient, v: &mut WsClient, max: usize) -> u
     max
 }
 
-/// Accounts ringing one user over and over are bounded per pair (4 a minute) and per callee
+/// Accounts ringing one user over and over are bounded per pair (6 a minute) and per callee
 /// (12 a minute from everyone).
 async fn invites_are_limited_per_callee_and_per_pair(app: TestApp) {
     let victim = app.user("victim").await;
     let mut v = app.ws(&victim).await;
     let mut total = 0;
-    for i in 0..4 {
+    for i in 0..3 {
         let u = app.user(&format!("pest{i}")).await;
         let mut c = app.ws(&u).await;
         let rung = ring_until_refused(&mut c, &mut v, 10).await;
-        assert_eq!(rung, if i < 3 { 4 } else { 0 }, "pest{i}");
+        assert_eq!(rung, if i < 2 { 6 } else { 0 }, "pest{i}");
         total += rung;
     }
     assert_eq!(total, 12);
