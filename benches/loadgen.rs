@@ -54,6 +54,8 @@ impl Server {
             .env("CALLSIGNAL_WS__MAX_CONNECTIONS_PER_USER", "100000")
             .env("CALLSIGNAL_WS__MAX_CONNECTIONS", "100000")
             .env("CALLSIGNAL_CALLS__INVITES_PER_MINUTE", "1000000")
+            .env("CALLSIGNAL_CALLS__INVITES_PER_CALLEE_PER_MINUTE", "1000000")
+            .env("CALLSIGNAL_CALLS__INVITES_PER_PAIR_PER_MINUTE", "1000000")
             .env(
                 "CALLSIGNAL_AUTH__THROTTLE__ADDRESS_FREE_FAILURES",
                 "1000000",
@@ -279,6 +281,8 @@ async fn relay(n_calls: usize, per_caller: usize, rate: u64) {
     let server = Server::start(&[
         ("CALLSIGNAL_WS__RATE_LIMIT_PER_SEC", "1000000"),
         ("CALLSIGNAL_WS__RATE_LIMIT_BURST", "1000000"),
+        ("CALLSIGNAL_WS__RATE_LIMIT_BYTES_PER_SEC", "1000000000"),
+        ("CALLSIGNAL_WS__RATE_LIMIT_BYTES_BURST", "1000000000"),
     ]);
     let epoch = Instant::now();
     let mut tasks = vec![];

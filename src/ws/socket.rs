@@ -110,7 +110,7 @@ async fn close_after_framing_error(ws: &mut Ws, code: u16, reason: &'static str)
     };
     let _ = tokio::time::timeout(WRITE_TIMEOUT, ws.close(Some(frame))).await;
     let deadline = tokio::time::Instant::now() + CLOSE_TIMEOUT;
-    let mut buf = [0u8; 4096];
+    let mut buf = vec![0u8; 4096];
     let mut discarded = 0usize;
     while discarded <= CLOSE_DRAIN_BYTES {
         let quiet = tokio::time::Instant::now() + Duration::from_millis(300);
@@ -162,11 +162,40 @@ pub async fn run(state: Arc<AppState>, upgraded: Upgraded) {
         return;
     };
     Box::pin(recheck_session(&state, &admitted)).await;
-    let end = pump(&state, &mut ws, &mut admitted).await;
+    let exit = pump(&state, &mut ws, &mut admitted).await;
+    let end = match exit {
+        Exit::Dropped => SocketEnd::Dropped,
+        Exit::ClientClosed(end) => end,
+        Exit::Close(..) | Exit::FramingError(..) => SocketEnd::ServerClosed,
+    };
     let _ = admitted
         .connected
         .actor
         .cast(ConnectionMsg::SocketClosed(admitted.socket_id, end));
+    // Boxed, like the handshake: the closing futures would otherwise enlarge every idle socket
+    // task by their size.
+    Box::pin(finish(&mut ws, exit)).await;
+}
+
+/// How [`pump`] ended, and what closing it still needs.
+enum Exit {
+    /// The connection died: nothing to close politely.
+    Dropped,
+    /// The client sent Close: echo it and shut down.
+    ClientClosed(SocketEnd),
+    /// The server closes with this code: full closing handshake.
+    Close(u16, &'static str),
+    /// A frame broke the limits: Close, then discard raw bytes.
+    FramingError(u16, &'static str),
+}
+
+async fn finish(ws: &mut Ws, exit: Exit) {
+    match exit {
+        Exit::Dropped => {}
+        Exit::ClientClosed(_) => finish_client_close(ws).await,
+        Exit::Close(code, reason) => close_with(ws, code, reason).await,
+        Exit::FramingError(code, reason) => close_after_framing_error(ws, code, reason).await,
+    }
 }
 
 /// Check-after-act: the session was verified before the socket was registered; a revocation
@@ -342,7 +371,7 @@ async fn reply_error(ws: &mut Ws, code: ErrorCode, message: String, reference: O
 }
 
 /// Pumps frames both ways until the socket ends; says how it ended.
-async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> SocketEnd {
+async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
     let settings = &state.settings.ws;
     let actor = a.connected.actor.clone();
     let heartbeat = settings.heartbeat();
@@ -352,49 +381,35 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> SocketEnd
     loop {
         tokio::select! {
             biased;
-            code = a.control.killed() => {
-                close_with(ws, code, "closed by the server").await;
-                return SocketEnd::ServerClosed;
-            }
+            code = a.control.killed() => return Exit::Close(code, "closed by the server"),
             out = a.rx.recv() => match out {
                 Some(Outbound::Text(seq, text)) => {
                     let sent = tokio::select! {
                         r = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Text(text))) => matches!(r, Ok(Ok(()))),
-                        code = a.control.killed() => {
-                            close_with(ws, code, "closed by the server").await;
-                            return SocketEnd::ServerClosed;
-                        }
+                        code = a.control.killed() => return Exit::Close(code, "closed by the server"),
                     };
                     if !sent {
-                        return SocketEnd::Dropped;
+                        return Exit::Dropped;
                     }
                     a.control.mark_written(seq);
                 }
-                Some(Outbound::Close(code, reason)) => {
-                    close_with(ws, code, reason).await;
-                    return SocketEnd::ServerClosed;
-                }
-                None => {
-                    close_with(ws, close::INTERNAL, "connection failed").await;
-                    return SocketEnd::ServerClosed;
-                }
+                Some(Outbound::Close(code, reason)) => return Exit::Close(code, reason),
+                None => return Exit::Close(close::INTERNAL, "connection failed"),
             },
             frame = ws.next() => {
                 let msg = match frame {
-                    None => return SocketEnd::Dropped,
+                    None => return Exit::Dropped,
                     Some(Ok(Message::Close(frame))) => {
-                        finish_client_close(ws).await;
-                        return match frame.map(|f| f.code) {
+                        return Exit::ClientClosed(match frame.map(|f| f.code) {
                             Some(CloseCode::Normal) => SocketEnd::Left,
                             Some(CloseCode::Away) => SocketEnd::GoingAway,
                             _ => SocketEnd::Dropped,
-                        };
+                        });
                     }
                     Some(Err(WsError::Capacity(_))) => {
-                        close_after_framing_error(ws, close::TOO_BIG, "message too big").await;
-                        return SocketEnd::ServerClosed;
+                        return Exit::FramingError(close::TOO_BIG, "message too big");
                     }
-                    Some(Err(_)) => return SocketEnd::Dropped,
+                    Some(Err(_)) => return Exit::Dropped,
                     Some(Ok(msg)) => msg,
                 };
                 last_heard = Instant::now();
@@ -410,21 +425,20 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> SocketEnd
                     Verdict::Limited => {
                         state.metrics.rate_limited.inc();
                         if !reply_error(ws, ErrorCode::RateLimited, "too many messages; slow down".into(), None).await {
-                            return SocketEnd::Dropped;
+                            return Exit::Dropped;
                         }
                         continue;
                     }
                     Verdict::Abuse => {
                         state.metrics.rate_limited.inc();
-                        close_with(ws, close::POLICY, "rate limit exceeded").await;
-                        return SocketEnd::ServerClosed;
+                        return Exit::Close(close::POLICY, "rate limit exceeded");
                     }
                 }
                 let text = match msg {
                     Message::Text(t) => t,
                     Message::Binary(_) => {
                         if !reply_error(ws, ErrorCode::BadMessage, "binary frames are not accepted".into(), None).await {
-                            return SocketEnd::Dropped;
+                            return Exit::Dropped;
                         }
                         continue;
                     }
@@ -445,13 +459,12 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> SocketEnd
                 match protocol::parse(text.as_str()) {
                     Ok(inbound) => {
                         if actor.cast(ConnectionMsg::Client(inbound)).is_err() {
-                            close_with(ws, close::INTERNAL, "connection failed").await;
-                            return SocketEnd::ServerClosed;
+                            return Exit::Close(close::INTERNAL, "connection failed");
                         }
                     }
                     Err(bad) => {
                         if !reply_error(ws, ErrorCode::BadMessage, bad.message, bad.reference).await {
-                            return SocketEnd::Dropped;
+                            return Exit::Dropped;
                         }
                     }
                 }
@@ -459,12 +472,12 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> SocketEnd
             _ = ticker.tick() => {
                 if last_heard.elapsed() > heartbeat * 2 {
                     tracing::debug!("peer silent for two heartbeats; dropping the socket");
-                    return SocketEnd::Dropped;
+                    return Exit::Dropped;
                 }
                 let mark = a.control.written().to_be_bytes();
                 let ping = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(mark.to_vec().into())));
                 if !matches!(ping.await, Ok(Ok(()))) {
-                    return SocketEnd::Dropped;
+                    return Exit::Dropped;
                 }
             }
         }

@@ -250,7 +250,78 @@ async fn a_client_that_never_reads_is_bounded_in_bytes() {
     drop(b);
 }
 
+/// Sends a raw upgrade request with extra headers; returns the status line and headers.
+async fn raw_upgrade(app: &TestApp, extra: &[(&str, &str)]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let mut req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        app.addr
+    );
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).to_lowercase()
+}
+
+/// Cross-site WebSocket hijacking: only the exact same origin (or a configured one) may open a
+/// socket; look-alikes are refused with 403 before any upgrade.
+async fn origin_variants_are_refused(app: TestApp) {
+    let port = app.addr.port();
+    let host = app.addr.ip();
+    for origin in [
+        "null".to_string(),
+        format!("http://{host}:{}", port + 1),
+        format!("https://{host}:{port}"),
+        format!("http://{host}:{port}.evil.example"),
+        format!("http://evil.example/{host}:{port}"),
+        format!("http://{host}"),
+        format!("ws://{host}:{port}"),
+        format!("http://{host}:{port}@evil.example"),
+        format!("http://{host}:{port}/x"),
+    ] {
+        let head = raw_upgrade(&app, &[("Origin", &origin)]).await;
+        assert!(head.starts_with("http/1.1 403"), "{origin:?} → {head}");
+    }
+    for origin in [format!("http://{host}:{port}"), format!("HTTP://{host}:{port}/")] {
+        let head = raw_upgrade(&app, &[("Origin", &origin)]).await;
+        assert!(head.starts_with("http/1.1 101"), "{origin:?} → {head}");
+    }
+}
+
+/// permessage-deflate is never negotiated, even when offered (compressed frames that mix
+/// secrets with attacker-chosen text invite CRIME-style attacks).
+async fn permessage_deflate_offered_is_refused(app: TestApp) {
+    let head = raw_upgrade(
+        &app,
+        &[(
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; client_max_window_bits",
+        )],
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(!head.contains("sec-websocket-extensions"), "{head}");
+}
+
 db_tests!(
+    origin_variants_are_refused,
+    permessage_deflate_offered_is_refused,
     a_socket_that_authenticates_during_revocation_does_not_survive,
     hostile_payloads_are_refused_and_valid_ones_relayed_verbatim,
     invites_are_limited_per_callee_and_per_pair,
