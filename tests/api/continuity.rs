@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::calls::{active_call, invite};
-use crate::helpers::{Closed, TestApp, WsClient, ws_raw_at};
+use crate::helpers::{Closed, TestApp, TestUser, WsClient, ws_raw_at};
 use crate::{db_tests, db_tests_with};
 
 /// A TCP relay in front of the server whose path can die silently: once frozen it stops
@@ -120,7 +120,18 @@ fn offer(sdp: &str) -> Value {
 
 // --- 1. Messages lost across a half-open socket --------------------------------------------
 
-async fn frames_written_into_a_dead_path_are_replayed_after_last_seq(app: TestApp) {
+/// Alice (through a relay) and bob in an answered call; then alice's path dies silently.
+struct DeadPath {
+    _relay: Relay,
+    ua: TestUser,
+    a: WsClient,
+    b: WsClient,
+    call: String,
+    /// The last `seq` alice processed before the path died.
+    last: u64,
+}
+
+async fn dead_path(app: &TestApp) -> DeadPath {
     let relay = Relay::start(app.addr).await;
     let (ua, ub) = (app.user("alice").await, app.user("bob").await);
     let mut a = ws_raw_at(relay.addr).await;
@@ -129,6 +140,17 @@ async fn frames_written_into_a_dead_path_are_replayed_after_last_seq(app: TestAp
     let call = active_call(&mut a, &mut b, "bob").await;
     let last = last_seq(&mut a).await;
     relay.freeze();
+    DeadPath { _relay: relay, ua, a, b, call, last }
+}
+
+/// A new socket resuming `old`'s connection after `last`.
+async fn resume(app: &TestApp, u: &TestUser, old: &WsClient, last: u64) -> (WsClient, Value) {
+    app.ws_hello(u, json!({"resume_token": old.welcome["resume_token"], "last_seq": last}))
+        .await
+}
+
+async fn frames_written_into_a_dead_path_are_replayed_after_last_seq(app: TestApp) {
+    let DeadPath { ua, a, mut b, call, last, .. } = dead_path(&app).await;
     b.send(json!({"type": "sdp", "call_id": call, "description": {"type": "answer", "sdp": "v=0 answer"}}))
         .await;
     for i in 0..5 {
@@ -136,12 +158,7 @@ async fn frames_written_into_a_dead_path_are_replayed_after_last_seq(app: TestAp
             .await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (mut a2, w) = app
-        .ws_hello(
-            &ua,
-            json!({"resume_token": a.welcome["resume_token"], "last_seq": last}),
-        )
-        .await;
+    let (mut a2, w) = resume(&app, &ua, &a, last).await;
     assert_eq!(w["resumed"], true, "{w}");
     let sdp = a2.expect("sdp").await;
     assert_eq!(sdp["description"]["sdp"], "v=0 answer");
@@ -155,26 +172,14 @@ async fn frames_written_into_a_dead_path_are_replayed_after_last_seq(app: TestAp
 }
 
 async fn a_backlog_queued_for_a_dead_socket_survives_the_resume(app: TestApp) {
-    let relay = Relay::start(app.addr).await;
-    let (ua, ub) = (app.user("alice").await, app.user("bob").await);
-    let mut a = ws_raw_at(relay.addr).await;
-    hello(&mut a, &ua.access, json!({})).await;
-    let mut b = app.ws(&ub).await;
-    let call = active_call(&mut a, &mut b, "bob").await;
-    let last = last_seq(&mut a).await;
-    relay.freeze();
+    let DeadPath { ua, a, mut b, call, last, .. } = dead_path(&app).await;
     let body = "x".repeat(7900);
     for i in 0..115 {
         b.send(json!({"type": "sdp", "call_id": call, "description": offer(&format!("{i:03}{body}"))}))
             .await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (mut a2, w) = app
-        .ws_hello(
-            &ua,
-            json!({"resume_token": a.welcome["resume_token"], "last_seq": last}),
-        )
-        .await;
+    let (mut a2, w) = resume(&app, &ua, &a, last).await;
     assert_eq!(w["resumed"], true);
     for i in 0..115 {
         let m = a2.expect("sdp").await;

@@ -144,21 +144,27 @@ impl Drop for OwnPostgres {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_database_outage_loses_no_call_event() {
-    let Some(pg) = OwnPostgres::init() else {
-        return;
-    };
+/// A server on `pg` with a 40-event buffer, quick retries, and no per-pair invite limits (the
+/// outage tests place many calls between the same users).
+async fn outage_app(pg: &OwnPostgres) -> TestApp {
     let url = pg.url();
-    let app = spawn_app_with(Backend::Sqlite, |f| {
-        f.merge(("database.url", url.clone()))
+    spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("database.url", url))
             .merge(("database.connect_timeout_secs", 1))
             .merge(("persistence.buffer_capacity", 40))
             .merge(("persistence.retry_max_backoff_ms", 300))
             .merge(("calls.invites_per_pair_per_minute", 100))
             .merge(("calls.invites_per_callee_per_minute", 100))
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_loses_no_call_event() {
+    let Some(pg) = OwnPostgres::init() else {
+        return;
+    };
+    let app = outage_app(&pg).await;
     let (ua, ub) = (app.user("alice").await, app.user("bob").await);
     let (mut a, mut b) = (app.ws(&ua).await, app.ws(&ub).await);
     let first = active_call(&mut a, &mut b, "bob").await;
@@ -238,9 +244,6 @@ async fn a_database_outage_loses_no_call_event() {
     a.expect("call.created").await;
 }
 
-// ---------------------------------------------------------------------------------------------
-// The server as a child process.
-
 /// A chatty call cannot use up the budget that admits other users' calls: during an outage,
 /// signaling rows fill only their own share of the buffer, and an unrelated invite still rings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,14 +251,7 @@ async fn signaling_rows_cannot_starve_new_calls_of_buffer() {
     let Some(pg) = OwnPostgres::init() else {
         return;
     };
-    let url = pg.url();
-    let app = spawn_app_with(Backend::Sqlite, |f| {
-        f.merge(("database.url", url.clone()))
-            .merge(("database.connect_timeout_secs", 1))
-            .merge(("persistence.buffer_capacity", 40))
-            .merge(("persistence.retry_max_backoff_ms", 300))
-    })
-    .await;
+    let app = outage_app(&pg).await;
     let (ua, ub) = (app.user("alice").await, app.user("bob").await);
     let (uc, ud) = (app.user("carol").await, app.user("dave").await);
     let (mut a, mut b) = (app.ws(&ua).await, app.ws(&ub).await);
@@ -276,6 +272,9 @@ async fn signaling_rows_cannot_starve_new_calls_of_buffer() {
     d.expect("call.incoming").await;
     pg.start();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The server as a child process.
 
 struct Server {
     child: Child,

@@ -566,29 +566,38 @@ impl RegistryState {
         }
     }
 
-    /// `user`'s detached connections of `session`: the call's party first, then the newest.
-    fn takeover_candidate(&self, user: UserId, session: SessionId) -> Option<ConnectionId> {
+    /// `user`'s connections waiting in a grace, that `keep` accepts: (is a call party, when it
+    /// went away, id).
+    fn detached(
+        &self,
+        user: UserId,
+        keep: impl Fn(&ConnEntry) -> bool,
+    ) -> Vec<(bool, Instant, ConnectionId)> {
         let parties = self.party_conns(user);
-        self.users
-            .get(&user)?
-            .conns
+        let Some(u) = self.users.get(&user) else {
+            return vec![];
+        };
+        u.conns
             .iter()
             .filter_map(|id| self.conns.get(id))
-            .filter(|e| e.session_id == session)
+            .filter(|e| keep(e))
             .filter_map(|e| Some((parties.contains(&Some(e.conn.id)), e.detached_at?, e.conn.id)))
+            .collect()
+    }
+
+    /// `user`'s detached connection of `session` to take over: the call's party first, then
+    /// the most recently dropped.
+    fn takeover_candidate(&self, user: UserId, session: SessionId) -> Option<ConnectionId> {
+        self.detached(user, |e| e.session_id == session)
+            .into_iter()
             .max_by_key(|(party, at, _)| (*party, *at))
             .map(|(_, _, id)| id)
     }
 
     /// `user`'s detached connection to release first: not a call party, then the oldest.
     fn oldest_detached(&self, user: UserId) -> Option<ConnectionId> {
-        let parties = self.party_conns(user);
-        self.users
-            .get(&user)?
-            .conns
-            .iter()
-            .filter_map(|id| self.conns.get(id))
-            .filter_map(|e| Some((parties.contains(&Some(e.conn.id)), e.detached_at?, e.conn.id)))
+        self.detached(user, |_| true)
+            .into_iter()
             .min_by_key(|(party, at, _)| (*party, *at))
             .map(|(_, _, id)| id)
     }
