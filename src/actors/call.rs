@@ -11,9 +11,9 @@ use std::time::Duration;
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::value::RawValue;
-use uuid::Uuid;
 
 use super::ConnRef;
+use super::connection::{ConnectionMsg, Pairing};
 use super::persistence::PersistenceHandle;
 use super::registry::{self, CallEntryInfo, RegistryMsg};
 use crate::domain::{CallId, ConnectionId, UserRef};
@@ -121,6 +121,18 @@ pub struct CallState {
 pub struct Call;
 
 impl CallState {
+    /// Whether the parties of the answered call relay to each other directly. Test builds that
+    /// tamper with relayed SDP keep the relay in the call actor, where the tampering happens.
+    fn direct_relay(&self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        if self.tamper_fingerprint_to.is_some() {
+            return false;
+        }
+        true
+    }
+}
+
+impl CallState {
     fn err(&self, to: &ConnRef, code: ErrorCode, message: &str, reference: Option<String>) {
         to.send(ServerMessage::error(
             code,
@@ -184,6 +196,11 @@ impl CallState {
                 None
             },
         };
+        if let Phase::Active { callee } = &self.phase {
+            for conn in [&self.caller, callee] {
+                let _ = conn.actor.cast(ConnectionMsg::Unpaired(self.id));
+            }
+        }
         let mut told = vec![self.caller.id];
         self.caller.send(ended(&self.caller));
         match &self.phase {
@@ -365,6 +382,16 @@ fn on_action(
             if let Some(r) = registry::lookup(&s.system_id) {
                 let _ = r.cast(RegistryMsg::RegisterCall(me.clone(), s.entry()));
             }
+            // From now on the two parties relay sdp/ice to each other directly. Queued before
+            // `call.accepted`, so a party is paired before it can react to the answer.
+            if s.direct_relay() {
+                for (conn, peer) in [(&s.caller, &from), (&from, &s.caller)] {
+                    let _ = conn.actor.cast(ConnectionMsg::Paired(Pairing {
+                        call_id: s.id,
+                        peer: peer.clone(),
+                    }));
+                }
+            }
             s.persistence.record(CallEvent::Accepted {
                 call_id: s.id,
                 at: Utc::now(),
@@ -459,13 +486,7 @@ fn relay(
     };
     peer.send(build(s.id, from.user.clone()));
     s.metrics.signals_relayed.inc();
-    s.persistence.record(CallEvent::Signal {
-        id: Uuid::new_v4(),
-        call_id: s.id,
-        sender: from.user.id,
-        kind,
-        at: Utc::now(),
-    });
+    s.persistence.record_signal(s.id, from.user.id, kind);
 }
 
 /// Test builds only: flips one hex digit of the DTLS fingerprint in an SDP relayed to the

@@ -24,7 +24,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::ConnRef;
 use super::registry::{self, ConnEntryInfo, RegistryMsg};
 use crate::config::Settings;
-use crate::domain::{ConnectionId, SessionId, UserRef};
+use super::persistence::PersistenceHandle;
+use crate::domain::{CallId, ConnectionId, SessionId, UserRef};
+use entity::signaling_messages::SignalingKind;
 use crate::ice::IceServer;
 use crate::metrics::Metrics;
 use crate::ws::protocol::{
@@ -123,6 +125,10 @@ pub enum ConnectionMsg {
     Attach(SocketLink, Join, Option<CallSummary>),
     /// The socket `socket_id` ended.
     SocketClosed(u64, SocketEnd),
+    /// The call was answered with this connection as a party: relay `sdp`/`ice` directly.
+    Paired(Pairing),
+    /// The call `call_id` ended: stop relaying directly.
+    Unpaired(CallId),
     /// The client provably has every message up to this `seq` (it answered a heartbeat ping
     /// sent after they were written).
     Delivered(u64),
@@ -172,6 +178,19 @@ pub struct Links {
     pub settings: Arc<Settings>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Call events (signaling metadata relayed on the direct path).
+    pub persistence: PersistenceHandle,
+}
+
+/// The other party of this connection's answered call: `sdp`/`ice` for `call_id` go straight
+/// to `peer`, without passing through the registry or the call actor (so the relay path of
+/// answered calls spreads over every core).
+#[derive(Debug, Clone)]
+pub struct Pairing {
+    /// The answered call.
+    pub call_id: CallId,
+    /// The other party's connection.
+    pub peer: ConnRef,
 }
 
 /// Fixed configuration of a connection actor.
@@ -215,6 +234,8 @@ pub struct ConnectionState {
     /// Highest `seq` written by any socket of this connection.
     written: u64,
     detach_epoch: u64,
+    /// The answered call this connection is a party of.
+    pairing: Option<Pairing>,
     /// What the call gets if this connection ends now.
     end_reason: EndReason,
     ice_servers: Vec<IceServer>,
@@ -451,6 +472,7 @@ impl Actor for Connection {
             held_bytes: 0,
             written: 0,
             detach_epoch: 0,
+            pairing: None,
             end_reason: EndReason::ConnectionLost,
             ice_servers: a.ice_servers,
             links: a.links,
@@ -514,6 +536,12 @@ impl Actor for Connection {
                             state.detach(&me, grace);
                         }
                     }
+                }
+            }
+            ConnectionMsg::Paired(p) => state.pairing = Some(p),
+            ConnectionMsg::Unpaired(call_id) => {
+                if state.pairing.as_ref().is_some_and(|p| p.call_id == call_id) {
+                    state.pairing = None;
                 }
             }
             ConnectionMsg::Delivered(seq) => {
@@ -580,6 +608,23 @@ impl Connection {
         me.stop(Some(format!("{code:?}")));
     }
 
+    /// Relays an `sdp`/`ice` of the paired call straight to the peer's connection, with `from`
+    /// set from this connection's authenticated user (contract §2.2), and records its metadata.
+    fn relay_direct(
+        &self,
+        state: &ConnectionState,
+        kind: SignalingKind,
+        build: impl FnOnce(CallId, UserRef) -> ServerMessage,
+    ) {
+        let Some(p) = &state.pairing else { return };
+        p.peer.send(build(p.call_id, state.user.clone()));
+        state.links.metrics.signals_relayed.inc();
+        state
+            .links
+            .persistence
+            .record_signal(p.call_id, state.user.id, kind);
+    }
+
     fn on_client(
         &self,
         me: &ActorRef<ConnectionMsg>,
@@ -597,6 +642,29 @@ impl Connection {
                 // A client can only vouch for what was sent.
                 let seq = seq.min(state.next_seq - 1);
                 state.trim_to(seq);
+            }
+            ClientMessage::Sdp {
+                call_id,
+                description,
+            } if state.pairing.as_ref().is_some_and(|p| p.call_id == call_id) => {
+                self.relay_direct(state, SignalingKind::Sdp, |call_id, from| {
+                    ServerMessage::Sdp {
+                        call_id,
+                        description,
+                        from,
+                    }
+                });
+            }
+            ClientMessage::Ice { call_id, candidate }
+                if state.pairing.as_ref().is_some_and(|p| p.call_id == call_id) =>
+            {
+                self.relay_direct(state, SignalingKind::Ice, |call_id, from| {
+                    ServerMessage::Ice {
+                        call_id,
+                        candidate,
+                        from,
+                    }
+                });
             }
             ClientMessage::Hello { .. } => reply(ServerMessage::error(
                 ErrorCode::BadMessage,

@@ -24,6 +24,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sea_orm::{DatabaseConnection, TransactionTrait};
 
 use crate::config::PersistenceSettings;
+use crate::domain::{CallId, UserId};
+use entity::signaling_messages::SignalingKind;
 use crate::metrics::Metrics;
 use crate::store::calls::{self, CallEvent};
 
@@ -115,6 +117,22 @@ impl PersistenceHandle {
                 None => self.0.flush_pending.store(false, Ordering::Release),
             }
         }
+    }
+
+    /// Records one relayed `sdp`/`ice` as a metadata row (nothing when metadata logging is
+    /// off — and then no id is even generated). Row ids are UUIDv7: time-ordered, so they are
+    /// appended at the end of the primary-key index instead of at random places.
+    pub fn record_signal(&self, call_id: CallId, sender: UserId, kind: SignalingKind) {
+        if !self.0.log_signaling {
+            return;
+        }
+        self.record(CallEvent::Signal {
+            id: uuid::Uuid::now_v7(),
+            call_id,
+            sender,
+            kind,
+            at: chrono::Utc::now(),
+        });
     }
 
     /// Whether a new call may be admitted (the lifecycle budget has room for its events;

@@ -6,6 +6,7 @@
 pub mod protocol;
 pub mod socket;
 
+pub mod coalesce;
 pub mod limit;
 
 /// Close codes are part of the wire contract; they live beside the wire types.

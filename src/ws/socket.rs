@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::coalesce::Coalesce;
 use super::limit::Verdict;
 use super::protocol::{self, ClientMessage, ErrorCode, ServerMessage, close};
 use crate::actors::ask;
@@ -52,7 +53,10 @@ const CLOSE_DRAIN_BYTES: usize = 1 << 20;
 
 static SOCKET_IDS: AtomicU64 = AtomicU64::new(1);
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+type Ws = WebSocketStream<Coalesce<TokioIo<Upgraded>>>;
+
+/// Most frames gathered into one write.
+const MAX_BATCH: usize = 64;
 
 /// The socket configuration: bounded frames and messages, small buffers, no compression
 /// (tungstenite implements no permessage-deflate, so none is ever negotiated).
@@ -151,7 +155,7 @@ struct Admitted {
 pub async fn run(state: Arc<AppState>, upgraded: Upgraded) {
     let settings = &state.settings.ws;
     let mut ws = WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
+        Coalesce::new(TokioIo::new(upgraded)),
         Role::Server,
         Some(config(settings.max_message_bytes)),
     )
@@ -384,14 +388,37 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
             code = a.control.killed() => return Exit::Close(code, "closed by the server"),
             out = a.rx.recv() => match out {
                 Some(Outbound::Text(seq, text)) => {
+                    // Gather what else is queued: one write to the kernel for the whole batch.
+                    let mut last = seq;
+                    let mut then_close = None;
+                    let batch = async {
+                        ws.feed(Message::Text(text)).await?;
+                        for _ in 1..MAX_BATCH {
+                            match a.rx.try_recv() {
+                                Ok(Outbound::Text(seq, text)) => {
+                                    ws.feed(Message::Text(text)).await?;
+                                    last = last.max(seq);
+                                }
+                                Ok(Outbound::Close(code, reason)) => {
+                                    then_close = Some((code, reason));
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        ws.flush().await
+                    };
                     let sent = tokio::select! {
-                        r = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Text(text))) => matches!(r, Ok(Ok(()))),
+                        r = tokio::time::timeout(WRITE_TIMEOUT, batch) => matches!(r, Ok(Ok(()))),
                         code = a.control.killed() => return Exit::Close(code, "closed by the server"),
                     };
                     if !sent {
                         return Exit::Dropped;
                     }
-                    a.control.mark_written(seq);
+                    a.control.mark_written(last);
+                    if let Some((code, reason)) = then_close {
+                        return Exit::Close(code, reason);
+                    }
                 }
                 Some(Outbound::Close(code, reason)) => return Exit::Close(code, reason),
                 None => return Exit::Close(close::INTERNAL, "connection failed"),

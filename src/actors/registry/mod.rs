@@ -466,6 +466,7 @@ impl RegistryState {
                 system_id: self.args.system_id.clone(),
                 settings: self.args.settings.clone(),
                 metrics: self.args.metrics.clone(),
+                persistence: self.args.persistence.clone(),
             },
         };
         let actor = ask(&self.args.connections, |r| {
@@ -738,6 +739,10 @@ impl RegistryState {
             reference: None,
         };
         c.info.caller.send(ended.clone());
+        let _ = c.info.caller.actor.cast(ConnectionMsg::Unpaired(id));
+        if let Some(conn) = c.info.callee_conn.and_then(|cc| self.conns.get(&cc)) {
+            let _ = conn.conn.actor.cast(ConnectionMsg::Unpaired(id));
+        }
         let callee_conns: Vec<ConnectionId> = match c.info.callee_conn {
             Some(conn) => vec![conn],
             None => self
