@@ -84,10 +84,17 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     /// This instance's stable name (crash recovery scope).
     pub instance_id: String,
-    /// Header read timeout in seconds.
+    /// Seconds from accept to a complete first request head (any protocol), and for every
+    /// HTTP/1 request head.
     pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in progress (keep-alive idle).
+    pub idle_timeout_secs: u64,
+    /// Seconds a request body may take to arrive in full.
+    pub body_read_timeout_secs: u64,
     /// Concurrent TCP connections accepted.
     pub max_tcp_connections: usize,
+    /// Concurrent TCP connections from one address (IPv4, or IPv6 /64); 0 = no cap.
+    pub max_connections_per_address: usize,
     /// Trust `X-Forwarded-For`/`X-Forwarded-Proto`.
     pub trust_forwarded_for: bool,
     /// Drain deadline at shutdown, in seconds.
@@ -334,6 +341,17 @@ impl Settings {
                 secret.expose().len(),
                 crate::auth::jwt::MIN_SECRET_BYTES
             )));
+        }
+        let server = &self.server;
+        if server.header_read_timeout_secs == 0
+            || server.idle_timeout_secs == 0
+            || server.body_read_timeout_secs == 0
+        {
+            return Err(ConfigError::Rule(
+                "server.header_read_timeout_secs, idle_timeout_secs and body_read_timeout_secs \
+                 must be positive"
+                    .into(),
+            ));
         }
         if self.ws.max_message_bytes < 1024 {
             return Err(ConfigError::Rule(

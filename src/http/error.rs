@@ -41,6 +41,9 @@ pub enum ApiError {
     /// Request body over the limit.
     #[error("request body is larger than 16 KiB")]
     BodyTooLarge,
+    /// The request body did not arrive within `server.body_read_timeout_secs` (RFC 9110 §15.5.9).
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// Refused by policy (e.g. origin, metrics address).
     #[error("{0}")]
     Forbidden(&'static str),
@@ -72,6 +75,7 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::ServerBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_busy"),

@@ -23,9 +23,18 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// `last_seen_at` is written at most this often per session, to keep reads cheap.
 const TOUCH_EVERY_SECS: i64 = 60;
 
-/// Reads at most [`MAX_BODY_BYTES`] and parses JSON into `T`.
-pub async fn json_body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let bytes = read_body(req).await?;
+/// Reads at most [`MAX_BODY_BYTES`], within `server.body_read_timeout_secs`, and parses JSON
+/// into `T`. Errors: 413 `body_too_large`, 408 `request_timeout`, 400 `bad_request`.
+pub async fn json_body<T: DeserializeOwned>(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
+    let deadline = std::time::Duration::from_secs(state.settings.server.body_read_timeout_secs);
+    // A body trickled byte by byte would otherwise hold the request (and its connection, which
+    // has no idle deadline while a request is in progress) forever.
+    let bytes = tokio::time::timeout(deadline, read_body(req))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)??;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("request body is not the expected JSON: {e}")))
 }

@@ -10,6 +10,7 @@ mod actors;
 mod auth;
 mod browser;
 mod calls;
+mod connections;
 mod durability;
 mod health;
 mod history;

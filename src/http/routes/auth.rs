@@ -49,7 +49,7 @@ struct TokenResponse {
 
 /// `POST /api/auth/register`
 pub async fn register(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let body: Credentials = json_body(req).await?;
+    let body: Credentials = json_body(state, req).await?;
     let username =
         Username::parse(&body.username).map_err(|e| ApiError::InvalidUsername(e.to_string()))?;
     let password =
@@ -80,7 +80,7 @@ pub async fn login(
     client: IpAddr,
 ) -> Result<HttpResponse, ApiError> {
     let ua = user_agent(req.headers()).map(str::to_owned);
-    let body: Credentials = json_body(req).await?;
+    let body: Credentials = json_body(state, req).await?;
     if let Some(wait) = state.throttle.check(&body.username, client) {
         state.metrics.login_throttled.inc();
         return Err(ApiError::TooManyAttempts(wait));
@@ -140,7 +140,7 @@ fn token_response(
 
 /// `POST /api/auth/refresh`
 pub async fn refresh(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let body: RefreshRequest = json_body(req).await?;
+    let body: RefreshRequest = json_body(state, req).await?;
     let presented = state
         .refresh
         .parse(&body.refresh_token)
