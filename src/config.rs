@@ -135,19 +135,24 @@ pub struct AuthSettings {
     pub throttle: ThrottleSettings,
 }
 
-/// `[auth.throttle]`: login throttling.
+/// `[auth.throttle]`: login throttling (see [`crate::auth::throttle`] and `docs/security.md`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ThrottleSettings {
-    /// Free failures per account.
+    /// Free failures for one account from one address.
     pub account_free_failures: u32,
-    /// Free failures per client address.
+    /// Free failures per client address (IPv4, or IPv6 /64), all accounts together.
     pub address_free_failures: u32,
+    /// Free failures for one account from all addresses together, except addresses it logged
+    /// in from before.
+    pub account_global_free_failures: u32,
     /// First delay in seconds (doubles after).
     pub base_delay_secs: u64,
     /// Longest delay in seconds.
     pub max_delay_secs: u64,
     /// Failure memory in seconds.
     pub window_secs: u64,
+    /// Seconds an address stays known for an account after a successful login.
+    pub known_address_secs: u64,
     /// Most tracked keys.
     pub max_entries: usize,
 }

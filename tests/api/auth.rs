@@ -219,6 +219,94 @@ async fn login_returns_429_after_repeated_failures(app: TestApp) {
     assert_eq!(r.status(), 200);
 }
 
+/// A client whose connections come from `ip` (any 127/8 address works on Linux loopback).
+fn client_from(ip: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn login_from(app: &TestApp, ip: &str, name: &str, password: &str) -> u16 {
+    client_from(ip)
+        .post(app.url("/api/auth/login"))
+        .json(&json!({"username": name, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn parallel_logins_are_counted_before_the_password_check(app: TestApp) {
+    app.register("olga").await;
+    let before = app.state.metrics.password_verifications.get();
+    // 59 wrong guesses and the right password, all at once, from one address.
+    let guesses = (0..60).map(|i| {
+        let password = if i == 59 { PASSWORD } else { "wrong password!" };
+        login_from(&app, "127.0.0.1", "olga", password)
+    });
+    let statuses = futures_util::future::join_all(guesses).await;
+    let evaluated = statuses.iter().filter(|s| **s != 429).count();
+    assert_eq!(
+        evaluated, 6,
+        "5 free attempts and the one that locks: {statuses:?}"
+    );
+    assert_eq!(
+        app.state.metrics.password_verifications.get() - before,
+        6,
+        "a refused attempt costs no argon2 work"
+    );
+}
+
+async fn one_address_cannot_lock_the_owner_out_elsewhere(app: TestApp) {
+    app.register("paula").await;
+    for _ in 0..6 {
+        login_from(&app, "127.0.0.2", "paula", "wrong password!").await;
+    }
+    assert_eq!(
+        login_from(&app, "127.0.0.2", "paula", PASSWORD).await,
+        429,
+        "the guessing address is locked, even with the right password"
+    );
+    assert_eq!(
+        login_from(&app, "127.0.0.1", "paula", PASSWORD).await,
+        200,
+        "the owner elsewhere is not"
+    );
+}
+
+async fn distributed_guessing_is_slowed_but_known_addresses_get_in(app: TestApp) {
+    app.register("quinn").await;
+    assert_eq!(login_from(&app, "127.0.0.1", "quinn", PASSWORD).await, 200);
+    // One wrong guess from each of four addresses: over the account's global budget of 3.
+    for i in 2..=5 {
+        let status = login_from(&app, &format!("127.0.0.{i}"), "quinn", "wrong password!").await;
+        assert_eq!(status, 401);
+    }
+    assert_eq!(
+        login_from(&app, "127.0.0.9", "quinn", PASSWORD).await,
+        429,
+        "a new address waits while the account is under distributed attack"
+    );
+    assert_eq!(
+        login_from(&app, "127.0.0.1", "quinn", PASSWORD).await,
+        200,
+        "an address the owner logged in from is exempt"
+    );
+}
+
+async fn a_full_throttle_table_still_throttles_new_accounts(app: TestApp) {
+    for i in 0..10 {
+        login_from(&app, "127.0.0.1", &format!("filler{i}"), "wrong password!").await;
+    }
+    let mut statuses = vec![];
+    for _ in 0..10 {
+        statuses.push(login_from(&app, "127.0.0.1", "victim", "wrong password!").await);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
+
 fn forge(claims: &Value, key: &[u8], alg: Algorithm) -> String {
     jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(key)).unwrap()
 }
@@ -393,4 +481,24 @@ db_tests!(
 db_tests_with!(
     |f| f.merge(("auth.throttle.account_free_failures", 3)).merge(("auth.throttle.base_delay_secs", 30));
     login_returns_429_after_repeated_failures,
+);
+
+db_tests_with!(
+    |f| f.merge(("auth.throttle.base_delay_secs", 30));
+    parallel_logins_are_counted_before_the_password_check,
+    one_address_cannot_lock_the_owner_out_elsewhere,
+);
+
+db_tests_with!(
+    |f| f.merge(("auth.throttle.account_global_free_failures", 3))
+        .merge(("auth.throttle.base_delay_secs", 30));
+    distributed_guessing_is_slowed_but_known_addresses_get_in,
+);
+
+db_tests_with!(
+    |f| f.merge(("auth.throttle.max_entries", 4))
+        .merge(("auth.throttle.address_free_failures", 1000))
+        .merge(("auth.throttle.account_free_failures", 3))
+        .merge(("auth.throttle.base_delay_secs", 30));
+    a_full_throttle_table_still_throttles_new_accounts,
 );

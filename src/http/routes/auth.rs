@@ -81,10 +81,14 @@ pub async fn login(
 ) -> Result<HttpResponse, ApiError> {
     let ua = user_agent(req.headers()).map(str::to_owned);
     let body: Credentials = json_body(state, req).await?;
-    if let Some(wait) = state.throttle.check(&body.username, client) {
-        state.metrics.login_throttled.inc();
-        return Err(ApiError::TooManyAttempts(wait));
-    }
+    // Counted before the expensive check, so parallel attempts cannot outrun the throttle.
+    let attempt = state
+        .throttle
+        .begin(&body.username, client)
+        .map_err(|wait| {
+            state.metrics.login_throttled.inc();
+            ApiError::TooManyAttempts(wait)
+        })?;
     // An invalid name cannot exist, but it must cost and answer like a wrong password.
     let user = match Username::parse(&body.username) {
         Ok(name) => store::users::find_by_username(&state.db, &name).await?,
@@ -98,11 +102,11 @@ pub async fn login(
         )
         .await?;
     let Some(user) = user.filter(|_| verified) else {
-        state.throttle.record_failure(&body.username, client);
+        // The attempt stays counted.
         state.metrics.login_failures.inc();
         return Err(ApiError::InvalidCredentials);
     };
-    state.throttle.record_success(&body.username);
+    attempt.succeeded();
     let session_id = SessionId::new();
     let (refresh_token, refresh_hash) = state.refresh.mint(session_id);
     let ttl = chrono::Duration::seconds(state.settings.auth.session_ttl_secs as i64);
