@@ -127,10 +127,18 @@ pub struct AuthSettings {
     pub issuer: String,
     /// `aud` claim.
     pub audience: String,
-    /// Concurrent argon2 computations (0 = CPUs).
+    /// Concurrent argon2 login verifications (0 = CPUs).
     pub max_concurrent_hashes: usize,
-    /// Waiting argon2 computations before 503.
+    /// Login verifications waiting for a slot before 503.
     pub max_queued_hashes: usize,
+    /// Concurrent argon2 hashes for registrations, a lane of their own (0 = CPUs).
+    pub max_concurrent_registration_hashes: usize,
+    /// Registration hashes waiting for a slot before 503.
+    pub max_queued_registration_hashes: usize,
+    /// Registrations per client address (IPv4, or IPv6 /64) per hour; also the burst.
+    pub register_per_address_per_hour: u32,
+    /// Most addresses tracked by the registration limit (memory bound).
+    pub register_max_tracked_addresses: usize,
     /// `[auth.throttle]`
     pub throttle: ThrottleSettings,
 }

@@ -15,9 +15,10 @@ use tokio::sync::watch;
 
 use crate::actors::root::{Root, RootArgs};
 use crate::actors::{ActorSystem, PersistenceHandle};
-use crate::auth::hashing::PasswordHasher;
+use crate::auth::hashing::{LaneLimits, PasswordHasher};
 use crate::auth::jwt::TokenIssuer;
 use crate::auth::refresh::RefreshTokens;
+use crate::auth::register_limit::RegistrationLimit;
 use crate::auth::secret;
 use crate::auth::throttle::LoginThrottle;
 use crate::config::Settings;
@@ -78,11 +79,21 @@ impl App {
             tokens: TokenIssuer::new(&key, &settings.auth),
             refresh: RefreshTokens::new(&key),
             hasher: PasswordHasher::new(
-                settings.auth.max_concurrent_hashes,
-                settings.auth.max_queued_hashes,
+                LaneLimits {
+                    concurrent: settings.auth.max_concurrent_hashes,
+                    queued: settings.auth.max_queued_hashes,
+                },
+                LaneLimits {
+                    concurrent: settings.auth.max_concurrent_registration_hashes,
+                    queued: settings.auth.max_queued_registration_hashes,
+                },
                 metrics.clone(),
             ),
             throttle: LoginThrottle::new(settings.auth.throttle.clone()),
+            registrations: RegistrationLimit::new(
+                settings.auth.register_per_address_per_hour,
+                settings.auth.register_max_tracked_addresses,
+            ),
             actors: ActorSystem {
                 system_id,
                 root,

@@ -27,7 +27,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::ThrottleSettings;
-use crate::http::connection::address_key;
+use crate::domain::address_key;
 
 /// A tracked counter. Accounts appear only as a keyed hash of the lower-cased name, so the table
 /// holds no raw usernames (or passwords mistyped into the name field); the per-process random

@@ -15,6 +15,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::domain::address_key;
+
 /// How long a connection told to close (idle deadline, shutdown) may take to say goodbye —
 /// flush a response, send HTTP/2 GOAWAY — before its socket is simply dropped. Short, because
 /// a peer that does not read must not keep the slot.
@@ -138,19 +140,6 @@ pub struct AddressSlots {
 pub struct AddressSlot {
     slots: Arc<AddressSlots>,
     key: IpAddr,
-}
-
-/// The unit an address cap counts: an IPv4 address, or an IPv6 /64 — the smallest block a
-/// single subscriber is usually given (RFC 6177), so one host cannot dodge the cap by rotating
-/// through its own prefix. IPv4-mapped IPv6 addresses count as IPv4.
-pub fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 64)).into()),
-        },
-    }
 }
 
 impl AddressSlots {

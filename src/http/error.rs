@@ -26,8 +26,8 @@ pub enum ApiError {
     /// Unknown user or wrong password (indistinguishable on purpose).
     #[error("invalid username or password")]
     InvalidCredentials,
-    /// Login throttled.
-    #[error("too many failed attempts; retry later")]
+    /// Login throttled, or registrations from this address over their hourly limit.
+    #[error("too many attempts; retry later")]
     TooManyAttempts(Duration),
     /// Refresh token unknown, spent, or its session is over.
     #[error("invalid refresh token")]
@@ -119,7 +119,7 @@ impl From<crate::auth::hashing::HashError> for ApiError {
     fn from(e: crate::auth::hashing::HashError) -> Self {
         match e {
             crate::auth::hashing::HashError::Busy => {
-                Self::ServerBusy("too many logins in progress; retry shortly")
+                Self::ServerBusy("too many password checks in progress; retry shortly")
             }
             crate::auth::hashing::HashError::Internal(msg) => {
                 tracing::error!(error = %msg, "password hashing failed");

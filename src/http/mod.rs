@@ -155,7 +155,7 @@ async fn route(
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method().clone();
     match (segments.as_slice(), &method) {
-        (["api", "auth", "register"], &Method::POST) => auth::register(state, req).await,
+        (["api", "auth", "register"], &Method::POST) => auth::register(state, req, client).await,
         (["api", "auth", "login"], &Method::POST) => auth::login(state, req, client).await,
         (["api", "auth", "refresh"], &Method::POST) => auth::refresh(state, req).await,
         (["api", "auth", "logout"], &Method::POST) => auth::logout(state, req).await,

@@ -307,6 +307,72 @@ async fn a_full_throttle_table_still_throttles_new_accounts(app: TestApp) {
     assert!(statuses.contains(&429), "{statuses:?}");
 }
 
+async fn register_from(app: &TestApp, ip: &str, name: &str) -> reqwest::Response {
+    client_from(ip)
+        .post(app.url("/api/auth/register"))
+        .json(&json!({"username": name, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn registrations_are_limited_per_address(app: TestApp) {
+    for i in 0..5 {
+        let r = register_from(&app, "127.0.0.1", &format!("sam{i}")).await;
+        assert_eq!(r.status(), 201);
+    }
+    let r = register_from(&app, "127.0.0.1", "sam5").await;
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    assert_eq!(error_code(r).await, (429, "too_many_attempts".into()));
+    let r = register_from(&app, "127.0.0.2", "sam5").await;
+    assert_eq!(r.status(), 201, "another address has its own allowance");
+}
+
+async fn a_registration_flood_does_not_starve_logins(app: TestApp) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    app.register("rita").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let busy = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..40)
+        .map(|n| {
+            let (stop, busy) = (stop.clone(), busy.clone());
+            let (http, url) = (app.http.clone(), app.url("/api/auth/register"));
+            tokio::spawn(async move {
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let body = json!({"username": format!("flood{n}x{i}"), "password": PASSWORD});
+                    if let Ok(r) = http.post(&url).json(&body).send().await
+                        && r.status() == 503
+                    {
+                        busy.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    crate::helpers::eventually("registrations saturate their hashing", || {
+        busy.load(Ordering::Relaxed) >= 10
+    })
+    .await;
+    let mut statuses = vec![];
+    for _ in 0..5 {
+        statuses.push(login_from(&app, "127.0.0.1", "rita", PASSWORD).await);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in flood {
+        task.await.unwrap();
+    }
+    assert_eq!(statuses, [200; 5], "logins during the flood");
+}
+
 fn forge(claims: &Value, key: &[u8], alg: Algorithm) -> String {
     jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(key)).unwrap()
 }
@@ -493,6 +559,19 @@ db_tests_with!(
     |f| f.merge(("auth.throttle.account_global_free_failures", 3))
         .merge(("auth.throttle.base_delay_secs", 30));
     distributed_guessing_is_slowed_but_known_addresses_get_in,
+);
+
+db_tests_with!(
+    |f| f.merge(("auth.register_per_address_per_hour", 5));
+    registrations_are_limited_per_address,
+);
+
+db_tests_with!(
+    |f| f.merge(("auth.max_concurrent_hashes", 1))
+        .merge(("auth.max_queued_hashes", 2))
+        .merge(("auth.max_concurrent_registration_hashes", 1))
+        .merge(("auth.max_queued_registration_hashes", 2));
+    a_registration_flood_does_not_starve_logins,
 );
 
 db_tests_with!(

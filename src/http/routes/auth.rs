@@ -47,9 +47,18 @@ struct TokenResponse {
     user: UserRef,
 }
 
-/// `POST /api/auth/register`
-pub async fn register(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+/// `POST /api/auth/register`. Limited per client address before any other work (429
+/// `too_many_attempts`); hashes in the registration lane, which cannot starve logins.
+pub async fn register(
+    state: &AppState,
+    req: Request<Incoming>,
+    client: IpAddr,
+) -> Result<HttpResponse, ApiError> {
     let body: Credentials = json_body(state, req).await?;
+    state
+        .registrations
+        .take(client)
+        .map_err(ApiError::TooManyAttempts)?;
     let username =
         Username::parse(&body.username).map_err(|e| ApiError::InvalidUsername(e.to_string()))?;
     let password =
