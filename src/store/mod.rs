@@ -63,8 +63,55 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `url` with its password (the `user:password@` part) replaced by `***`, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The authority ends at the first '/', '?' or '#'; userinfo is before its last '@'.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The password of a database URL, if it has one (to scrub it from any error text).
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    userinfo
+        .split_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty())
+}
+
+/// An error message about `url` with the URL redacted and its password scrubbed, wherever the
+/// driver put it.
+fn scrub(message: &str, url: &str) -> String {
+    let mut message = message.replace(url, &redact_url(url));
+    if let Some(password) = url_password(url) {
+        message = message.replace(password, "***");
+    }
+    message
+}
+
 /// Opens the pool. SQLite gets WAL and a busy timeout so readers and the writer coexist.
+/// Errors never contain the URL's password (drivers quote the whole URL, e.g. for an unknown
+/// scheme).
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {
+    let url = settings.url.expose();
+    open(settings)
+        .await
+        .map_err(|e| anyhow::anyhow!(scrub(&format!("{e:#}"), url)))
+}
+
+async fn open(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {
     let url = settings.url.expose();
     prepare_sqlite_path(url)?;
     let mut opts = ConnectOptions::new(url.to_owned());
@@ -88,5 +135,48 @@ pub async fn ping(db: &DatabaseConnection) -> Result<(), String> {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("database did not answer within 2 s".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn settings(url: &str) -> DatabaseSettings {
+        DatabaseSettings {
+            url: Secret::new(url),
+            max_connections: 1,
+            connect_timeout_secs: 1,
+            migrate_on_start: false,
+        }
+    }
+
+    #[test]
+    fn urls_are_redacted_to_user_and_host() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/calls?sslmode=require"),
+            "postgres://app:***@db:5432/calls?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/x.db?mode=rwc"),
+            "sqlite://data/x.db?mode=rwc"
+        );
+        assert_eq!(
+            redact_url("postgres://a:p@ss@db/x"),
+            "postgres://a:***@db/x"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_mistyped_scheme_does_not_print_the_password() {
+        for url in [
+            "postgress://app:hunter2-secret@127.0.0.1:1/calls",
+            "postgres://app:hunter2-secret@127.0.0.1:1/calls",
+        ] {
+            let err = connect(&settings(url)).await.expect_err("cannot connect");
+            let text = format!("{err:#} {err:?}");
+            assert!(!text.contains("hunter2-secret"), "{text}");
+        }
     }
 }

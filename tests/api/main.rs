@@ -14,6 +14,7 @@ mod connections;
 mod durability;
 mod health;
 mod history;
+mod logs;
 mod schema;
 mod sessions;
 mod signaling;
