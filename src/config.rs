@@ -309,6 +309,28 @@ pub enum ConfigError {
     Rule(String),
 }
 
+/// Reads `dir/.env`, if present, into the process environment without overriding variables
+/// already set. Only that directory: never a parent (contract §4, "a `.env` file in the working
+/// directory"), so a `.env` left anywhere above the working directory cannot inject settings.
+/// `Ok(false)` when there is none; an unreadable or malformed file is an error whose message
+/// never quotes the file's lines (they may hold secrets).
+pub fn load_dotenv(dir: &Path) -> Result<bool, ConfigError> {
+    let path = dir.join(".env");
+    if !path.is_file() {
+        return Ok(false);
+    }
+    dotenvy::from_path(&path).map_err(|e| {
+        let why = match e {
+            dotenvy::Error::LineParse(_, at) => format!("syntax error at character {at} of a line"),
+            dotenvy::Error::Io(e) => e.to_string(),
+            dotenvy::Error::EnvVar(e) => e.to_string(),
+            _ => "unreadable".to_owned(),
+        };
+        ConfigError::Rule(format!("{}: {why}", path.display()))
+    })?;
+    Ok(true)
+}
+
 impl Settings {
     /// Loads the layers. `file` is `--config`, falling back to `CALLSIGNAL_CONFIG`.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -466,6 +488,39 @@ mod tests {
             s.server.allowed_origins,
             ["https://a.example", "https://b.example"]
         );
+    }
+
+    #[test]
+    fn dotenv_is_read_from_the_given_directory_only() {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let child = parent.path().join("work");
+        std::fs::create_dir(&child).expect("child dir");
+        std::fs::write(
+            parent.path().join(".env"),
+            "CALLSIGNAL_TEST_DOTENV_PARENT=injected\n",
+        )
+        .expect("parent .env");
+        assert!(!load_dotenv(&child).expect("no .env is fine"));
+        assert!(std::env::var_os("CALLSIGNAL_TEST_DOTENV_PARENT").is_none());
+        std::fs::write(child.join(".env"), "CALLSIGNAL_TEST_DOTENV_CHILD=read\n")
+            .expect("child .env");
+        assert!(load_dotenv(&child).expect("read"));
+        assert_eq!(
+            std::env::var("CALLSIGNAL_TEST_DOTENV_CHILD").as_deref(),
+            Ok("read")
+        );
+    }
+
+    #[test]
+    fn a_malformed_dotenv_is_an_error_that_does_not_quote_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join(".env"),
+            "SECRET value-hunter2 'unterminated\n",
+        )
+        .expect(".env");
+        let err = load_dotenv(dir.path()).expect_err("malformed");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod browser;
 mod calls;
 mod connections;
 mod durability;
+mod files;
 mod health;
 mod history;
 mod logs;
