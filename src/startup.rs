@@ -39,6 +39,10 @@ impl App {
     /// and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
+        if settings.server.data_dir.exists() {
+            // It may hold the SQLite database and the generated key: not for other users.
+            store::ensure_private_dir(&settings.server.data_dir)?;
+        }
         let db = store::connect(&settings.database).await?;
         if settings.database.migrate_on_start {
             Migrator::up(&db, None).await?;

@@ -30,9 +30,7 @@ pub fn load_or_generate(configured: Option<&Secret>, data_dir: &Path) -> anyhow:
         );
         return Ok(key);
     }
-    if !data_dir.exists() {
-        crate::store::create_private_dir(data_dir)?;
-    }
+    crate::store::ensure_private_dir(data_dir)?;
     let mut key = vec![0u8; GENERATED_BYTES];
     rand::rng().fill_bytes(&mut key);
     let mut options = std::fs::OpenOptions::new();

@@ -32,8 +32,11 @@ fn classify(e: DbErr) -> StoreError {
     }
 }
 
-/// Creates the directory of a relative or absolute SQLite file path, so the embedded default
-/// works on a fresh machine.
+/// Makes the SQLite database private before it is opened: creates its directory (0700) if
+/// missing, creates the file 0600 when the URL may create it (`mode=rwc`) so that SQLite never
+/// creates it with the umask's mode, and narrows an existing file and its `-wal`, `-shm` and
+/// `-journal` companions to 0600 (SQLite creates those with the database file's mode). The
+/// database holds password hashes and session data.
 fn prepare_sqlite_path(url: &str) -> std::io::Result<()> {
     let Some(rest) = url
         .strip_prefix("sqlite://")
@@ -41,24 +44,71 @@ fn prepare_sqlite_path(url: &str) -> std::io::Result<()> {
     else {
         return Ok(());
     };
-    let path = rest.split('?').next().unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
         return Ok(());
     }
-    match Path::new(path).parent() {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => create_private_dir(dir),
-        _ => Ok(()),
+    let path = Path::new(path);
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => create_private_dir(dir)?,
+        _ => {}
     }
+    if !path.exists() && query.split('&').any(|p| p == "mode=rwc") {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(path)?;
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = Path::new(&file);
+        if file.exists() {
+            set_mode(file, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Creates a directory readable only by the server's user (it will hold password hashes and
 /// the signing key).
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
+    set_mode(dir, 0o700)
+}
+
+/// Makes the data directory (`server.data_dir`) private: creates it 0700, or narrows an
+/// existing one that group or others can access to 0700 — unless it is a shared directory with
+/// the sticky bit (such as `/tmp`), which is left alone with a warning.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        return create_private_dir(dir);
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        const STICKY: u32 = 0o1000;
+        if mode & 0o077 != 0 {
+            if mode & STICKY != 0 {
+                tracing::warn!(dir = %dir.display(), "the data directory is shared (sticky bit); \
+                    not narrowing it to 0700: point server.data_dir at a private directory");
+            } else {
+                set_mode(dir, 0o700)?;
+            }
+        }
     }
     Ok(())
 }
