@@ -41,6 +41,9 @@ pub enum ApiError {
     /// Request body over the limit.
     #[error("request body is larger than 16 KiB")]
     BodyTooLarge,
+    /// A JSON route got a body not declared `application/json` (RFC 9110 §15.5.16).
+    #[error("the request body must be application/json")]
+    UnsupportedMediaType,
     /// The request body did not arrive within `server.body_read_timeout_secs` (RFC 9110 §15.5.9).
     #[error("the request body did not arrive in time")]
     RequestTimeout,
@@ -76,6 +79,9 @@ impl ApiError {
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::ServerBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_busy"),

@@ -111,6 +111,7 @@ async fn malformed_bodies_are_400_and_large_ones_413(app: TestApp) {
     let r = app
         .http
         .post(app.url("/api/auth/register"))
+        .header("content-type", "application/json")
         .body("not json")
         .send()
         .await
@@ -130,6 +131,7 @@ async fn malformed_bodies_are_400_and_large_ones_413(app: TestApp) {
     let r = app
         .http
         .post(app.url("/api/auth/login"))
+        .header("content-type", "application/json")
         .body(body)
         .send()
         .await
@@ -373,6 +375,46 @@ async fn a_registration_flood_does_not_starve_logins(app: TestApp) {
     assert_eq!(statuses, [200; 5], "logins during the flood");
 }
 
+async fn json_routes_refuse_bodies_not_declared_json(app: TestApp) {
+    let u = app.user("wendy").await;
+    let body = json!({"username": "wendy", "password": PASSWORD}).to_string();
+    let refresh = json!({"refresh_token": u.refresh}).to_string();
+    // The content types a cross-site form or fetch may send without a CORS preflight, and none.
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        None,
+    ] {
+        for (path, body) in [
+            ("/api/auth/register", body.replace("wendy", "xavier")),
+            ("/api/auth/login", body.clone()),
+            ("/api/auth/refresh", refresh.clone()),
+        ] {
+            let mut req = app.http.post(app.url(path)).body(body);
+            if let Some(t) = content_type {
+                req = req.header("content-type", t);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(
+                error_code(r).await,
+                (415, "unsupported_media_type".into()),
+                "{path} as {content_type:?}"
+            );
+        }
+    }
+    // Parameters are fine.
+    let r = app
+        .http
+        .post(app.url("/api/auth/login"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 fn forge(claims: &Value, key: &[u8], alg: Algorithm) -> String {
     jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(key)).unwrap()
 }
@@ -542,6 +584,7 @@ db_tests!(
     garbage_refresh_tokens_do_not_revoke,
     logout_revokes_the_session,
     secrets_never_reach_the_logs,
+    json_routes_refuse_bodies_not_declared_json,
 );
 
 db_tests_with!(
