@@ -5,7 +5,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::helpers::{PASSWORD, TEST_SECRET, TestApp, logs};
+use crate::helpers::{Closed, PASSWORD, TEST_SECRET, TestApp, logs};
 use crate::{db_tests, db_tests_with};
 
 async fn error_code(r: reqwest::Response) -> (u16, String) {
@@ -484,6 +484,127 @@ async fn bad_tokens_are_401(app: TestApp) {
     }
 }
 
+/// `header.payload.signature` signed with HMAC-SHA256 under `key`, whatever `header` claims:
+/// what an attacker does to try algorithm confusion.
+fn sign_raw(header: &Value, claims: &Value, key: &[u8]) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let signing_input = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(signing_input.as_bytes());
+    format!(
+        "{signing_input}.{}",
+        b64.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// Every way of forging or bending an access token that must fail, with the reason.
+fn attack_tokens(u: &crate::helpers::TestUser) -> Vec<(String, String)> {
+    let key = TEST_SECRET.as_bytes();
+    let hs256 = |claims: &Value| forge(claims, key, Algorithm::HS256);
+    let with = |field: &str, value: Value| {
+        let mut c = claims_for(u, 600);
+        c[field] = value;
+        c
+    };
+    let without = |field: &str| {
+        let mut c = claims_for(u, 600);
+        c.as_object_mut().unwrap().remove(field);
+        c
+    };
+    let now = chrono::Utc::now().timestamp();
+    let good = claims_for(u, 600);
+    let mut tokens = vec![
+        (
+            "HS384 with the right key".to_owned(),
+            forge(&good, key, Algorithm::HS384),
+        ),
+        (
+            "HS512 with the right key".to_owned(),
+            forge(&good, key, Algorithm::HS512),
+        ),
+        (
+            "RS256 header, HMAC-signed with the key".to_owned(),
+            sign_raw(&json!({"alg": "RS256", "typ": "JWT"}), &good, key),
+        ),
+        (
+            "alg none, signature kept".to_owned(),
+            sign_raw(&json!({"alg": "none", "typ": "JWT"}), &good, key),
+        ),
+        (
+            "nbf in the future".to_owned(),
+            hs256(&with("nbf", json!(now + 600))),
+        ),
+        (
+            "wrong iss".to_owned(),
+            hs256(&with("iss", json!("someone-else"))),
+        ),
+        (
+            "wrong aud".to_owned(),
+            hs256(&with("aud", json!("another-service"))),
+        ),
+        (
+            "typ refresh".to_owned(),
+            hs256(&with("typ", json!("refresh"))),
+        ),
+        ("the refresh token itself".to_owned(), u.refresh.clone()),
+    ];
+    for claim in [
+        "iss", "aud", "sub", "sid", "typ", "iat", "nbf", "exp", "jti",
+    ] {
+        tokens.push((format!("{claim} missing"), hs256(&without(claim))));
+    }
+    for (claim, bad) in [
+        ("iss", json!(7)),
+        ("aud", json!({"x": 1})),
+        ("sub", json!("not-a-uuid")),
+        ("sid", json!(42)),
+        ("typ", json!(["access"])),
+        ("iat", json!("yesterday")),
+        ("nbf", json!("now")),
+        ("exp", json!(format!("{}", now + 600))),
+        ("exp", json!(-1)),
+        ("jti", json!(null)),
+    ] {
+        tokens.push((format!("{claim} = {bad}"), hs256(&with(claim, bad))));
+    }
+    tokens
+}
+
+async fn forged_and_bent_tokens_are_401_on_rest(app: TestApp) {
+    let u = app.user("yuri").await;
+    let control = forge(
+        &claims_for(&u, 600),
+        TEST_SECRET.as_bytes(),
+        Algorithm::HS256,
+    );
+    assert_eq!(
+        app.get("/api/me", Some(&control)).await.status(),
+        200,
+        "control"
+    );
+    for (what, token) in attack_tokens(&u) {
+        let r = app.get("/api/me", Some(&token)).await;
+        assert_eq!(error_code(r).await, (401, "unauthorized".into()), "{what}");
+    }
+}
+
+async fn forged_and_bent_tokens_are_invalid_token_and_4401_on_ws(app: TestApp) {
+    let u = app.user("zoe").await;
+    for (what, token) in attack_tokens(&u) {
+        let mut c = app.ws_raw().await;
+        c.send(json!({"type": "hello", "token": token})).await;
+        let e = c.expect("error").await;
+        assert_eq!(e["code"], "invalid_token", "{what}: {e}");
+        assert_eq!(c.closed().await, Closed::Code(4401), "{what}");
+    }
+}
+
 async fn refresh_rotates_and_keeps_the_session(app: TestApp) {
     let u = app.user("judy").await;
     let r = app.refresh(&u.refresh).await;
@@ -585,6 +706,8 @@ db_tests!(
     logout_revokes_the_session,
     secrets_never_reach_the_logs,
     json_routes_refuse_bodies_not_declared_json,
+    forged_and_bent_tokens_are_401_on_rest,
+    forged_and_bent_tokens_are_invalid_token_and_4401_on_ws,
 );
 
 db_tests_with!(
