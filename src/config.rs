@@ -298,6 +298,9 @@ fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     })
 }
 
+/// Longest configurable deadline or lock-out, in seconds (one day).
+pub const MAX_DEADLINE_SECS: u64 = 86_400;
+
 /// Why the settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -377,16 +380,26 @@ impl Settings {
                 crate::auth::jwt::MIN_SECRET_BYTES
             )));
         }
-        let server = &self.server;
-        if server.header_read_timeout_secs == 0
-            || server.idle_timeout_secs == 0
-            || server.body_read_timeout_secs == 0
-        {
-            return Err(ConfigError::Rule(
-                "server.header_read_timeout_secs, idle_timeout_secs and body_read_timeout_secs \
-                 must be positive"
-                    .into(),
-            ));
+        // Deadlines are added to the clock; a day bounds them far from overflow and far beyond
+        // any sensible value.
+        let (server, throttle) = (&self.server, &self.auth.throttle);
+        for (key, secs) in [
+            (
+                "server.header_read_timeout_secs",
+                server.header_read_timeout_secs,
+            ),
+            ("server.idle_timeout_secs", server.idle_timeout_secs),
+            (
+                "server.body_read_timeout_secs",
+                server.body_read_timeout_secs,
+            ),
+            ("auth.throttle.max_delay_secs", throttle.max_delay_secs),
+        ] {
+            if !(1..=MAX_DEADLINE_SECS).contains(&secs) {
+                return Err(ConfigError::Rule(format!(
+                    "{key} is {secs}; it must be between 1 and {MAX_DEADLINE_SECS}"
+                )));
+            }
         }
         if self.ws.max_message_bytes < 1024 {
             return Err(ConfigError::Rule(
@@ -475,6 +488,19 @@ mod tests {
             Settings::defaults().merge(("auth.jwt_secret", "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t!"));
         let s = Settings::from_figment(f).expect("valid");
         assert!(!format!("{s:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn deadlines_must_be_positive_and_at_most_a_day() {
+        for (key, secs) in [
+            ("server.idle_timeout_secs", 0u64),
+            ("server.header_read_timeout_secs", u64::MAX),
+            ("auth.throttle.max_delay_secs", MAX_DEADLINE_SECS + 1),
+        ] {
+            let f = Settings::defaults().merge((key, secs));
+            let err = Settings::from_figment(f).expect_err(key);
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]
