@@ -65,7 +65,7 @@ fn prepare_sqlite_path(url: &str) -> std::io::Result<()> {
         file.push(suffix);
         let file = Path::new(&file);
         if file.exists() {
-            set_mode(file, 0o600)?;
+            set_private_file_mode(file)?;
         }
     }
     Ok(())
@@ -80,6 +80,11 @@ fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
     Ok(())
+}
+
+/// Narrows a file to mode 0600 (owner read/write only).
+pub fn set_private_file_mode(path: &Path) -> std::io::Result<()> {
+    set_mode(path, 0o600)
 }
 
 /// Creates a directory readable only by the server's user (it will hold password hashes and
