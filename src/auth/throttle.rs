@@ -209,6 +209,30 @@ impl LoginThrottle {
 }
 
 impl LoginAttempt<'_> {
+    /// Gives this attempt back to the address and account counters (and to the pair counter
+    /// too when `pair` is set), lifting a lock it caused.
+    fn give_back(&self, map: &mut HashMap<Key, Entry>, pair: bool) {
+        let s = &self.throttle.settings;
+        let mut keys = vec![(Key::Address(self.address), s.address_free_failures)];
+        if self.counted_for_account {
+            keys.push((Key::Account(self.account), s.account_global_free_failures));
+        }
+        if pair {
+            keys.push((
+                Key::AccountFromAddress(self.account, self.address),
+                s.account_free_failures,
+            ));
+        }
+        for (key, free) in keys {
+            if let Some(e) = map.get_mut(&key) {
+                e.failures = e.failures.saturating_sub(1);
+                if e.failures <= free {
+                    e.locked_until = None;
+                }
+            }
+        }
+    }
+
     /// The password was right: the account's count from this address is cleared, this
     /// attempt is given back to the other counters, and the address becomes known for the
     /// account.
@@ -217,21 +241,7 @@ impl LoginAttempt<'_> {
         let now = Instant::now();
         let mut map = t.lock();
         map.remove(&Key::AccountFromAddress(self.account, self.address));
-        let mut give_back = vec![(Key::Address(self.address), t.settings.address_free_failures)];
-        if self.counted_for_account {
-            give_back.push((
-                Key::Account(self.account),
-                t.settings.account_global_free_failures,
-            ));
-        }
-        for (key, free) in give_back {
-            if let Some(e) = map.get_mut(&key) {
-                e.failures = e.failures.saturating_sub(1);
-                if e.failures <= free {
-                    e.locked_until = None;
-                }
-            }
-        }
+        self.give_back(&mut map, false);
         let known = Key::Known(self.account, self.address);
         if map.contains_key(&known) || t.make_room(&mut map, 1, now) {
             map.insert(
@@ -243,6 +253,14 @@ impl LoginAttempt<'_> {
                 },
             );
         }
+    }
+
+    /// The password was never checked (hashing saturated, database unreachable): no guess was
+    /// made, so the attempt is given back everywhere. Only for failures before the verdict —
+    /// a cancelled request may have been checked and stays counted.
+    pub fn not_checked(self) {
+        let mut map = self.throttle.lock();
+        self.give_back(&mut map, true);
     }
 }
 
@@ -305,6 +323,15 @@ mod tests {
         t.begin("alice", a).expect("third").succeeded();
         for _ in 0..3 {
             fail(&t, "alice", a).expect("count starts again");
+        }
+    }
+
+    #[test]
+    fn an_attempt_never_checked_is_given_back() {
+        let t = LoginThrottle::new(settings());
+        let a = ip("10.0.0.1");
+        for _ in 0..10 {
+            t.begin("alice", a).expect("never locked").not_checked();
         }
     }
 

@@ -415,6 +415,15 @@ async fn json_routes_refuse_bodies_not_declared_json(app: TestApp) {
     assert_eq!(r.status(), 200);
 }
 
+async fn logins_refused_for_load_do_not_count_against_the_account(app: TestApp) {
+    app.register("uma").await;
+    // No hashing slot can be waited for: every login is 503 before its password is checked.
+    for _ in 0..10 {
+        let status = login_from(&app, "127.0.0.1", "uma", "wrong password!").await;
+        assert_eq!(status, 503, "never 429: no guess was made");
+    }
+}
+
 fn forge(claims: &Value, key: &[u8], alg: Algorithm) -> String {
     jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(key)).unwrap()
 }
@@ -738,6 +747,11 @@ db_tests_with!(
         .merge(("auth.max_concurrent_registration_hashes", 1))
         .merge(("auth.max_queued_registration_hashes", 2));
     a_registration_flood_does_not_starve_logins,
+);
+
+db_tests_with!(
+    |f| f.merge(("auth.max_queued_hashes", 0));
+    logins_refused_for_load_do_not_count_against_the_account,
 );
 
 db_tests_with!(

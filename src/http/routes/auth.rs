@@ -100,16 +100,25 @@ pub async fn login(
         })?;
     // An invalid name cannot exist, but it must cost and answer like a wrong password.
     let user = match Username::parse(&body.username) {
-        Ok(name) => store::users::find_by_username(&state.db, &name).await?,
-        Err(_) => None,
+        Ok(name) => store::users::find_by_username(&state.db, &name).await,
+        Err(_) => Ok(None),
     };
-    let verified = state
-        .hasher
-        .verify(
-            body.password,
-            user.as_ref().map(|u| u.password_hash.clone()),
-        )
-        .await?;
+    let user = match user {
+        Ok(user) => user,
+        Err(e) => {
+            attempt.not_checked();
+            return Err(e.into());
+        }
+    };
+    let phc = user.as_ref().map(|u| u.password_hash.clone());
+    let verified = match state.hasher.verify(body.password, phc).await {
+        Ok(verified) => verified,
+        Err(e) => {
+            // 503 before any verification: no guess was made.
+            attempt.not_checked();
+            return Err(e.into());
+        }
+    };
     let Some(user) = user.filter(|_| verified) else {
         // The attempt stays counted.
         state.metrics.login_failures.inc();
