@@ -171,7 +171,8 @@ impl AddressSlots {
     }
 
     /// Open connections counted for `ip`'s address.
-    pub fn held(&self, ip: IpAddr) -> usize {
+    #[cfg(test)]
+    fn held(&self, ip: IpAddr) -> usize {
         self.lock().get(&address_key(ip)).copied().unwrap_or(0)
     }
 }
