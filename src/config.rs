@@ -84,10 +84,17 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     /// This instance's stable name (crash recovery scope).
     pub instance_id: String,
-    /// Header read timeout in seconds.
+    /// Seconds from accept to a complete first request head (any protocol), and for every
+    /// HTTP/1 request head.
     pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in progress (keep-alive idle).
+    pub idle_timeout_secs: u64,
+    /// Seconds a request body may take to arrive in full.
+    pub body_read_timeout_secs: u64,
     /// Concurrent TCP connections accepted.
     pub max_tcp_connections: usize,
+    /// Concurrent TCP connections from one address (IPv4, or IPv6 /64); 0 = no cap.
+    pub max_connections_per_address: usize,
     /// Trust `X-Forwarded-For`/`X-Forwarded-Proto`.
     pub trust_forwarded_for: bool,
     /// Drain deadline at shutdown, in seconds.
@@ -120,27 +127,40 @@ pub struct AuthSettings {
     pub issuer: String,
     /// `aud` claim.
     pub audience: String,
-    /// Concurrent argon2 computations (0 = CPUs).
+    /// Concurrent argon2 login verifications (0 = CPUs).
     pub max_concurrent_hashes: usize,
-    /// Waiting argon2 computations before 503.
+    /// Login verifications waiting for a slot before 503.
     pub max_queued_hashes: usize,
+    /// Concurrent argon2 hashes for registrations, a lane of their own (0 = CPUs).
+    pub max_concurrent_registration_hashes: usize,
+    /// Registration hashes waiting for a slot before 503.
+    pub max_queued_registration_hashes: usize,
+    /// Registrations per client address (IPv4, or IPv6 /64) per hour; also the burst.
+    pub register_per_address_per_hour: u32,
+    /// Most addresses tracked by the registration limit (memory bound).
+    pub register_max_tracked_addresses: usize,
     /// `[auth.throttle]`
     pub throttle: ThrottleSettings,
 }
 
-/// `[auth.throttle]`: login throttling.
+/// `[auth.throttle]`: login throttling (see [`crate::auth::throttle`] and `docs/security.md`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ThrottleSettings {
-    /// Free failures per account.
+    /// Free failures for one account from one address.
     pub account_free_failures: u32,
-    /// Free failures per client address.
+    /// Free failures per client address (IPv4, or IPv6 /64), all accounts together.
     pub address_free_failures: u32,
+    /// Free failures for one account from all addresses together, except addresses it logged
+    /// in from before.
+    pub account_global_free_failures: u32,
     /// First delay in seconds (doubles after).
     pub base_delay_secs: u64,
     /// Longest delay in seconds.
     pub max_delay_secs: u64,
     /// Failure memory in seconds.
     pub window_secs: u64,
+    /// Seconds an address stays known for an account after a successful login.
+    pub known_address_secs: u64,
     /// Most tracked keys.
     pub max_entries: usize,
 }
@@ -299,6 +319,9 @@ fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     })
 }
 
+/// Longest configurable deadline or lock-out, in seconds (one day).
+pub const MAX_DEADLINE_SECS: u64 = 86_400;
+
 /// Why the settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -308,6 +331,28 @@ pub enum ConfigError {
     /// A value is out of its allowed range.
     #[error("invalid configuration: {0}")]
     Rule(String),
+}
+
+/// Reads `dir/.env`, if present, into the process environment without overriding variables
+/// already set. Only that directory: never a parent (contract §4, "a `.env` file in the working
+/// directory"), so a `.env` left anywhere above the working directory cannot inject settings.
+/// `Ok(false)` when there is none; an unreadable or malformed file is an error whose message
+/// never quotes the file's lines (they may hold secrets).
+pub fn load_dotenv(dir: &Path) -> Result<bool, ConfigError> {
+    let path = dir.join(".env");
+    if !path.is_file() {
+        return Ok(false);
+    }
+    dotenvy::from_path(&path).map_err(|e| {
+        let why = match e {
+            dotenvy::Error::LineParse(_, at) => format!("syntax error at character {at} of a line"),
+            dotenvy::Error::Io(e) => e.to_string(),
+            dotenvy::Error::EnvVar(e) => e.to_string(),
+            _ => "unreadable".to_owned(),
+        };
+        ConfigError::Rule(format!("{}: {why}", path.display()))
+    })?;
+    Ok(true)
 }
 
 impl Settings {
@@ -355,6 +400,27 @@ impl Settings {
                 secret.expose().len(),
                 crate::auth::jwt::MIN_SECRET_BYTES
             )));
+        }
+        // Deadlines are added to the clock; a day bounds them far from overflow and far beyond
+        // any sensible value.
+        let (server, throttle) = (&self.server, &self.auth.throttle);
+        for (key, secs) in [
+            (
+                "server.header_read_timeout_secs",
+                server.header_read_timeout_secs,
+            ),
+            ("server.idle_timeout_secs", server.idle_timeout_secs),
+            (
+                "server.body_read_timeout_secs",
+                server.body_read_timeout_secs,
+            ),
+            ("auth.throttle.max_delay_secs", throttle.max_delay_secs),
+        ] {
+            if !(1..=MAX_DEADLINE_SECS).contains(&secs) {
+                return Err(ConfigError::Rule(format!(
+                    "{key} is {secs}; it must be between 1 and {MAX_DEADLINE_SECS}"
+                )));
+            }
         }
         if self.ws.max_message_bytes < 1024 {
             return Err(ConfigError::Rule(
@@ -456,6 +522,19 @@ mod tests {
     }
 
     #[test]
+    fn deadlines_must_be_positive_and_at_most_a_day() {
+        for (key, secs) in [
+            ("server.idle_timeout_secs", 0u64),
+            ("server.header_read_timeout_secs", u64::MAX),
+            ("auth.throttle.max_delay_secs", MAX_DEADLINE_SECS + 1),
+        ] {
+            let f = Settings::defaults().merge((key, secs));
+            let err = Settings::from_figment(f).expect_err(key);
+            assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
     fn csv_origins_from_env_style_string() {
         let f = Settings::defaults().merge((
             "server.allowed_origins",
@@ -466,6 +545,39 @@ mod tests {
             s.server.allowed_origins,
             ["https://a.example", "https://b.example"]
         );
+    }
+
+    #[test]
+    fn dotenv_is_read_from_the_given_directory_only() {
+        let parent = tempfile::tempdir().expect("temp dir");
+        let child = parent.path().join("work");
+        std::fs::create_dir(&child).expect("child dir");
+        std::fs::write(
+            parent.path().join(".env"),
+            "CALLSIGNAL_TEST_DOTENV_PARENT=injected\n",
+        )
+        .expect("parent .env");
+        assert!(!load_dotenv(&child).expect("no .env is fine"));
+        assert!(std::env::var_os("CALLSIGNAL_TEST_DOTENV_PARENT").is_none());
+        std::fs::write(child.join(".env"), "CALLSIGNAL_TEST_DOTENV_CHILD=read\n")
+            .expect("child .env");
+        assert!(load_dotenv(&child).expect("read"));
+        assert_eq!(
+            std::env::var("CALLSIGNAL_TEST_DOTENV_CHILD").as_deref(),
+            Ok("read")
+        );
+    }
+
+    #[test]
+    fn a_malformed_dotenv_is_an_error_that_does_not_quote_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join(".env"),
+            "SECRET value-hunter2 'unterminated\n",
+        )
+        .expect(".env");
+        let err = load_dotenv(dir.path()).expect_err("malformed");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `callsignal` binary: `serve` (default) runs the server; `migrate up|down [N|all]|status`
 //! manages the schema. `--config PATH` (or `CALLSIGNAL_CONFIG`) names an extra config file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use callsignal::config::Settings;
@@ -36,7 +36,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let _ = dotenvy::dotenv();
+    callsignal::config::load_dotenv(Path::new(".")).context("reading .env")?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut config = None;
     if let Some(i) = args.iter().position(|a| a == "--config") {

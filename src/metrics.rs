@@ -56,13 +56,15 @@ pub struct Metrics {
     pub signal_rows_skipped: Metric,
     /// Actor failures seen by supervisors.
     pub actor_failures: Metric,
+    /// TCP connections closed at once because their address held its share of the slots.
+    pub connections_refused: Metric,
 }
 
 impl Metrics {
     /// Prometheus text exposition.
     pub fn render(&self, backlog: usize) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, i64); 16] = [
+        let rows: [(&str, &str, &str, i64); 17] = [
             (
                 "callsignal_http_requests_total",
                 "counter",
@@ -152,6 +154,12 @@ impl Metrics {
                 "counter",
                 "Actor failures",
                 self.actor_failures.get(),
+            ),
+            (
+                "callsignal_connections_refused_total",
+                "counter",
+                "TCP connections refused by the per-address cap",
+                self.connections_refused.get(),
             ),
             (
                 "callsignal_persistence_backlog",

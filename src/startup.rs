@@ -15,9 +15,10 @@ use tokio::sync::watch;
 
 use crate::actors::root::{Root, RootArgs};
 use crate::actors::{ActorSystem, PersistenceHandle};
-use crate::auth::hashing::PasswordHasher;
+use crate::auth::hashing::{LaneLimits, PasswordHasher};
 use crate::auth::jwt::TokenIssuer;
 use crate::auth::refresh::RefreshTokens;
+use crate::auth::register_limit::RegistrationLimit;
 use crate::auth::secret;
 use crate::auth::throttle::LoginThrottle;
 use crate::config::Settings;
@@ -38,6 +39,10 @@ impl App {
     /// and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
+        if settings.server.data_dir.exists() {
+            // It may hold the SQLite database and the generated key: not for other users.
+            store::ensure_private_dir(&settings.server.data_dir)?;
+        }
         let db = store::connect(&settings.database).await?;
         if settings.database.migrate_on_start {
             Migrator::up(&db, None).await?;
@@ -78,11 +83,21 @@ impl App {
             tokens: TokenIssuer::new(&key, &settings.auth),
             refresh: RefreshTokens::new(&key),
             hasher: PasswordHasher::new(
-                settings.auth.max_concurrent_hashes,
-                settings.auth.max_queued_hashes,
+                LaneLimits {
+                    concurrent: settings.auth.max_concurrent_hashes,
+                    queued: settings.auth.max_queued_hashes,
+                },
+                LaneLimits {
+                    concurrent: settings.auth.max_concurrent_registration_hashes,
+                    queued: settings.auth.max_queued_registration_hashes,
+                },
                 metrics.clone(),
             ),
             throttle: LoginThrottle::new(settings.auth.throttle.clone()),
+            registrations: RegistrationLimit::new(
+                settings.auth.register_per_address_per_hour,
+                settings.auth.register_max_tracked_addresses,
+            ),
             actors: ActorSystem {
                 system_id,
                 root,

@@ -10,6 +10,7 @@ use crate::actors::ActorSystem;
 use crate::auth::hashing::PasswordHasher;
 use crate::auth::jwt::TokenIssuer;
 use crate::auth::refresh::RefreshTokens;
+use crate::auth::register_limit::RegistrationLimit;
 use crate::auth::throttle::LoginThrottle;
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     /// Login throttle.
     pub throttle: LoginThrottle,
+    /// Registration rate limit per address.
+    pub registrations: RegistrationLimit,
     /// The actor tree.
     pub actors: ActorSystem,
     /// Metrics.

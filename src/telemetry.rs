@@ -1,21 +1,77 @@
 //! Logging through `tracing`: `pretty` or `json` on stdout, filtered by `RUST_LOG`
 //! (default `info,ractor=warn`: ractor's per-actor spans would cost memory on every idle
-//! connection and say nothing our own supervision events do not). Secrets never reach a log line: they are typed [`crate::config::Secret`]
-//! and tokens/passwords are never passed to a log macro.
+//! connection and say nothing our own supervision events do not).
+//!
+//! No level may print a secret. Our own code never passes tokens, passwords, SDP or candidates
+//! to a log macro, and secrets in settings are typed [`crate::config::Secret`]. Dependencies
+//! are another matter: at debug/trace, tungstenite logs every WebSocket frame (`hello` with its
+//! access token, `welcome` with the resume token and TURN credentials, SDP, candidates), h2
+//! logs frames, sqlx and SeaORM log statements. So those targets are capped ([`CAPPED_TARGETS`])
+//! after `RUST_LOG` is applied: no directive, however specific, raises them.
 
-use tracing_subscriber::EnvFilter;
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, fmt};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber.
+/// The filter when `RUST_LOG` is unset.
+const DEFAULT_FILTER: &str = "info,ractor=warn";
+
+/// Dependency targets (and their sub-modules) that log message payloads below these levels,
+/// found by reading their sources: tungstenite `trace!("received frame {frame}")` and
+/// `Received message {message}`; h2 `debug!(?frame, "received")`; hyper/hyper-util frame and
+/// buffer traces; sqlx/SeaORM statements; ractor message dumps in its factory traces.
+pub const CAPPED_TARGETS: &[(&str, Level)] = &[
+    ("tungstenite", Level::INFO),
+    ("tokio_tungstenite", Level::INFO),
+    ("hyper", Level::INFO),
+    ("hyper_util", Level::INFO),
+    ("h2", Level::INFO),
+    ("sqlx", Level::WARN),
+    ("sea_orm", Level::INFO),
+    ("ractor", Level::INFO),
+];
+
+/// The most verbose level `target` may log at, if it is capped.
+pub fn cap_for(target: &str) -> Option<Level> {
+    CAPPED_TARGETS.iter().find_map(|(prefix, level)| {
+        let inside = target
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"));
+        inside.then_some(*level)
+    })
+}
+
+/// Whether an event or span passes the caps (`Level` orders TRACE as the greatest).
+fn within_cap(meta: &Metadata<'_>) -> bool {
+    cap_for(meta.target()).is_none_or(|cap| *meta.level() <= cap)
+}
+
+/// Installs the global subscriber: `RUST_LOG` (or the default), then the caps.
 pub fn init(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ractor=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.try_init(),
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = env.and(filter_fn(within_cap));
+    let layer = fmt::layer().with_target(true);
+    let layer = match format {
+        LogFormat::Json => layer.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Pretty => layer.with_filter(filter).boxed(),
     };
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_logging_dependencies_are_capped_with_their_submodules() {
+        assert_eq!(cap_for("tungstenite::protocol::frame"), Some(Level::INFO));
+        assert_eq!(cap_for("h2"), Some(Level::INFO));
+        assert_eq!(cap_for("sqlx::query"), Some(Level::WARN));
+        assert_eq!(cap_for("h2x"), None, "a prefix of a name is not its module");
+        assert_eq!(cap_for("callsignal::http"), None);
+    }
 }

@@ -1,6 +1,8 @@
-//! Argon2id password hashing, run on the blocking pool behind a bound: at most
-//! `max_concurrent_hashes` computations at once and `max_queued_hashes` waiting, so a login
-//! storm costs a bounded amount of memory and never stalls the async workers.
+//! Argon2id password hashing, run on the blocking pool behind bounds. Logins (verifications) and
+//! registrations (new hashes) have separate lanes, each with its own concurrency and its own
+//! waiting queue: a registration flood fills only its own lane (503 `server_busy` there) and
+//! can never starve logins. Each lane costs a bounded amount of memory (~19 MiB per running
+//! hash) and never stalls the async workers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,12 +28,67 @@ pub enum HashError {
     Internal(String),
 }
 
-/// Bounded argon2id hasher shared by the HTTP handlers.
+/// Concurrency and queue bound of one lane.
+#[derive(Debug, Clone, Copy)]
+pub struct LaneLimits {
+    /// Hashes computed at once; 0 = the number of CPUs.
+    pub concurrent: usize,
+    /// Requests allowed to wait for a slot; beyond that, [`HashError::Busy`].
+    pub queued: usize,
+}
+
+/// One bounded lane: a semaphore of running hashes and a count of waiting ones.
 #[derive(Clone)]
-pub struct PasswordHasher {
+struct Lane {
     slots: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     max_waiting: usize,
+}
+
+impl Lane {
+    fn new(limits: LaneLimits) -> Self {
+        let n = if limits.concurrent == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        } else {
+            limits.concurrent
+        };
+        Self {
+            slots: Arc::new(Semaphore::new(n)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_waiting: limits.queued,
+        }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(HashError::Busy);
+        }
+        let permit = self.slots.clone().acquire_owned().await;
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        let permit = permit.map_err(|e| HashError::Internal(e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .map_err(|e| HashError::Internal(e.to_string()))
+    }
+}
+
+/// Bounded argon2id hasher shared by the HTTP handlers.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    /// Login verifications (`auth.max_concurrent_hashes`, `auth.max_queued_hashes`).
+    login: Lane,
+    /// New hashes at registration (`auth.max_concurrent_registration_hashes`,
+    /// `auth.max_queued_registration_hashes`).
+    register: Lane,
     /// Hash of a random password, verified against for unknown usernames so that they cost
     /// exactly what a wrong password costs.
     dummy_hash: Arc<str>,
@@ -65,19 +122,12 @@ fn verify_blocking(password: &str, phc: &str) -> bool {
 }
 
 impl PasswordHasher {
-    /// `concurrency` 0 means the number of CPUs.
+    /// A hasher with separate `login` and `register` lanes.
     pub fn new(
-        concurrency: usize,
-        max_waiting: usize,
+        login: LaneLimits,
+        register: LaneLimits,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
-        let n = if concurrency == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        } else {
-            concurrency
-        };
         let mut random = [0u8; 32];
         rand::rng().fill_bytes(&mut random);
         let dummy = hash_blocking(&base64::Engine::encode(
@@ -86,45 +136,26 @@ impl PasswordHasher {
         ))
         .unwrap_or_default();
         Self {
-            slots: Arc::new(Semaphore::new(n)),
-            waiting: Arc::new(AtomicUsize::new(0)),
-            max_waiting,
+            login: Lane::new(login),
+            register: Lane::new(register),
             dummy_hash: dummy.into(),
             metrics,
         }
     }
 
-    async fn run<T: Send + 'static>(
-        &self,
-        work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, HashError> {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(HashError::Busy);
-        }
-        let permit = self.slots.clone().acquire_owned().await;
-        self.waiting.fetch_sub(1, Ordering::AcqRel);
-        let permit = permit.map_err(|e| HashError::Internal(e.to_string()))?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work()
-        })
-        .await
-        .map_err(|e| HashError::Internal(e.to_string()))
-    }
-
-    /// Hashes a new password into an argon2id PHC string.
+    /// Hashes a new password into an argon2id PHC string (registration lane).
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
-        self.run(move || hash_blocking(&password)).await?
+        self.register.run(move || hash_blocking(&password)).await?
     }
 
     /// Verifies `password` against `phc`, or against the dummy hash when `phc` is `None`
-    /// (unknown user): same work, always `false`.
+    /// (unknown user): same work, always `false` (login lane).
     pub async fn verify(&self, password: String, phc: Option<String>) -> Result<bool, HashError> {
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy_hash.to_string());
         let metrics = self.metrics.clone();
         let ok = self
+            .login
             .run(move || {
                 let ok = verify_blocking(&password, &phc);
                 metrics.password_verifications.inc();
@@ -142,7 +173,11 @@ mod tests {
     #[tokio::test]
     async fn hashes_are_argon2id_with_owasp_params_and_verify() {
         let metrics = Arc::new(crate::metrics::Metrics::default());
-        let h = PasswordHasher::new(1, 4, metrics.clone());
+        let lane = LaneLimits {
+            concurrent: 1,
+            queued: 4,
+        };
+        let h = PasswordHasher::new(lane, lane, metrics.clone());
         let phc = h.hash("correct horse battery".into()).await.expect("hash");
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
         assert!(
@@ -161,5 +196,35 @@ mod tests {
             3,
             "an unknown user costs one verification too"
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_registration_lane_leaves_logins_alone() {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let one = LaneLimits {
+            concurrent: 1,
+            queued: 1,
+        };
+        let h = PasswordHasher::new(one, one, metrics);
+        // Saturate the registration lane: one running, one waiting, the rest refused.
+        let hashes: Vec<_> = (0..4)
+            .map(|i| {
+                let h = h.clone();
+                tokio::spawn(async move { h.hash(format!("password number {i}")).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert!(
+            !h.verify("anything at all".into(), None)
+                .await
+                .expect("login lane is free"),
+            "verified (and refused) instead of 503"
+        );
+        let busy = futures_util::future::join_all(hashes)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(Err(HashError::Busy))))
+            .count();
+        assert!(busy >= 1, "the registration lane was saturated");
     }
 }

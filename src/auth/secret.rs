@@ -14,7 +14,8 @@ const SECRET_FILE: &str = "jwt_secret";
 /// Bytes of a generated key (256 bits).
 const GENERATED_BYTES: usize = 48;
 
-/// Returns the configured key, or loads/generates the one in `data_dir`.
+/// Returns the configured key, or loads/generates the one in `data_dir` (the file is kept, or
+/// narrowed to, mode 0600).
 pub fn load_or_generate(configured: Option<&Secret>, data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     if let Some(secret) = configured {
         return Ok(secret.expose().as_bytes().to_vec());
@@ -28,11 +29,11 @@ pub fn load_or_generate(configured: Option<&Secret>, data_dir: &Path) -> anyhow:
             path.display(),
             super::jwt::MIN_SECRET_BYTES
         );
+        // A key copied in with the umask's mode would be readable by other users.
+        crate::store::set_private_file_mode(&path)?;
         return Ok(key);
     }
-    if !data_dir.exists() {
-        crate::store::create_private_dir(data_dir)?;
-    }
+    crate::store::ensure_private_dir(data_dir)?;
     let mut key = vec![0u8; GENERATED_BYTES];
     rand::rng().fill_bytes(&mut key);
     let mut options = std::fs::OpenOptions::new();
@@ -46,4 +47,23 @@ pub fn load_or_generate(configured: Option<&Secret>, data_dir: &Path) -> anyhow:
          set auth.jwt_secret to share one key between instances"
     );
     Ok(key)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn an_existing_key_readable_by_others_is_narrowed_to_0600() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join(SECRET_FILE);
+        std::fs::write(&path, [7u8; 48]).expect("key");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let key = load_or_generate(None, dir.path()).expect("loads");
+        assert_eq!(key, [7u8; 48]);
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 }

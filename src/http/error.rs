@@ -26,8 +26,8 @@ pub enum ApiError {
     /// Unknown user or wrong password (indistinguishable on purpose).
     #[error("invalid username or password")]
     InvalidCredentials,
-    /// Login throttled.
-    #[error("too many failed attempts; retry later")]
+    /// Login throttled, or registrations from this address over their hourly limit.
+    #[error("too many attempts; retry later")]
     TooManyAttempts(Duration),
     /// Refresh token unknown, spent, or its session is over.
     #[error("invalid refresh token")]
@@ -41,6 +41,12 @@ pub enum ApiError {
     /// Request body over the limit.
     #[error("request body is larger than 16 KiB")]
     BodyTooLarge,
+    /// A JSON route got a body not declared `application/json` (RFC 9110 §15.5.16).
+    #[error("the request body must be application/json")]
+    UnsupportedMediaType,
+    /// The request body did not arrive within `server.body_read_timeout_secs` (RFC 9110 §15.5.9).
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     /// Refused by policy (e.g. origin, metrics address).
     #[error("{0}")]
     Forbidden(&'static str),
@@ -72,6 +78,10 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Self::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::ServerBusy(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_busy"),
@@ -115,7 +125,7 @@ impl From<crate::auth::hashing::HashError> for ApiError {
     fn from(e: crate::auth::hashing::HashError) -> Self {
         match e {
             crate::auth::hashing::HashError::Busy => {
-                Self::ServerBusy("too many logins in progress; retry shortly")
+                Self::ServerBusy("too many password checks in progress; retry shortly")
             }
             crate::auth::hashing::HashError::Internal(msg) => {
                 tracing::error!(error = %msg, "password hashing failed");

@@ -1,7 +1,9 @@
-//! The HTTP server: accepts TCP connections, serves HTTP/1.1 and HTTP/2 through hyper-util with
-//! a header-read timeout, and routes requests to [`routes`]. `/ws` upgrades to the signaling
-//! protocol (see [`crate::ws`]).
+//! The HTTP server: accepts TCP connections (at most `server.max_tcp_connections`, at most
+//! `server.max_connections_per_address` from one address), serves HTTP/1.1 and HTTP/2 through
+//! hyper-util with a deadline at every stage of a connection (see [`connection`]), and routes
+//! requests to [`routes`]. `/ws` upgrades to the signaling protocol (see [`crate::ws`]).
 
+pub mod connection;
 pub mod error;
 pub mod request;
 pub mod response;
@@ -20,6 +22,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use self::connection::{Activity, AddressSlots, CLOSE_GRACE, Deadlines};
 use self::error::ApiError;
 use self::response::{HttpResponse, add_common_headers};
 use crate::state::AppState;
@@ -31,10 +34,16 @@ pub async fn serve(
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let header_timeout = Duration::from_secs(state.settings.server.header_read_timeout_secs.max(1));
+    let server = &state.settings.server;
+    let header_timeout = Duration::from_secs(server.header_read_timeout_secs.max(1));
+    let deadlines = Deadlines {
+        first_request: header_timeout,
+        idle: Duration::from_secs(server.idle_timeout_secs.max(1)),
+    };
     let slots = Arc::new(tokio::sync::Semaphore::new(
-        state.settings.server.max_tcp_connections.max(1),
+        server.max_tcp_connections.max(1),
     ));
+    let per_address = AddressSlots::new(server.max_connections_per_address);
     loop {
         // Wait for a free slot before accepting: excess clients wait in the kernel's backlog
         // instead of costing memory here.
@@ -57,11 +66,17 @@ pub async fn serve(
                 }
             },
         };
+        // One address may hold only its share of the slots; the rest stay free for others.
+        let Some(address_slot) = per_address.try_acquire(peer.ip()) else {
+            state.metrics.connections_refused.inc();
+            tracing::debug!(%peer, "connection refused: its address holds its share of the slots");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, address_slot);
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
@@ -76,9 +91,16 @@ pub async fn serve(
                 .keep_alive_interval(Some(Duration::from_secs(20)))
                 .keep_alive_timeout(Duration::from_secs(10))
                 .max_header_list_size(32 * 1024);
+            let activity = Arc::new(Activity::default());
+            let service_activity = activity.clone();
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req, peer).await) }
+                let request = service_activity.begin();
+                async move {
+                    let resp = handle(&state, req, peer).await;
+                    drop(request);
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::pin!(conn);
@@ -87,6 +109,12 @@ pub async fn serve(
                     if let Err(e) = res {
                         tracing::debug!(error = %e, %peer, "http connection ended with an error");
                     }
+                }
+                _ = activity.expired(deadlines) => {
+                    // Silent, slow or idle: say goodbye (HTTP/2 GOAWAY), then drop the socket.
+                    tracing::debug!(%peer, "closing a connection past its deadline");
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
                 }
                 _ = conn_shutdown.changed() => {
                     conn.as_mut().graceful_shutdown();
@@ -127,7 +155,7 @@ async fn route(
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method().clone();
     match (segments.as_slice(), &method) {
-        (["api", "auth", "register"], &Method::POST) => auth::register(state, req).await,
+        (["api", "auth", "register"], &Method::POST) => auth::register(state, req, client).await,
         (["api", "auth", "login"], &Method::POST) => auth::login(state, req, client).await,
         (["api", "auth", "refresh"], &Method::POST) => auth::refresh(state, req).await,
         (["api", "auth", "logout"], &Method::POST) => auth::logout(state, req).await,

@@ -23,9 +23,34 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// `last_seen_at` is written at most this often per session, to keep reads cheap.
 const TOUCH_EVERY_SECS: i64 = 60;
 
-/// Reads at most [`MAX_BODY_BYTES`] and parses JSON into `T`.
-pub async fn json_body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let bytes = read_body(req).await?;
+/// Whether the request declares a JSON body: `Content-Type: application/json`, with or without
+/// parameters such as `charset` (RFC 8259 §11, RFC 9110 §8.3.1: media types are
+/// case-insensitive). Requiring it keeps cross-site "simple requests" (`text/plain`, form types,
+/// which browsers send without a CORS preflight) out of every JSON route.
+pub fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Checks that the body is declared JSON, reads at most [`MAX_BODY_BYTES`] within
+/// `server.body_read_timeout_secs`, and parses it into `T`. Errors: 415
+/// `unsupported_media_type`, 413 `body_too_large`, 408 `request_timeout`, 400 `bad_request`.
+pub async fn json_body<T: DeserializeOwned>(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
+    if !is_json(req.headers()) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let deadline = std::time::Duration::from_secs(state.settings.server.body_read_timeout_secs);
+    // A body trickled byte by byte would otherwise hold the request (and its connection, which
+    // has no idle deadline while a request is in progress) forever.
+    let bytes = tokio::time::timeout(deadline, read_body(req))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)??;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("request body is not the expected JSON: {e}")))
 }
@@ -151,4 +176,30 @@ pub async fn authenticate(
             AuthFailure::SessionRevoked => ApiError::Unauthorized("session revoked or expired"),
             AuthFailure::Unavailable => ApiError::Unavailable,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_application_json_is_json() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(v));
+            is_json(&h)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        for other in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonx",
+            "text/json",
+        ] {
+            assert!(!with(other), "{other}");
+        }
+        assert!(!is_json(&HeaderMap::new()), "missing");
+    }
 }

@@ -32,8 +32,11 @@ fn classify(e: DbErr) -> StoreError {
     }
 }
 
-/// Creates the directory of a relative or absolute SQLite file path, so the embedded default
-/// works on a fresh machine.
+/// Makes the SQLite database private before it is opened: creates its directory (0700) if
+/// missing, creates the file 0600 when the URL may create it (`mode=rwc`) so that SQLite never
+/// creates it with the umask's mode, and narrows an existing file and its `-wal`, `-shm` and
+/// `-journal` companions to 0600 (SQLite creates those with the database file's mode). The
+/// database holds password hashes and session data.
 fn prepare_sqlite_path(url: &str) -> std::io::Result<()> {
     let Some(rest) = url
         .strip_prefix("sqlite://")
@@ -41,30 +44,129 @@ fn prepare_sqlite_path(url: &str) -> std::io::Result<()> {
     else {
         return Ok(());
     };
-    let path = rest.split('?').next().unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
         return Ok(());
     }
-    match Path::new(path).parent() {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => create_private_dir(dir),
-        _ => Ok(()),
+    let path = Path::new(path);
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => create_private_dir(dir)?,
+        _ => {}
     }
+    if !path.exists() && query.split('&').any(|p| p == "mode=rwc") {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        options.open(path)?;
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = Path::new(&file);
+        if file.exists() {
+            set_private_file_mode(file)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_path: &Path, _mode: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Narrows a file to mode 0600 (owner read/write only).
+pub fn set_private_file_mode(path: &Path) -> std::io::Result<()> {
+    set_mode(path, 0o600)
 }
 
 /// Creates a directory readable only by the server's user (it will hold password hashes and
 /// the signing key).
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
+    set_mode(dir, 0o700)
+}
+
+/// Makes the data directory (`server.data_dir`) private: creates it 0700, or narrows an
+/// existing one that group or others can access to 0700 — unless it is a shared directory with
+/// the sticky bit (such as `/tmp`), which is left alone with a warning.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        return create_private_dir(dir);
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        const STICKY: u32 = 0o1000;
+        if mode & 0o077 != 0 {
+            if mode & STICKY != 0 {
+                tracing::warn!(dir = %dir.display(), "the data directory is shared (sticky bit); \
+                    not narrowing it to 0700: point server.data_dir at a private directory");
+            } else {
+                set_mode(dir, 0o700)?;
+            }
+        }
     }
     Ok(())
 }
 
+/// `url` with its password (the `user:password@` part) replaced by `***`, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The authority ends at the first '/', '?' or '#'; userinfo is before its last '@'.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The password of a database URL, if it has one (to scrub it from any error text).
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    userinfo
+        .split_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty())
+}
+
+/// An error message about `url` with the URL redacted and its password scrubbed, wherever the
+/// driver put it.
+fn scrub(message: &str, url: &str) -> String {
+    let mut message = message.replace(url, &redact_url(url));
+    if let Some(password) = url_password(url) {
+        message = message.replace(password, "***");
+    }
+    message
+}
+
 /// Opens the pool. SQLite gets WAL and a busy timeout so readers and the writer coexist.
+/// Errors never contain the URL's password (drivers quote the whole URL, e.g. for an unknown
+/// scheme).
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {
+    let url = settings.url.expose();
+    open(settings)
+        .await
+        .map_err(|e| anyhow::anyhow!(scrub(&format!("{e:#}"), url)))
+}
+
+async fn open(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {
     let url = settings.url.expose();
     prepare_sqlite_path(url)?;
     let mut opts = ConnectOptions::new(url.to_owned());
@@ -88,5 +190,48 @@ pub async fn ping(db: &DatabaseConnection) -> Result<(), String> {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("database did not answer within 2 s".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn settings(url: &str) -> DatabaseSettings {
+        DatabaseSettings {
+            url: Secret::new(url),
+            max_connections: 1,
+            connect_timeout_secs: 1,
+            migrate_on_start: false,
+        }
+    }
+
+    #[test]
+    fn urls_are_redacted_to_user_and_host() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/calls?sslmode=require"),
+            "postgres://app:***@db:5432/calls?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/x.db?mode=rwc"),
+            "sqlite://data/x.db?mode=rwc"
+        );
+        assert_eq!(
+            redact_url("postgres://a:p@ss@db/x"),
+            "postgres://a:***@db/x"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_mistyped_scheme_does_not_print_the_password() {
+        for url in [
+            "postgress://app:hunter2-secret@127.0.0.1:1/calls",
+            "postgres://app:hunter2-secret@127.0.0.1:1/calls",
+        ] {
+            let err = connect(&settings(url)).await.expect_err("cannot connect");
+            let text = format!("{err:#} {err:?}");
+            assert!(!text.contains("hunter2-secret"), "{text}");
+        }
     }
 }

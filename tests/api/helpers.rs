@@ -175,7 +175,9 @@ pub async fn spawn_app_with(
         .merge(("database.url", db_url.clone()))
         .merge(("database.max_connections", 5))
         .merge(("auth.jwt_secret", TEST_SECRET))
-        .merge(("persistence.batch_interval_ms", 5));
+        .merge(("persistence.batch_interval_ms", 5))
+        // Tests register many users from 127.0.0.1; the limit itself is tested on its own.
+        .merge(("auth.register_per_address_per_hour", 1_000_000));
     let settings = Settings::from_figment(configure(figment)).expect("test settings");
     let db_url = settings.database.url.expose().to_owned();
     let app = App::build(settings).await.expect("server builds");

@@ -47,9 +47,18 @@ struct TokenResponse {
     user: UserRef,
 }
 
-/// `POST /api/auth/register`
-pub async fn register(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let body: Credentials = json_body(req).await?;
+/// `POST /api/auth/register`. Limited per client address before any other work (429
+/// `too_many_attempts`); hashes in the registration lane, which cannot starve logins.
+pub async fn register(
+    state: &AppState,
+    req: Request<Incoming>,
+    client: IpAddr,
+) -> Result<HttpResponse, ApiError> {
+    let body: Credentials = json_body(state, req).await?;
+    state
+        .registrations
+        .take(client)
+        .map_err(ApiError::TooManyAttempts)?;
     let username =
         Username::parse(&body.username).map_err(|e| ApiError::InvalidUsername(e.to_string()))?;
     let password =
@@ -80,29 +89,42 @@ pub async fn login(
     client: IpAddr,
 ) -> Result<HttpResponse, ApiError> {
     let ua = user_agent(req.headers()).map(str::to_owned);
-    let body: Credentials = json_body(req).await?;
-    if let Some(wait) = state.throttle.check(&body.username, client) {
-        state.metrics.login_throttled.inc();
-        return Err(ApiError::TooManyAttempts(wait));
-    }
+    let body: Credentials = json_body(state, req).await?;
+    // Counted before the expensive check, so parallel attempts cannot outrun the throttle.
+    let attempt = state
+        .throttle
+        .begin(&body.username, client)
+        .map_err(|wait| {
+            state.metrics.login_throttled.inc();
+            ApiError::TooManyAttempts(wait)
+        })?;
     // An invalid name cannot exist, but it must cost and answer like a wrong password.
     let user = match Username::parse(&body.username) {
-        Ok(name) => store::users::find_by_username(&state.db, &name).await?,
-        Err(_) => None,
+        Ok(name) => store::users::find_by_username(&state.db, &name).await,
+        Err(_) => Ok(None),
     };
-    let verified = state
-        .hasher
-        .verify(
-            body.password,
-            user.as_ref().map(|u| u.password_hash.clone()),
-        )
-        .await?;
+    let user = match user {
+        Ok(user) => user,
+        Err(e) => {
+            attempt.not_checked();
+            return Err(e.into());
+        }
+    };
+    let phc = user.as_ref().map(|u| u.password_hash.clone());
+    let verified = match state.hasher.verify(body.password, phc).await {
+        Ok(verified) => verified,
+        Err(e) => {
+            // 503 before any verification: no guess was made.
+            attempt.not_checked();
+            return Err(e.into());
+        }
+    };
     let Some(user) = user.filter(|_| verified) else {
-        state.throttle.record_failure(&body.username, client);
+        // The attempt stays counted.
         state.metrics.login_failures.inc();
         return Err(ApiError::InvalidCredentials);
     };
-    state.throttle.record_success(&body.username);
+    attempt.succeeded();
     let session_id = SessionId::new();
     let (refresh_token, refresh_hash) = state.refresh.mint(session_id);
     let ttl = chrono::Duration::seconds(state.settings.auth.session_ttl_secs as i64);
@@ -140,7 +162,7 @@ fn token_response(
 
 /// `POST /api/auth/refresh`
 pub async fn refresh(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let body: RefreshRequest = json_body(req).await?;
+    let body: RefreshRequest = json_body(state, req).await?;
     let presented = state
         .refresh
         .parse(&body.refresh_token)

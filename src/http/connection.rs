@@ -1,0 +1,279 @@
+//! Bounds on each TCP connection of the HTTP server: the deadlines a connection lives under from
+//! its first byte to its last idle moment, and the cap on connections held by one client address.
+//! Nothing here parses HTTP (hyper does); [`super::serve`] wires these around every connection.
+//!
+//! Why our own deadlines and not only hyper's: hyper's `header_read_timeout` starts only once
+//! the HTTP/1 parser runs, but the version detection in front of it (hyper-util's `auto`) waits
+//! for the first 24 bytes without any deadline, and an HTTP/2 connection with no streams lives
+//! as long as its peer answers pings. A connection that does nothing useful must still end.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::domain::address_key;
+
+/// How long a connection told to close (idle deadline, shutdown) may take to say goodbye —
+/// flush a response, send HTTP/2 GOAWAY — before its socket is simply dropped. Short, because
+/// a peer that does not read must not keep the slot.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The deadlines of one connection (from `[server]`, see `config/default.toml`).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// From accept to the first complete request head, whatever the protocol: a silent socket,
+    /// a trickled HTTP/1 head (slowloris) or an HTTP/2 preface with no stream all end here
+    /// (`server.header_read_timeout_secs`).
+    pub first_request: Duration,
+    /// No request in progress for this long after the last one finished: the connection is
+    /// closed (HTTP/1 keep-alive idle timeout; HTTP/2 GOAWAY) (`server.idle_timeout_secs`).
+    pub idle: Duration,
+}
+
+/// What one connection is doing, as seen by its service: requests in progress and when the last
+/// one finished. A std `Mutex` (not tokio's): each critical section is a few field updates with
+/// no `.await` inside.
+#[derive(Debug)]
+pub struct Activity {
+    opened: Instant,
+    state: Mutex<ActivityState>,
+    /// Woken whenever a request starts or ends, so the deadline is recomputed at once.
+    changed: Notify,
+}
+
+#[derive(Debug)]
+struct ActivityState {
+    in_flight: usize,
+    last_done: Option<Instant>,
+}
+
+/// Marks one request in progress; dropping it (the handler finished or was cancelled) records
+/// the end.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<Activity>);
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            opened: Instant::now(),
+            state: Mutex::new(ActivityState {
+                in_flight: 0,
+                last_done: None,
+            }),
+            changed: Notify::new(),
+        }
+    }
+}
+
+impl Activity {
+    fn lock(&self) -> MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request's head arrived and its handler starts.
+    pub fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.lock().in_flight += 1;
+        self.changed.notify_waiters();
+        RequestGuard(self.clone())
+    }
+
+    /// When the connection must close if nothing changes, or `None` while a request is in
+    /// progress (its body has its own deadline, `server.body_read_timeout_secs`).
+    pub fn deadline(&self, deadlines: Deadlines) -> Option<Instant> {
+        let s = self.lock();
+        if s.in_flight > 0 {
+            return None;
+        }
+        Some(match s.last_done {
+            None => self.opened + deadlines.first_request,
+            Some(done) => done + deadlines.idle,
+        })
+    }
+
+    /// Resolves once the connection has passed its deadline with no request in progress.
+    pub async fn expired(&self, deadlines: Deadlines) {
+        loop {
+            // Registered before reading the state, so no change between the two is missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.deadline(deadlines) {
+                Some(at) if at <= Instant::now() => return,
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        {
+            let mut s = self.0.lock();
+            s.in_flight = s.in_flight.saturating_sub(1);
+            s.last_done = Some(Instant::now());
+        }
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Counts open connections per client address so that one address holds at most `cap` of the
+/// server's `server.max_tcp_connections` slots (`server.max_connections_per_address`). The map
+/// only holds addresses with an open connection, so it is bounded by the slot count.
+#[derive(Debug)]
+pub struct AddressSlots {
+    cap: usize,
+    held: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's share of its address's cap, given back on drop.
+#[derive(Debug)]
+pub struct AddressSlot {
+    slots: Arc<AddressSlots>,
+    key: IpAddr,
+}
+
+impl AddressSlots {
+    /// At most `cap` connections per address; 0 = no cap.
+    pub fn new(cap: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cap: if cap == 0 { usize::MAX } else { cap },
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot for a new connection from `ip`, or `None` when its address holds the cap already.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let key = address_key(ip);
+        let mut held = self.lock();
+        let count = held.entry(key).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            slots: self.clone(),
+            key,
+        })
+    }
+
+    /// Open connections counted for `ip`'s address.
+    #[cfg(test)]
+    fn held(&self, ip: IpAddr) -> usize {
+        self.lock().get(&address_key(ip)).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = self.slots.lock();
+        if let Some(count) = held.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn one_address_gets_at_most_its_cap_and_slots_come_back() {
+        let slots = AddressSlots::new(2);
+        let a = slots.try_acquire(ip("10.0.0.1")).expect("first");
+        let _b = slots.try_acquire(ip("10.0.0.1")).expect("second");
+        assert!(slots.try_acquire(ip("10.0.0.1")).is_none(), "third refused");
+        assert!(slots.try_acquire(ip("10.0.0.2")).is_some(), "other address");
+        drop(a);
+        assert!(slots.try_acquire(ip("10.0.0.1")).is_some(), "slot returned");
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_v4_as_v4() {
+        let slots = AddressSlots::new(1);
+        let _a = slots.try_acquire(ip("2001:db8:1:2::1")).expect("first");
+        assert!(
+            slots.try_acquire(ip("2001:db8:1:2:ffff::9")).is_none(),
+            "same /64"
+        );
+        assert!(
+            slots.try_acquire(ip("2001:db8:1:3::1")).is_some(),
+            "next /64"
+        );
+        let _v4 = slots.try_acquire(ip("192.0.2.7")).expect("v4");
+        assert!(
+            slots.try_acquire(ip("::ffff:192.0.2.7")).is_none(),
+            "mapped"
+        );
+    }
+
+    #[test]
+    fn no_cap_when_zero() {
+        let slots = AddressSlots::new(0);
+        let held: Vec<_> = (0..100)
+            .map(|_| slots.try_acquire(ip("10.0.0.1")).expect("uncapped"))
+            .collect();
+        assert_eq!(slots.held(ip("10.0.0.1")), held.len());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_runs_from_accept_then_from_the_last_request() {
+        let d = Deadlines {
+            first_request: Duration::from_secs(2),
+            idle: Duration::from_secs(5),
+        };
+        let activity = Arc::new(Activity::default());
+        let opened = Instant::now();
+        assert_eq!(activity.deadline(d), Some(opened + d.first_request));
+        let guard = activity.begin();
+        assert_eq!(
+            activity.deadline(d),
+            None,
+            "busy connections have no idle deadline"
+        );
+        tokio::time::advance(Duration::from_secs(30)).await;
+        drop(guard);
+        let done = Instant::now();
+        assert_eq!(activity.deadline(d), Some(done + d.idle));
+        activity.expired(d).await;
+        assert_eq!(Instant::now(), done + d.idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_watchdog_sees_a_request_end() {
+        let d = Deadlines {
+            first_request: Duration::from_secs(30),
+            idle: Duration::from_secs(1),
+        };
+        let activity = Arc::new(Activity::default());
+        let watchdog = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.expired(d).await }
+        });
+        tokio::task::yield_now().await;
+        drop(activity.begin());
+        let done = Instant::now();
+        watchdog.await.expect("watchdog");
+        assert_eq!(Instant::now(), done + d.idle, "not the 30 s first deadline");
+    }
+}
