@@ -95,10 +95,31 @@ pub struct ServerSettings {
     pub max_tcp_connections: usize,
     /// Concurrent TCP connections from one address (IPv4, or IPv6 /64); 0 = no cap.
     pub max_connections_per_address: usize,
-    /// Trust `X-Forwarded-For`/`X-Forwarded-Proto`.
-    pub trust_forwarded_for: bool,
+    /// Reverse proxies whose `X-Forwarded-For`/`X-Forwarded-Proto` are believed.
+    #[serde(deserialize_with = "nets")]
+    pub trusted_proxies: Vec<IpNet>,
+    /// `[server.tls]`: built-in TLS.
+    pub tls: TlsSettings,
     /// Drain deadline at shutdown, in seconds.
     pub shutdown_drain_secs: u64,
+}
+
+/// `[server.tls]`: built-in TLS (rustls). Both paths set = HTTPS/WSS.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_path: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: Option<PathBuf>,
+    /// How often the files are checked for a change, in seconds.
+    pub reload_check_secs: u64,
+}
+
+impl TlsSettings {
+    /// The certificate and key paths, when TLS is on.
+    pub fn paths(&self) -> Option<(&Path, &Path)> {
+        Some((self.cert_path.as_deref()?, self.key_path.as_deref()?))
+    }
 }
 
 /// `[database]`
@@ -301,6 +322,16 @@ pub enum LogFormat {
 }
 
 /// Accepts a TOML list or, from an environment variable, a comma-separated string.
+fn nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    list_or_csv(d)?
+        .iter()
+        .map(|s| {
+            IpNet::parse(s)
+                .ok_or_else(|| serde::de::Error::custom(format!("{s:?} is not an IP or CIDR")))
+        })
+        .collect()
+}
+
 fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]

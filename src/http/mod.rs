@@ -149,7 +149,7 @@ async fn route(
     let client = request::client_ip(
         req.headers(),
         peer,
-        state.settings.server.trust_forwarded_for,
+        &state.settings.server.trusted_proxies,
     );
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
@@ -168,7 +168,7 @@ async fn route(
         (["healthz"], &Method::GET) => Ok(health::healthz()),
         (["readyz"], &Method::GET) => Ok(health::readyz(state).await),
         (["metrics"], &Method::GET) => health::metrics(state, client),
-        (["ws"], &Method::GET) => ws::upgrade(state, req).await,
+        (["ws"], &Method::GET) => ws::upgrade(state, req, peer).await,
         (["api", ..], _) | (["healthz" | "readyz" | "metrics" | "ws"], _) => {
             if known_path(&segments) {
                 Err(ApiError::MethodNotAllowed)

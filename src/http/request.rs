@@ -1,6 +1,7 @@
 //! Request-side helpers: the bounded JSON body reader, the bearer token, the client address,
 //! and the authentication check every protected route runs.
 
+use crate::config::IpNet;
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
@@ -86,17 +87,30 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The client address: the TCP peer, or the last `X-Forwarded-For` hop when the operator
-/// trusts its proxy.
-pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trust_forwarded: bool) -> IpAddr {
-    if trust_forwarded {
-        let forwarded = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok());
-        if let Some(ip) = forwarded {
-            return ip;
+/// Whether the direct peer is one of `trusted` reverse proxies.
+pub fn from_trusted_proxy(peer: SocketAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|n| n.contains(peer.ip()))
+}
+
+/// The client's address: the direct peer, unless the peer is a trusted reverse proxy — then the
+/// rightmost `X-Forwarded-For` entry that is not itself a trusted proxy (entries to its left
+/// were written by the client and prove nothing; MDN "X-Forwarded-For", security section).
+pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> IpAddr {
+    if !from_trusted_proxy(peer, trusted) {
+        return peer.ip();
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    for hop in hops.into_iter().rev() {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) if trusted.iter().any(|n| n.contains(ip)) => continue,
+            Ok(ip) => return ip,
+            // Unreadable before an untrusted entry: nothing further left can be believed.
+            Err(_) => break,
         }
     }
     peer.ip()

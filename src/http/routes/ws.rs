@@ -2,6 +2,7 @@
 //! is not allowed), answers 101 and hands the upgraded stream to [`crate::ws::socket::run`].
 //! Tokens never travel in the URL: authentication happens in the first message (`hello`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -11,6 +12,7 @@ use hyper::{Request, StatusCode};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::http::error::ApiError;
+use crate::http::request::from_trusted_proxy;
 use crate::http::response::{HttpResponse, empty};
 use crate::state::AppState;
 
@@ -24,8 +26,9 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 }
 
 /// Whether `origin` may open a socket: same scheme+host as the request, or on the allow-list.
-/// No `Origin` at all (not a browser) is allowed.
-pub fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
+/// No `Origin` at all (not a browser) is allowed. The request's scheme is `https` on a TLS
+/// listener, or when a trusted proxy (`server.trusted_proxies`) says so in `X-Forwarded-Proto`.
+pub fn origin_allowed(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
@@ -42,12 +45,14 @@ pub fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let forwarded_https = state.settings.server.trust_forwarded_for
+    let server = &state.settings.server;
+    let forwarded_https = from_trusted_proxy(peer, &server.trusted_proxies)
         && headers
             .get("x-forwarded-proto")
             .and_then(|v| v.to_str().ok())
-            == Some("https");
-    let scheme = if forwarded_https { "https" } else { "http" };
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    let https = server.tls.paths().is_some() || forwarded_https;
+    let scheme = if https { "https" } else { "http" };
     origin.eq_ignore_ascii_case(&format!("{scheme}://{host}"))
 }
 
@@ -55,6 +60,7 @@ pub fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
 pub async fn upgrade(
     state: &Arc<AppState>,
     mut req: Request<Incoming>,
+    peer: SocketAddr,
 ) -> Result<HttpResponse, ApiError> {
     let headers = req.headers();
     if !header_has(headers, header::UPGRADE, "websocket")
@@ -74,7 +80,7 @@ pub async fn upgrade(
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(ApiError::BadRequest("missing Sec-WebSocket-Key".into()));
     };
-    if !origin_allowed(state, headers) {
+    if !origin_allowed(state, headers, peer) {
         tracing::warn!(origin = ?headers.get(header::ORIGIN), "WebSocket upgrade refused: origin not allowed");
         return Err(ApiError::Forbidden("origin not allowed"));
     }
