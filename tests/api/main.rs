@@ -14,6 +14,7 @@ mod continuity;
 mod durability;
 mod health;
 mod history;
+mod openapi;
 mod schema;
 mod sessions;
 mod signaling;
