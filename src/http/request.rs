@@ -23,10 +23,17 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// `last_seen_at` is written at most this often per session, to keep reads cheap.
 const TOUCH_EVERY_SECS: i64 = 60;
 
-/// Reads at most [`MAX_BODY_BYTES`] and parses JSON into `T`.
+/// Reads at most [`MAX_BODY_BYTES`] and parses JSON into `T` with [`parse_json`].
 pub async fn json_body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
     let bytes = read_body(req).await?;
-    serde_json::from_slice(&bytes)
+    parse_json(&bytes)
+}
+
+/// Parses a request body as JSON into `T`, as every JSON route does (separate from reading the
+/// body so that it can be fuzzed, see `fuzz/`). Not JSON, or not `T`'s shape (unknown fields
+/// are ignored) → [`ApiError::BadRequest`], i.e. 400 `bad_request` (contract §1).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("request body is not the expected JSON: {e}")))
 }
 
