@@ -23,8 +23,11 @@ use sha2::Sha256;
 /// The HMAC key of the fuzzed token issuer (fixed, so corpus inputs stay meaningful).
 pub const KEY: &[u8; 32] = b"fuzz-key-fuzz-key-fuzz-key-0123!";
 
+/// A fuzzed function: panics when its input breaks a property.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by name: the directory names under `fuzz/corpus/` and `fuzz/regressions/`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("ws_message", ws_message),
     ("rest_body", rest_body),
     ("tokens", tokens),
@@ -52,7 +55,10 @@ pub fn ws_message(data: &[u8]) {
             assert!(text.contains(description.get()), "description rewritten");
             let v: serde_json::Value =
                 serde_json::from_str(description.get()).expect("description is JSON");
-            assert!(matches!(v["type"].as_str(), Some("offer" | "answer")), "{v}");
+            assert!(
+                matches!(v["type"].as_str(), Some("offer" | "answer")),
+                "{v}"
+            );
             assert!(v["sdp"].is_string(), "{v}");
         }
         ClientMessage::Ice { candidate, .. } => {
@@ -130,7 +136,10 @@ pub fn tokens(data: &[u8]) {
             let body = format!("{header}.{}", URL_SAFE_NO_PAD.encode(rest));
             let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(KEY).expect("HMAC key");
             mac.update(body.as_bytes());
-            let token = format!("{body}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()));
+            let token = format!(
+                "{body}.{}",
+                URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+            );
             let before = jsonwebtoken::get_current_timestamp();
             let verified = issuer.verify(&token);
             let after = jsonwebtoken::get_current_timestamp();
@@ -150,8 +159,14 @@ pub fn tokens(data: &[u8]) {
                     assert_eq!(claims.sid, id.session_id.0);
                     // 5 s: the verifier's leeway (src/auth/jwt.rs).
                     let exp = claims.exp;
-                    assert!(exp.saturating_add(5) >= before, "expired token accepted: exp {exp}");
-                    assert!(claims.nbf <= after.saturating_add(5), "token not yet valid accepted");
+                    assert!(
+                        exp.saturating_add(5) >= before,
+                        "expired token accepted: exp {exp}"
+                    );
+                    assert!(
+                        claims.nbf <= after.saturating_add(5),
+                        "token not yet valid accepted"
+                    );
                 }
                 Err(TokenError::Expired | TokenError::Invalid) => {}
             }

@@ -45,12 +45,18 @@ fn replay(target: &str) -> usize {
 
 #[test]
 fn ws_message_corpus() {
-    assert!(replay("ws_message") >= 12, "the ws_message seed corpus is missing");
+    assert!(
+        replay("ws_message") >= 12,
+        "the ws_message seed corpus is missing"
+    );
 }
 
 #[test]
 fn rest_body_corpus() {
-    assert!(replay("rest_body") >= 12, "the rest_body seed corpus is missing");
+    assert!(
+        replay("rest_body") >= 12,
+        "the rest_body seed corpus is missing"
+    );
 }
 
 #[test]
@@ -67,7 +73,10 @@ fn every_target_is_replayed() {
         for entry in std::fs::read_dir(&root).into_iter().flatten() {
             let name = entry.expect("entry").file_name();
             let name = name.to_string_lossy();
-            assert!(names.contains(&name.as_ref()), "fuzz/{dir}/{name} has no replay");
+            assert!(
+                names.contains(&name.as_ref()),
+                "fuzz/{dir}/{name} has no replay"
+            );
         }
     }
 }
@@ -80,11 +89,15 @@ fn the_harness_checks_properties() {
     use callsignal::config::Settings;
     use callsignal::domain::{SessionId, UserId};
     let settings = Settings::from_figment(Settings::defaults()).unwrap();
-    let token = TokenIssuer::new(harness::KEY, &settings.auth).issue(UserId::new(), SessionId::new());
+    let token =
+        TokenIssuer::new(harness::KEY, &settings.auth).issue(UserId::new(), SessionId::new());
     let mut input = vec![0u8];
     input.extend_from_slice(token.as_bytes());
     let caught = std::panic::catch_unwind(|| harness::tokens(&input));
-    assert!(caught.is_err(), "mode 0 accepted a valid token without complaint");
+    assert!(
+        caught.is_err(),
+        "mode 0 accepted a valid token without complaint"
+    );
 
     let claims = format!(
         r#"{{"iss":"{}","aud":"{}","sub":"0b7c5f0e-4a55-4c55-9c7b-3c8f1b2f6a10","sid":"0b7c5f0e-4a55-4c55-9c7b-3c8f1b2f6a11","typ":"access","iat":1,"nbf":1,"exp":4102444800,"jti":"0b7c5f0e-4a55-4c55-9c7b-3c8f1b2f6a12"}}"#,

@@ -322,7 +322,10 @@ mod tests {
     #[test]
     fn each_endpoint_has_exactly_one_row() {
         for route in ROUTES {
-            let rows = ROUTES.iter().filter(|r| r.endpoint == route.endpoint).count();
+            let rows = ROUTES
+                .iter()
+                .filter(|r| r.endpoint == route.endpoint)
+                .count();
             assert_eq!(rows, 1, "{:?}", route.endpoint);
             let same = ROUTES
                 .iter()
@@ -352,11 +355,20 @@ mod tests {
 
     #[test]
     fn unknown_api_paths_are_404_and_others_are_client_files() {
-        for path in ["/api", "/api/nope", "/api/me/x", "/api/calls/a/b", "/api/auth"] {
+        for path in [
+            "/api",
+            "/api/nope",
+            "/api/me/x",
+            "/api/calls/a/b",
+            "/api/auth",
+        ] {
             let segs = segments(path);
             assert!(allowed_methods(&segs).is_empty(), "{path}");
             assert!(
-                matches!(not_routed(&Method::GET, path, &segs), Err(ApiError::NotFound)),
+                matches!(
+                    not_routed(&Method::GET, path, &segs),
+                    Err(ApiError::NotFound)
+                ),
                 "{path}"
             );
         }

@@ -52,9 +52,15 @@ fn every_route_is_documented_and_nothing_else() {
     let documented = documented(&spec);
     let served = served();
     let undocumented: Vec<_> = served.difference(&documented).collect();
-    assert!(undocumented.is_empty(), "routes missing from docs/openapi.yaml: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from docs/openapi.yaml: {undocumented:?}"
+    );
     let phantom: Vec<_> = documented.difference(&served).collect();
-    assert!(phantom.is_empty(), "documented but not in ROUTES: {phantom:?}");
+    assert!(
+        phantom.is_empty(),
+        "documented but not in ROUTES: {phantom:?}"
+    );
 }
 
 fn refs(v: &Value, out: &mut Vec<String>) {
@@ -80,7 +86,9 @@ fn every_reference_resolves_and_every_error_response_names_its_codes() {
     refs(&spec, &mut all);
     assert!(!all.is_empty());
     for r in &all {
-        let pointer = r.strip_prefix("#/").unwrap_or_else(|| panic!("external $ref {r}"));
+        let pointer = r
+            .strip_prefix("#/")
+            .unwrap_or_else(|| panic!("external $ref {r}"));
         let target = pointer
             .split('/')
             .try_fold(&spec, |node, key| node.get(key))
@@ -125,7 +133,12 @@ async fn every_documented_operation_is_served() {
         );
     }
     // And the converse is what the router does with what it does not serve.
-    let r = app.http.patch(app.url("/api/me")).send().await.expect("request");
+    let r = app
+        .http
+        .patch(app.url("/api/me"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(r.status(), 405);
     assert_eq!(r.headers()["allow"], "GET");
     let r = app
