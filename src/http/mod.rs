@@ -1,6 +1,7 @@
 //! The HTTP server: accepts TCP connections, serves HTTP/1.1 and HTTP/2 through hyper-util with
-//! a header-read timeout, and routes requests to [`routes`]. `/ws` upgrades to the signaling
-//! protocol (see [`crate::ws`]).
+//! a header-read timeout, and routes requests to [`routes`] through the routing table
+//! [`ROUTES`] (documented in `docs/openapi.yaml`). `/ws` upgrades to the signaling protocol (see
+//! [`crate::ws`]).
 
 pub mod error;
 pub mod request;
