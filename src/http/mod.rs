@@ -1,7 +1,8 @@
 //! The HTTP server: accepts TCP connections (at most `server.max_tcp_connections`, at most
 //! `server.max_connections_per_address` from one address), serves HTTP/1.1 and HTTP/2 through
 //! hyper-util with a deadline at every stage of a connection (see [`connection`]), and routes
-//! requests to [`routes`]. `/ws` upgrades to the signaling protocol (see [`crate::ws`]).
+//! requests through the routing table [`ROUTES`] (documented in `docs/openapi.yaml`). `/ws`
+//! upgrades to the signaling protocol (see [`crate::ws`]).
 
 pub mod connection;
 pub mod error;
@@ -140,6 +141,117 @@ async fn handle(state: &Arc<AppState>, req: Request<Incoming>, peer: SocketAddr)
     resp
 }
 
+/// A REST endpoint the router serves; see [`ROUTES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /api/auth/register`
+    Register,
+    /// `POST /api/auth/login`
+    Login,
+    /// `POST /api/auth/refresh`
+    Refresh,
+    /// `POST /api/auth/logout`
+    Logout,
+    /// `GET /api/me`
+    Me,
+    /// `GET /api/sessions`
+    ListSessions,
+    /// `DELETE /api/sessions/{id}`
+    DeleteSession,
+    /// `GET /api/calls`
+    ListCalls,
+    /// `GET /api/calls/{id}`
+    GetCall,
+    /// `GET /api/ice-servers`
+    IceServers,
+    /// `GET /api/openapi.yaml`
+    OpenApi,
+    /// `GET /healthz`
+    Healthz,
+    /// `GET /readyz`
+    Readyz,
+    /// `GET /metrics`
+    Metrics,
+    /// `GET /ws` (WebSocket upgrade)
+    WebSocket,
+}
+
+/// One row of the routing table: an HTTP method, a path template and the endpoint serving it.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// Upper-case HTTP method, e.g. `GET`.
+    pub method: &'static str,
+    /// Path template in OpenAPI syntax: `/`-separated segments, `{id}` standing for any one
+    /// segment (trailing slashes of a request are ignored).
+    pub path: &'static str,
+    /// The handler.
+    pub endpoint: Endpoint,
+}
+
+const fn r(method: &'static str, path: &'static str, endpoint: Endpoint) -> Route {
+    Route {
+        method,
+        path,
+        endpoint,
+    }
+}
+
+/// The routing table: every method and path the server answers other than the browser client's
+/// static files (any other `GET` outside `/api/`). Requests are routed by looking them up here,
+/// so no route exists outside this table; `docs/openapi.yaml` documents every row (checked by
+/// `tests/api/openapi.rs`). A path in the table requested with another method is 405
+/// `method_not_allowed` with an `Allow` header (RFC 9110 §15.5.6); any other `/api/…` path is
+/// 404 `not_found`.
+pub const ROUTES: &[Route] = &[
+    r("POST", "/api/auth/register", Endpoint::Register),
+    r("POST", "/api/auth/login", Endpoint::Login),
+    r("POST", "/api/auth/refresh", Endpoint::Refresh),
+    r("POST", "/api/auth/logout", Endpoint::Logout),
+    r("GET", "/api/me", Endpoint::Me),
+    r("GET", "/api/sessions", Endpoint::ListSessions),
+    r("DELETE", "/api/sessions/{id}", Endpoint::DeleteSession),
+    r("GET", "/api/calls", Endpoint::ListCalls),
+    r("GET", "/api/calls/{id}", Endpoint::GetCall),
+    r("GET", "/api/ice-servers", Endpoint::IceServers),
+    r("GET", "/api/openapi.yaml", Endpoint::OpenApi),
+    r("GET", "/healthz", Endpoint::Healthz),
+    r("GET", "/readyz", Endpoint::Readyz),
+    r("GET", "/metrics", Endpoint::Metrics),
+    r("GET", "/ws", Endpoint::WebSocket),
+];
+
+/// The segments of a request path: `/api/calls/x/` → `["api", "calls", "x"]`, `/` → `[]`.
+fn segments(path: &str) -> Vec<&str> {
+    path.trim_end_matches('/').split('/').skip(1).collect()
+}
+
+/// Whether `segments` fit the template `path`; `{…}` matches any one segment.
+fn template_matches(path: &str, segments: &[&str]) -> bool {
+    let template = self::segments(path);
+    template.len() == segments.len()
+        && template
+            .iter()
+            .zip(segments)
+            .all(|(t, s)| (t.starts_with('{') && t.ends_with('}')) || t == s)
+}
+
+/// The row of [`ROUTES`] that serves `method` on `segments`, if any.
+fn resolve(method: &Method, segments: &[&str]) -> Option<Endpoint> {
+    ROUTES
+        .iter()
+        .find(|r| r.method == method.as_str() && template_matches(r.path, segments))
+        .map(|r| r.endpoint)
+}
+
+/// The methods [`ROUTES`] serves on `segments`, in table order; empty for an unknown path.
+fn allowed_methods(segments: &[&str]) -> Vec<&'static str> {
+    ROUTES
+        .iter()
+        .filter(|r| template_matches(r.path, segments))
+        .map(|r| r.method)
+        .collect()
+}
+
 async fn route(
     state: &Arc<AppState>,
     req: Request<Incoming>,
@@ -152,41 +264,148 @@ async fn route(
         &state.settings.server.trusted_proxies,
     );
     let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let segments = segments(&path);
     let method = req.method().clone();
-    match (segments.as_slice(), &method) {
-        (["api", "auth", "register"], &Method::POST) => auth::register(state, req, client).await,
-        (["api", "auth", "login"], &Method::POST) => auth::login(state, req, client).await,
-        (["api", "auth", "refresh"], &Method::POST) => auth::refresh(state, req).await,
-        (["api", "auth", "logout"], &Method::POST) => auth::logout(state, req).await,
-        (["api", "me"], &Method::GET) => auth::me(state, req).await,
-        (["api", "sessions"], &Method::GET) => sessions::list(state, req).await,
-        (["api", "sessions", id], &Method::DELETE) => sessions::delete(state, req, id).await,
-        (["api", "calls"], &Method::GET) => calls::list(state, req).await,
-        (["api", "calls", id], &Method::GET) => calls::get(state, req, id).await,
-        (["api", "ice-servers"], &Method::GET) => ice::get(state, req).await,
-        (["healthz"], &Method::GET) => Ok(health::healthz()),
-        (["readyz"], &Method::GET) => Ok(health::readyz(state).await),
-        (["metrics"], &Method::GET) => health::metrics(state, client),
-        (["ws"], &Method::GET) => ws::upgrade(state, req, peer).await,
-        (["api", ..], _) | (["healthz" | "readyz" | "metrics" | "ws"], _) => {
-            if known_path(&segments) {
-                Err(ApiError::MethodNotAllowed)
-            } else {
-                Err(ApiError::NotFound)
-            }
+    let Some(endpoint) = resolve(&method, &segments) else {
+        return not_routed(&method, &path, &segments);
+    };
+    // The `{id}` segment of the templates that have one (always the last).
+    let id = segments.last().copied().unwrap_or_default();
+    match endpoint {
+        Endpoint::Register => auth::register(state, req, client).await,
+        Endpoint::Login => auth::login(state, req, client).await,
+        Endpoint::Refresh => auth::refresh(state, req).await,
+        Endpoint::Logout => auth::logout(state, req).await,
+        Endpoint::Me => auth::me(state, req).await,
+        Endpoint::ListSessions => sessions::list(state, req).await,
+        Endpoint::DeleteSession => sessions::delete(state, req, id).await,
+        Endpoint::ListCalls => calls::list(state, req).await,
+        Endpoint::GetCall => calls::get(state, req, id).await,
+        Endpoint::IceServers => ice::get(state, req).await,
+        Endpoint::OpenApi => Ok(docs::openapi()),
+        Endpoint::Healthz => Ok(health::healthz()),
+        Endpoint::Readyz => Ok(health::readyz(state).await),
+        Endpoint::Metrics => health::metrics(state, client),
+        Endpoint::WebSocket => ws::upgrade(state, req, peer).await,
+    }
+}
+
+/// A request no row of [`ROUTES`] serves: 405 with `Allow` for a known path, the browser
+/// client's files for other `GET`/`HEAD` outside `/api/`, 404 otherwise.
+fn not_routed(method: &Method, path: &str, segments: &[&str]) -> Result<HttpResponse, ApiError> {
+    let allowed = allowed_methods(segments);
+    if !allowed.is_empty() {
+        let mut resp = ApiError::MethodNotAllowed.into_response();
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&allowed.join(", ")) {
+            resp.headers_mut().insert(hyper::header::ALLOW, v);
         }
-        (_, &Method::GET | &Method::HEAD) => web::asset(&path),
+        return Ok(resp);
+    }
+    match (segments.first(), method) {
+        (Some(&"api"), _) => Err(ApiError::NotFound),
+        (_, &Method::GET | &Method::HEAD) => routes::web::asset(path),
         _ => Err(ApiError::NotFound),
     }
 }
 
-fn known_path(segments: &[&str]) -> bool {
-    matches!(
-        segments,
-        ["api", "auth", "register" | "login" | "refresh" | "logout"]
-            | ["api", "me" | "sessions" | "calls" | "ice-servers"]
-            | ["api", "sessions" | "calls", _]
-            | ["healthz" | "readyz" | "metrics" | "ws"]
-    )
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `path` with every `{…}` segment replaced by `value`.
+    fn instantiate(path: &str, value: &str) -> String {
+        path.split('/')
+            .map(|s| if s.starts_with('{') { value } else { s })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    const METHODS: [Method; 7] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ];
+
+    #[test]
+    fn every_route_resolves_to_its_own_endpoint() {
+        for route in ROUTES {
+            let method = Method::from_bytes(route.method.as_bytes()).expect("method");
+            for value in ["0b7c5f0e-4a55-4c55-9c7b-3c8f1b2f6a10", "x"] {
+                let path = instantiate(route.path, value);
+                for p in [path.clone(), format!("{path}/")] {
+                    assert_eq!(
+                        resolve(&method, &segments(&p)),
+                        Some(route.endpoint),
+                        "{} {p}",
+                        route.method
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn each_endpoint_has_exactly_one_row() {
+        for route in ROUTES {
+            let rows = ROUTES
+                .iter()
+                .filter(|r| r.endpoint == route.endpoint)
+                .count();
+            assert_eq!(rows, 1, "{:?}", route.endpoint);
+            let same = ROUTES
+                .iter()
+                .filter(|r| r.method == route.method && r.path == route.path)
+                .count();
+            assert_eq!(same, 1, "{} {} listed twice", route.method, route.path);
+        }
+    }
+
+    #[test]
+    fn other_methods_on_known_paths_are_405_with_allow() {
+        for route in ROUTES {
+            let segs = segments(route.path);
+            let allowed = allowed_methods(&segs);
+            assert!(allowed.contains(&route.method), "{}", route.path);
+            for m in &METHODS {
+                let served = resolve(m, &segs).is_some();
+                assert_eq!(served, allowed.contains(&m.as_str()), "{m} {}", route.path);
+                if !served {
+                    let resp = not_routed(m, route.path, &segs).expect("a response");
+                    assert_eq!(resp.status(), hyper::StatusCode::METHOD_NOT_ALLOWED);
+                    assert_eq!(resp.headers()[hyper::header::ALLOW], allowed.join(", "));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_api_paths_are_404_and_others_are_client_files() {
+        for path in [
+            "/api",
+            "/api/nope",
+            "/api/me/x",
+            "/api/calls/a/b",
+            "/api/auth",
+        ] {
+            let segs = segments(path);
+            assert!(allowed_methods(&segs).is_empty(), "{path}");
+            assert!(
+                matches!(
+                    not_routed(&Method::GET, path, &segs),
+                    Err(ApiError::NotFound)
+                ),
+                "{path}"
+            );
+        }
+        let ok = not_routed(&Method::GET, "/", &segments("/")).expect("index");
+        assert_eq!(ok.status(), hyper::StatusCode::OK);
+        assert!(matches!(
+            not_routed(&Method::POST, "/", &segments("/")),
+            Err(ApiError::NotFound)
+        ));
+    }
 }

@@ -37,7 +37,7 @@ pub fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Checks that the body is declared JSON, reads at most [`MAX_BODY_BYTES`] within
-/// `server.body_read_timeout_secs`, and parses it into `T`. Errors: 415
+/// `server.body_read_timeout_secs`, and parses it into `T` with [`parse_json`]. Errors: 415
 /// `unsupported_media_type`, 413 `body_too_large`, 408 `request_timeout`, 400 `bad_request`.
 pub async fn json_body<T: DeserializeOwned>(
     state: &AppState,
@@ -52,7 +52,14 @@ pub async fn json_body<T: DeserializeOwned>(
     let bytes = tokio::time::timeout(deadline, read_body(req))
         .await
         .map_err(|_| ApiError::RequestTimeout)??;
-    serde_json::from_slice(&bytes)
+    parse_json(&bytes)
+}
+
+/// Parses a request body as JSON into `T`, as every JSON route does (separate from reading the
+/// body so that it can be fuzzed, see `fuzz/`). Not JSON, or not `T`'s shape (unknown fields
+/// are ignored) → [`ApiError::BadRequest`], i.e. 400 `bad_request` (contract §1).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("request body is not the expected JSON: {e}")))
 }
 

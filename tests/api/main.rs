@@ -17,6 +17,7 @@ mod files;
 mod health;
 mod history;
 mod logs;
+mod openapi;
 mod schema;
 mod sessions;
 mod signaling;

@@ -15,17 +15,23 @@ use crate::http::response::{HttpResponse, empty, json};
 use crate::state::AppState;
 use crate::store::{self, sessions};
 
-/// `{username, password}`.
-#[derive(Deserialize)]
-struct Credentials {
-    username: String,
-    password: String,
+/// `{username, password}`: the body of `POST /api/auth/register` and `POST /api/auth/login`.
+/// Both fields are required strings; unknown fields are ignored. The rules of each field are
+/// checked afterwards ([`Username::parse`], [`Password::parse`]), not by the parser.
+#[derive(Debug, Deserialize)]
+pub struct Credentials {
+    /// The username as sent (not yet lower-cased or validated).
+    pub username: String,
+    /// The password as sent.
+    pub password: String,
 }
 
-/// `{refresh_token}`.
-#[derive(Deserialize)]
-struct RefreshRequest {
-    refresh_token: String,
+/// `{refresh_token}`: the body of `POST /api/auth/refresh`; the token is checked afterwards
+/// ([`crate::auth::refresh::RefreshTokens::parse`]).
+#[derive(Debug, Deserialize)]
+pub struct RefreshRequest {
+    /// The refresh token as sent.
+    pub refresh_token: String,
 }
 
 /// `{id, username, created_at}`.

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod calls;
+pub mod docs;
 pub mod health;
 pub mod ice;
 pub mod sessions;
