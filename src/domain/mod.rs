@@ -1,10 +1,13 @@
 //! Domain types that carry the rules: ids as newtypes, a [`Username`] that cannot exist
-//! unvalidated, a [`Password`] checked against the contract's rules. No I/O here.
+//! unvalidated, a [`Password`] checked against the contract's rules, a [`Device`] read from a
+//! `User-Agent`. No I/O here.
 
+mod device;
 mod ids;
 mod password;
 mod username;
 
+pub use device::Device;
 pub use ids::{CallId, ConnectionId, SessionId, UserId};
 pub use password::{Password, PasswordError};
 pub use username::{Username, UsernameError};

@@ -114,7 +114,7 @@ async fn handle(state: &Arc<AppState>, req: Request<Incoming>, peer: SocketAddr)
 
 async fn route(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<HttpResponse, ApiError> {
     use routes::*;
@@ -123,16 +123,20 @@ async fn route(
         peer,
         state.settings.server.trust_forwarded_for,
     );
+    req.extensions_mut().insert(request::ClientAddr(client));
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method().clone();
     match (segments.as_slice(), &method) {
         (["api", "auth", "register"], &Method::POST) => auth::register(state, req).await,
         (["api", "auth", "login"], &Method::POST) => auth::login(state, req, client).await,
-        (["api", "auth", "refresh"], &Method::POST) => auth::refresh(state, req).await,
+        (["api", "auth", "refresh"], &Method::POST) => auth::refresh(state, req, client).await,
         (["api", "auth", "logout"], &Method::POST) => auth::logout(state, req).await,
         (["api", "me"], &Method::GET) => auth::me(state, req).await,
         (["api", "sessions"], &Method::GET) => sessions::list(state, req).await,
+        (["api", "sessions", "revoke-others"], &Method::POST) => {
+            sessions::revoke_others(state, req).await
+        }
         (["api", "sessions", id], &Method::DELETE) => sessions::delete(state, req, id).await,
         (["api", "calls"], &Method::GET) => calls::list(state, req).await,
         (["api", "calls", id], &Method::GET) => calls::get(state, req, id).await,

@@ -11,6 +11,7 @@
 //! the Close (errors, `session_revoked`, `call.ended`) reaches the client instead of being
 //! destroyed by a reset.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -147,8 +148,9 @@ struct Admitted {
     control: SocketControl,
 }
 
-/// Runs one upgraded socket to its end.
-pub async fn run(state: Arc<AppState>, upgraded: Upgraded) {
+/// Runs one upgraded socket to its end. `client`: the address the upgrade came from, recorded
+/// on the session at the handshake.
+pub async fn run(state: Arc<AppState>, upgraded: Upgraded, client: Option<IpAddr>) {
     let settings = &state.settings.ws;
     let mut ws = WebSocketStream::from_raw_socket(
         TokioIo::new(upgraded),
@@ -158,7 +160,7 @@ pub async fn run(state: Arc<AppState>, upgraded: Upgraded) {
     .await;
     // Boxed: the handshake awaits database queries whose futures are large; inline, their size
     // would stay reserved in this task for the whole life of an idle connection.
-    let Some(mut admitted) = Box::pin(handshake(&state, &mut ws)).await else {
+    let Some(mut admitted) = Box::pin(handshake(&state, &mut ws, client)).await else {
         return;
     };
     Box::pin(recheck_session(&state, &admitted)).await;
@@ -229,7 +231,7 @@ async fn first_frame(ws: &mut Ws) -> Option<Result<Message, WsError>> {
     }
 }
 
-async fn handshake(state: &Arc<AppState>, ws: &mut Ws) -> Option<Admitted> {
+async fn handshake(state: &Arc<AppState>, ws: &mut Ws, client: Option<IpAddr>) -> Option<Admitted> {
     let settings = &state.settings.ws;
     let first = match tokio::time::timeout(settings.hello_timeout(), first_frame(ws)).await {
         Err(_) => {
@@ -268,7 +270,7 @@ async fn handshake(state: &Arc<AppState>, ws: &mut Ws) -> Option<Admitted> {
         .await;
         return None;
     };
-    let (auth, session) = match verify_token(state, &token).await {
+    let (auth, session) = match verify_token(state, &token, client).await {
         Ok(ok) => ok,
         Err(failure) => {
             let (code, message, close_code) = match failure {
