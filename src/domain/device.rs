@@ -144,7 +144,10 @@ mod tests {
         assert_eq!(name("reqwest/0.12"), "Unknown device");
         assert_eq!(name("curl/8.5.0"), "Unknown device");
         assert_eq!(name(""), "Unknown device");
-        assert_eq!(name("Mozilla/5.0 (Linux; Android 14) SomeApp/1.0"), "Browser on Android");
+        assert_eq!(
+            name("Mozilla/5.0 (Linux; Android 14) SomeApp/1.0"),
+            "Browser on Android"
+        );
         assert_eq!(name("Mozilla/5.0 Firefox/"), "Firefox");
     }
 }

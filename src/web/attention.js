@@ -18,8 +18,10 @@ const PATTERNS = {
 
 /** One repeating tone pattern on its own AudioContext. */
 class Tone {
-  constructor(kind) {
+  /** `onCycle(tone)`: after each repetition is scheduled (the tests read the graph's state). */
+  constructor(kind, onCycle) {
     this.kind = kind;
+    this.onCycle = onCycle;
     this.ctx = new AudioContext();
     this.timer = null;
     this.active = 0; // oscillators playing now (a test hook reads it)
@@ -50,6 +52,7 @@ class Tone {
           osc.stop(t0 + at + len + 0.01);
         }
       }
+      this.onCycle(this);
     };
     cycle();
     this.timer = setInterval(cycle, p.cycle * 1000);
@@ -103,7 +106,7 @@ export class Attention {
     if (this.tone && this.tone.kind === kind) return;
     if (this.tone) this.tone.stop();
     try {
-      this.tone = new Tone(kind);
+      this.tone = new Tone(kind, (tone) => this.#record("tone", { tone: tone.state() }));
       this.tone.start();
     } catch (e) {
       this.tone = null; // no Web Audio: the title and notification still tell
@@ -173,6 +176,8 @@ export class Attention {
         window.focus();
         n.close();
       };
+      n.onshow = () => this.#record("notification-shown");
+      n.onerror = () => this.#record("notification-error");
       this.notification = n;
       this.#record("notification", { notification: { title: n.title, body: n.body } });
     } catch (e) {

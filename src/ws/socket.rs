@@ -368,7 +368,12 @@ async fn handshake(state: &Arc<AppState>, ws: &mut Ws, client: Option<IpAddr>) -
 }
 
 /// Sends a per-socket error (no `seq`: it answers this socket's frame and is never replayed).
-async fn reply_error(ws: &mut Ws, code: ErrorCode, message: String, reference: Option<String>) -> bool {
+async fn reply_error(
+    ws: &mut Ws,
+    code: ErrorCode,
+    message: String,
+    reference: Option<String>,
+) -> bool {
     send(ws, &ServerMessage::error(code, message, reference, None)).await
 }
 

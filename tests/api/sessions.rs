@@ -169,7 +169,10 @@ async fn last_address_follows_the_session_behind_a_trusted_proxy(app: TestApp) {
     .await
     .unwrap();
     let welcome = ws.next().await.unwrap().unwrap();
-    assert!(welcome.to_text().unwrap().contains("\"welcome\""), "{welcome}");
+    assert!(
+        welcome.to_text().unwrap().contains("\"welcome\""),
+        "{welcome}"
+    );
     let seen = list(&app, &b, Some("192.0.2.78")).await;
     assert_eq!(by_id(&seen, &a)["last_ip"], "192.0.2.79", "{seen:?}");
 }
@@ -184,7 +187,11 @@ async fn revoke_others_signs_out_every_other_device_and_closes_its_sockets(app: 
     let mut stranger_ws = app.ws(&stranger).await;
 
     let r = app
-        .post("/api/sessions/revoke-others", &json!({}), Some(&keep.access))
+        .post(
+            "/api/sessions/revoke-others",
+            &json!({}),
+            Some(&keep.access),
+        )
         .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
@@ -205,18 +212,27 @@ async fn revoke_others_signs_out_every_other_device_and_closes_its_sockets(app: 
         ws.send(json!({"type": "ping"})).await;
         ws.expect("pong").await;
     }
-    assert_eq!(app.get("/api/me", Some(&stranger.access)).await.status(), 200);
+    assert_eq!(
+        app.get("/api/me", Some(&stranger.access)).await.status(),
+        200
+    );
 
     // Nothing left to revoke; and no token, no revoking.
     let again = app
-        .post("/api/sessions/revoke-others", &json!({}), Some(&keep.access))
+        .post(
+            "/api/sessions/revoke-others",
+            &json!({}),
+            Some(&keep.access),
+        )
         .await;
     assert_eq!(again.json::<Value>().await.unwrap(), json!({"revoked": 0}));
     let unauth = app
         .post("/api/sessions/revoke-others", &json!({}), None)
         .await;
     assert_eq!(unauth.status(), 401);
-    let wrong_method = app.get("/api/sessions/revoke-others", Some(&keep.access)).await;
+    let wrong_method = app
+        .get("/api/sessions/revoke-others", Some(&keep.access))
+        .await;
     assert_eq!(wrong_method.status(), 405);
 }
 
