@@ -38,9 +38,11 @@ async fn attention(b: &Browser) -> Value {
 /// ringback; all of it stops at once when Bob declines.
 async fn ringing_in_a_background_tab(base: &str, alice: &Browser, bob: &Browser) {
     let origin = base.trim_end_matches('/');
+    // setPermission, not grantPermissions: the latter denies every permission it does not name,
+    // the microphone's included (and with it the host ICE candidates the calls need).
     bob.cdp(
-        "Browser.grantPermissions",
-        json!({"origin": origin, "permissions": ["notifications"]}),
+        "Browser.setPermission",
+        json!({"origin": origin, "permission": {"name": "notifications"}, "setting": "granted"}),
     )
     .await;
     bob.wait_for("Notification.permission", json!("granted"), 5)
@@ -367,6 +369,18 @@ async fn audit_every_screen(alice: &Browser, bob: &Browser, carol: &Browser) {
     for b in [alice, bob, carol] {
         b.cmd_timeouts(60_000).await;
     }
+    // The audit can fail: a button without a name is caught, then removed again.
+    carol
+        .js("const b = document.createElement('button'); b.id = 'axe-probe'; document.body.append(b); return null;")
+        .await;
+    let caught = axe(carol, &source).await;
+    assert!(
+        caught.iter().any(|v| v.starts_with("button-name")),
+        "axe-core must report a nameless button: {caught:?}"
+    );
+    carol
+        .js("document.getElementById('axe-probe').remove(); return null;")
+        .await;
     let mut failures = vec![];
     audit(carol, "auth", &source, &mut failures).await;
     audit(alice, "home", &source, &mut failures).await;
