@@ -25,6 +25,7 @@ pub(crate) async fn scenarios(driver: &Driver, base: &str, alice: &Browser, bob:
     let carol = driver.browser("carol", 1280, 800).await;
     sign_out_all_other_devices(base, alice, &carol).await;
     language_switch(alice).await;
+    messages_say_what_happened(&carol).await;
     audit_every_screen(alice, bob, &carol).await;
 }
 
@@ -284,6 +285,60 @@ async fn language_switch(alice: &Browser) {
             5,
         )
         .await;
+}
+
+/// Types `user` and `password` into the login form and presses `button`; returns the error shown.
+async fn auth_error(b: &Browser, user: &str, password: &str, button: &str) -> String {
+    b.js("document.getElementById('auth-error').textContent = ''; return null;")
+        .await;
+    b.type_into("#auth-username", user).await;
+    b.type_into("#auth-password", password).await;
+    b.click(button).await;
+    b.wait_for(
+        "document.getElementById('auth-error').textContent !== ''",
+        json!(true),
+        10,
+    )
+    .await;
+    let v = b
+        .js("return document.getElementById('auth-error').textContent;")
+        .await;
+    v.as_str().unwrap().to_owned()
+}
+
+/// 10b. The password rules each have their own sentence, and a login lock-out says how long to
+/// wait (from `Retry-After`).
+async fn messages_say_what_happened(b: &Browser) {
+    assert_eq!(b.js("return window.callsignal.screen();").await, "auth");
+    assert_eq!(
+        auth_error(b, "dora", "short", "#register").await,
+        "That password is too short: use at least 8 characters."
+    );
+    assert_eq!(
+        auth_error(b, "dora", "password", "#register").await,
+        "That password is one of the most common ones and easy to guess. Choose another."
+    );
+    // Past 5 failures for one account, login is locked out for 2 s, then 4 s (docs/protocol.md).
+    let mut last = String::new();
+    for _ in 0..8 {
+        last = auth_error(b, "alice", "not the password", "#login").await;
+        if last.starts_with("Too many") {
+            break;
+        }
+        assert_eq!(last, "Wrong username or password.");
+    }
+    assert!(
+        last.starts_with("Too many failed attempts. Please wait ")
+            && (last.ends_with(" seconds.") || last.ends_with(" second.")),
+        "{last}"
+    );
+    // The sentence goes once the wait is over.
+    b.wait_for(
+        "document.getElementById('auth-error').hidden",
+        json!(true),
+        10,
+    )
+    .await;
 }
 
 /// Sets the colour scheme, the viewport and the language of `b`'s page.
