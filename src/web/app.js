@@ -891,6 +891,8 @@ const hooks = {
     quality: $("quality").dataset.level,
     qualityWarning: !$("quality-warn").hidden,
   }),
+  /** The device id of the microphone the call sends. */
+  microphone: () => (call && call.session ? call.session.microphoneId() : null),
   /** Ringtone/ringback, title, icon and notifications (see attention.js). */
   attention: () => attention.state(),
   /** Strings missing from one of the languages (must be none). */

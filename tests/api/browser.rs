@@ -411,7 +411,7 @@ pub(crate) async fn connected_call(a: &Browser, b: &Browser, to: &str) {
     }
 }
 
-async fn audio_flows_both_ways(a: &Browser, b: &Browser) {
+pub(crate) async fn audio_flows_both_ways(a: &Browser, b: &Browser) {
     let before = (a.bytes_received().await, b.bytes_received().await);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = (a.bytes_received().await, b.bytes_received().await);

@@ -449,6 +449,23 @@ async fn audit_every_screen(alice: &Browser, bob: &Browser, carol: &Browser) {
         // Ringback and ringtone stopped when the call was answered.
         assert_eq!(attention(x).await["tone"], Value::Null, "{}", x.name);
     }
+    // Another microphone is taken without renegotiating, and the audio keeps flowing.
+    alice
+        .wait_for(
+            "document.querySelectorAll('#mic-select option').length >= 2",
+            json!(true),
+            10,
+        )
+        .await;
+    let other = alice
+        .js("const s = document.getElementById('mic-select'); \
+             const o = [...s.options].find((o) => o.value !== window.callsignal.microphone()); \
+             s.value = o.value; s.dispatchEvent(new Event('change')); return o.value;")
+        .await;
+    alice
+        .wait_for("window.callsignal.microphone()", other, 10)
+        .await;
+    crate::browser::audio_flows_both_ways(alice, bob).await;
     // The quality line measures, and a poor connection is said in plain words.
     alice
         .wait_for(
