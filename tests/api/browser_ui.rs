@@ -34,8 +34,8 @@ async fn attention(b: &Browser) -> Value {
     b.js("return window.callsignal.attention();").await
 }
 
-/// 8. Bob's page is behind another tab when Alice calls: it rings with a running Web Audio graph,
-/// flashes its title and icon and shows a notification (permission granted); Alice hears
+/// Scenario 8: Bob's page is behind another tab when Alice calls: it rings with a running Web Audio
+/// graph, flashes its title and icon and shows a notification (permission granted); Alice hears
 /// ringback; all of it stops at once when Bob declines.
 async fn ringing_in_a_background_tab(base: &str, alice: &Browser, bob: &Browser) {
     let origin = base.trim_end_matches('/');
@@ -133,8 +133,8 @@ async fn ringing_in_a_background_tab(base: &str, alice: &Browser, bob: &Browser)
     }
 }
 
-/// 9. Alice signs in on a second device (Carol's browser), then signs out all other devices
-/// from the first: the second page's socket is closed and it is back at the login.
+/// Scenario 9: Alice signs in on a second device (Carol's browser), then signs out all other
+/// devices from the first: the second page's socket is closed and it is back at the login.
 async fn sign_out_all_other_devices(base: &str, alice: &Browser, second: &Browser) {
     second.goto(base).await;
     second
@@ -210,8 +210,8 @@ async fn sign_out_all_other_devices(base: &str, alice: &Browser, second: &Browse
     assert_eq!(alice.js("return window.callsignal.link();").await, "online");
 }
 
-/// 10. The switch turns the page Russian (a notice already shown included), the choice survives
-/// a reload, and no string exists in one language only.
+/// Scenario 10: the switch turns the page Russian (a notice already shown included), the choice
+/// survives a reload, and no string exists in one language only.
 async fn language_switch(alice: &Browser) {
     assert_eq!(
         alice.js("return window.callsignal.missingStrings();").await,
@@ -306,8 +306,8 @@ async fn auth_error(b: &Browser, user: &str, password: &str, button: &str) -> St
     v.as_str().unwrap().to_owned()
 }
 
-/// 10b. The password rules each have their own sentence, and a login lock-out says how long to
-/// wait (from `Retry-After`).
+/// Scenario 10b: the password rules each have their own sentence, and a login lock-out says how
+/// long to wait (from `Retry-After`).
 async fn messages_say_what_happened(b: &Browser) {
     assert_eq!(b.js("return window.callsignal.screen();").await, "auth");
     assert_eq!(
@@ -413,7 +413,7 @@ async fn audit(b: &Browser, screen: &str, source: &str, failures: &mut Vec<Strin
         .await;
 }
 
-/// 11. axe-core finds no WCAG 2.2 AA violation on any screen, in any look.
+/// Scenario 11: axe-core finds no WCAG 2.2 AA violation on any screen, in any look.
 async fn audit_every_screen(alice: &Browser, bob: &Browser, carol: &Browser) {
     let source = std::fs::read_to_string(axe_path()).unwrap_or_else(|e| {
         panic!(
