@@ -150,6 +150,34 @@ async fn sign_out_all_other_devices(base: &str, alice: &Browser, second: &Browse
     second
         .wait_for("window.callsignal.link()", json!("online"), 10)
         .await;
+    // A login typed just now offers notifications in the page (never on load); "Not now" is
+    // remembered.
+    assert_eq!(
+        second.js("return Notification.permission;").await,
+        "default"
+    );
+    second
+        .wait_for(
+            "document.getElementById('notify-ask').hidden",
+            json!(false),
+            5,
+        )
+        .await;
+    second.screenshot("notify-ask-desktop").await;
+    second.click("#notify-later").await;
+    second
+        .wait_for(
+            "document.getElementById('notify-ask').hidden",
+            json!(true),
+            5,
+        )
+        .await;
+    assert_eq!(
+        second
+            .js("return localStorage.getItem('callsignal.notify_later');")
+            .await,
+        "1"
+    );
 
     alice.click("#sessions-refresh").await;
     alice
