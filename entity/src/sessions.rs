@@ -24,6 +24,9 @@ pub struct Model {
     pub revoked_at: Option<DateTimeUtc>,
     /// `User-Agent` of the login request, truncated, for the sessions list.
     pub user_agent: Option<String>,
+    /// The client address of the session's last use (login, refresh, request or socket
+    /// handshake), as the server derives it (`server.trust_forwarded_for`).
+    pub last_ip: Option<String>,
 }
 
 /// Relations of `sessions`.

@@ -8,6 +8,7 @@ mod m20261125_000001_create_users;
 mod m20261125_000002_create_sessions;
 mod m20261125_000003_create_calls;
 mod m20261125_000004_create_signaling_messages;
+mod m20261130_000005_add_sessions_last_ip;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_create_sessions::Migration),
             Box::new(m20261125_000003_create_calls::Migration),
             Box::new(m20261125_000004_create_signaling_messages::Migration),
+            Box::new(m20261130_000005_add_sessions_last_ip::Migration),
         ]
     }
 }

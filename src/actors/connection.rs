@@ -323,10 +323,10 @@ impl ConnectionState {
     /// Sends a per-socket message (`welcome`, resume errors): no `seq`, never replayed.
     fn push_unsequenced(&self, msg: &ServerMessage) -> Result<(), Overflow> {
         match &self.socket {
-            Some(s) => s
-                .tx
-                .try_send(Outbound::Text(0, Utf8Bytes::from(msg.to_json())))
-                .map_err(|_| Overflow),
+            Some(s) => {
+                s.tx.try_send(Outbound::Text(0, Utf8Bytes::from(msg.to_json())))
+                    .map_err(|_| Overflow)
+            }
             None => Ok(()),
         }
     }

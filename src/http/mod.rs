@@ -156,6 +156,8 @@ pub enum Endpoint {
     Me,
     /// `GET /api/sessions`
     ListSessions,
+    /// `POST /api/sessions/revoke-others`
+    RevokeOtherSessions,
     /// `DELETE /api/sessions/{id}`
     DeleteSession,
     /// `GET /api/calls`
@@ -209,6 +211,7 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/api/auth/logout", Endpoint::Logout),
     r("GET", "/api/me", Endpoint::Me),
     r("GET", "/api/sessions", Endpoint::ListSessions),
+    r("POST", "/api/sessions/revoke-others", Endpoint::RevokeOtherSessions),
     r("DELETE", "/api/sessions/{id}", Endpoint::DeleteSession),
     r("GET", "/api/calls", Endpoint::ListCalls),
     r("GET", "/api/calls/{id}", Endpoint::GetCall),
@@ -254,7 +257,7 @@ fn allowed_methods(segments: &[&str]) -> Vec<&'static str> {
 
 async fn route(
     state: &Arc<AppState>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Result<HttpResponse, ApiError> {
     use routes::*;
@@ -263,6 +266,7 @@ async fn route(
         peer,
         &state.settings.server.trusted_proxies,
     );
+    req.extensions_mut().insert(request::ClientAddr(client));
     let path = req.uri().path().to_owned();
     let segments = segments(&path);
     let method = req.method().clone();
@@ -274,10 +278,11 @@ async fn route(
     match endpoint {
         Endpoint::Register => auth::register(state, req, client).await,
         Endpoint::Login => auth::login(state, req, client).await,
-        Endpoint::Refresh => auth::refresh(state, req).await,
+        Endpoint::Refresh => auth::refresh(state, req, client).await,
         Endpoint::Logout => auth::logout(state, req).await,
         Endpoint::Me => auth::me(state, req).await,
         Endpoint::ListSessions => sessions::list(state, req).await,
+        Endpoint::RevokeOtherSessions => sessions::revoke_others(state, req).await,
         Endpoint::DeleteSession => sessions::delete(state, req, id).await,
         Endpoint::ListCalls => calls::list(state, req).await,
         Endpoint::GetCall => calls::get(state, req, id).await,

@@ -123,6 +123,16 @@ pub fn client_ip(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> Ip
     peer.ip()
 }
 
+/// The client address [`client_ip`] derived for a request, put into its extensions by the
+/// router so handlers deep down (authentication, the socket handshake) can record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+/// The [`ClientAddr`] the router attached to `req`, if any.
+pub fn client_addr<B>(req: &Request<B>) -> Option<IpAddr> {
+    req.extensions().get::<ClientAddr>().map(|c| c.0)
+}
+
 /// `User-Agent`, if any.
 pub fn user_agent(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -152,9 +162,11 @@ pub enum AuthFailure {
 }
 
 /// Verifies an access token and that its session is live; returns the identity and session.
+/// Records the use (time, and `client` when known) on the session row.
 pub async fn verify_token(
     state: &AppState,
     token: &str,
+    client: Option<IpAddr>,
 ) -> Result<(Authenticated, Session), AuthFailure> {
     let identity = state.tokens.verify(token).map_err(|e| match e {
         TokenError::Expired => AuthFailure::TokenExpired,
@@ -169,9 +181,12 @@ pub async fn verify_token(
     if !store::sessions::is_live(&session, now) {
         return Err(AuthFailure::SessionRevoked);
     }
-    if (now - session.last_seen_at).num_seconds() >= TOUCH_EVERY_SECS {
+    // A new address is written at once (the sessions list must show where a device is now);
+    // the time only every TOUCH_EVERY_SECS.
+    let moved = client.is_some_and(|ip| session.last_ip.as_deref() != Some(&ip.to_string()));
+    if moved || (now - session.last_seen_at).num_seconds() >= TOUCH_EVERY_SECS {
         // Best effort: a failed touch must not fail the request.
-        let _ = store::sessions::touch(&state.db, identity.session_id).await;
+        let _ = store::sessions::touch(&state.db, identity.session_id, client).await;
     }
     Ok((
         Authenticated {
@@ -183,12 +198,12 @@ pub async fn verify_token(
 }
 
 /// The authentication check of protected routes.
-pub async fn authenticate(
+pub async fn authenticate<B>(
     state: &AppState,
-    headers: &HeaderMap,
+    req: &Request<B>,
 ) -> Result<Authenticated, ApiError> {
-    let token = bearer(headers).ok_or(ApiError::Unauthorized("missing bearer token"))?;
-    verify_token(state, token)
+    let token = bearer(req.headers()).ok_or(ApiError::Unauthorized("missing bearer token"))?;
+    verify_token(state, token, client_addr(req))
         .await
         .map(|(a, _)| a)
         .map_err(|f| match f {

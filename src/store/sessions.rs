@@ -1,4 +1,7 @@
-//! Queries on `sessions`: create, look up, rotate the refresh hash atomically, revoke, list.
+//! Queries on `sessions`: create, look up, rotate the refresh hash atomically, record use,
+//! revoke (one, or all but one), list.
+
+use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 use entity::sessions;
@@ -29,6 +32,7 @@ pub async fn create(
     refresh_hash: String,
     ttl: chrono::Duration,
     user_agent: Option<&str>,
+    ip: IpAddr,
 ) -> Result<Session, StoreError> {
     let now = Utc::now();
     let ua = user_agent.map(|ua| ua.chars().take(USER_AGENT_MAX).collect::<String>());
@@ -41,6 +45,7 @@ pub async fn create(
         expires_at: Set(now + ttl),
         revoked_at: Set(None),
         user_agent: Set(ua),
+        last_ip: Set(Some(ip.to_string())),
     };
     Ok(sessions::Entity::insert(model)
         .exec_with_returning(db)
@@ -59,10 +64,12 @@ pub async fn rotate_refresh(
     id: SessionId,
     old: &str,
     new: String,
+    ip: IpAddr,
 ) -> Result<bool, StoreError> {
     let res = sessions::Entity::update_many()
         .col_expr(sessions::Column::RefreshTokenHash, Expr::value(new))
         .col_expr(sessions::Column::LastSeenAt, Expr::value(Utc::now()))
+        .col_expr(sessions::Column::LastIp, Expr::value(ip.to_string()))
         .filter(sessions::Column::Id.eq(id.0))
         .filter(sessions::Column::RefreshTokenHash.eq(old))
         .filter(sessions::Column::RevokedAt.is_null())
@@ -71,10 +78,18 @@ pub async fn rotate_refresh(
     Ok(res.rows_affected == 1)
 }
 
-/// Marks the session used now.
-pub async fn touch(db: &impl ConnectionTrait, id: SessionId) -> Result<(), StoreError> {
-    sessions::Entity::update_many()
-        .col_expr(sessions::Column::LastSeenAt, Expr::value(Utc::now()))
+/// Marks the session used now, from `ip` when known.
+pub async fn touch(
+    db: &impl ConnectionTrait,
+    id: SessionId,
+    ip: Option<IpAddr>,
+) -> Result<(), StoreError> {
+    let mut update = sessions::Entity::update_many()
+        .col_expr(sessions::Column::LastSeenAt, Expr::value(Utc::now()));
+    if let Some(ip) = ip {
+        update = update.col_expr(sessions::Column::LastIp, Expr::value(ip.to_string()));
+    }
+    update
         .filter(sessions::Column::Id.eq(id.0))
         .exec(db)
         .await?;
@@ -110,4 +125,32 @@ pub async fn list_live(
         .order_by_desc(sessions::Column::CreatedAt)
         .all(db)
         .await?)
+}
+
+/// Revokes every live session of `user` except `keep`; returns the ids it revoked (so their
+/// sockets can be closed).
+pub async fn revoke_others(
+    db: &impl ConnectionTrait,
+    user: UserId,
+    keep: SessionId,
+) -> Result<Vec<SessionId>, StoreError> {
+    let now = Utc::now();
+    let ids: Vec<uuid::Uuid> = list_live(db, user)
+        .await?
+        .into_iter()
+        .map(|s| s.id)
+        .filter(|id| *id != keep.0)
+        .collect();
+    if ids.is_empty() {
+        return Ok(vec![]);
+    }
+    // `revoked_at IS NULL` again: a session revoked meanwhile keeps its first revocation time.
+    sessions::Entity::update_many()
+        .col_expr(sessions::Column::RevokedAt, Expr::value(now))
+        .filter(sessions::Column::Id.is_in(ids.clone()))
+        .filter(sessions::Column::UserId.eq(user.0))
+        .filter(sessions::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(ids.into_iter().map(SessionId).collect())
 }

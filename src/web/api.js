@@ -6,11 +6,22 @@
 const REFRESH_KEY = "callsignal.refresh_token";
 
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  /** `retryAfter`: seconds from the `Retry-After` header (429, 503), or null. */
+  constructor(status, code, message, retryAfter = null) {
     super(message || code);
     this.status = status;
     this.code = code;
+    this.retryAfter = retryAfter;
   }
+}
+
+/** `Retry-After` in seconds (RFC 9110 §10.2.3: delay-seconds or an HTTP date), or null. */
+function retryAfter(resp) {
+  const v = resp.headers.get("Retry-After");
+  if (!v) return null;
+  if (/^\d+$/.test(v.trim())) return Number(v.trim());
+  const at = Date.parse(v);
+  return Number.isNaN(at) ? null : Math.max(0, Math.ceil((at - Date.now()) / 1000));
 }
 
 export class Api {
@@ -36,7 +47,7 @@ export class Api {
     const data = await resp.json().catch(() => ({}));
     if (!resp.ok) {
       const err = data.error || {};
-      throw new ApiError(resp.status, err.code || "http_error", err.message || resp.statusText);
+      throw new ApiError(resp.status, err.code || "http_error", err.message || resp.statusText, retryAfter(resp));
     }
     return data;
   }
@@ -127,6 +138,12 @@ export class Api {
 
   sessions() {
     return this.request("GET", "/api/sessions");
+  }
+
+  /** Signs out every other device of this account; resolves to how many. */
+  async revokeOthers() {
+    const { revoked } = await this.request("POST", "/api/sessions/revoke-others");
+    return revoked;
   }
 
   revokeSession(id) {

@@ -1,15 +1,23 @@
 // The callsignal browser client: screens, call flow and the glue between the REST API,
-// the signaling socket and the WebRTC call. All text is inserted with textContent.
+// the signaling socket and the WebRTC call. All text is inserted with textContent, and every
+// string comes from i18n.js (English and Russian).
 
 import { Api, ApiError } from "./api.js";
 import { Signaling } from "./signaling.js";
-import { CallSession, Ringtone, getMicrophone, microphoneCause, simulateMicrophoneFailure } from "./call.js";
+import { CallSession, getMicrophone, listMicrophones, microphoneCause, simulateMicrophoneFailure } from "./call.js";
 import { formatCode } from "./verify.js";
+import { applyStatic, currentLang, formatTime, missingKeys, msg as phrase, onLangChange, say, setLang, t } from "./i18n.js";
+import { Attention, notificationsAskable } from "./attention.js";
+import { QualityProbe } from "./quality.js";
+import { endedMsg, errorMsg, micRefusedMsg } from "./messages.js";
 
 const $ = (id) => document.getElementById(id);
 const api = new Api();
 const signaling = new Signaling(api);
-const ringtone = new Ringtone();
+const attention = new Attention();
+const quality = new QualityProbe();
+/** How often the connection quality is sampled during a call. */
+const QUALITY_EVERY_MS = 2000;
 
 /**
  * The call this page shows: {id, peer, role: caller|callee, state: ringing|active, session,
@@ -21,6 +29,7 @@ let pendingInvite = null;
 /** Calls this page has finished with: their late messages must not touch the screen. */
 const finished = new Set();
 let timer = null;
+let qualityTimer = null;
 
 const SCREENS = ["auth", "home", "outgoing", "incoming", "incall"];
 
@@ -30,111 +39,39 @@ function show(name) {
   if (focus) $(focus).focus();
 }
 
-function notice(text) {
+/**
+ * The page's one notice: a phrase() (or a list of them), or null to clear it. `cause` names what
+ * it is about, so it goes away when that is over: "offline" clears when the socket is back
+ * online, "wait" after `clearAfterMs`; any notice clears when the user starts something new.
+ */
+let noticeCause = null;
+let noticeTimer = null;
+function notice(m, { cause = null, clearAfterMs = null } = {}) {
   const n = $("notice");
-  n.textContent = text || "";
-  n.hidden = !text;
+  say(n, m);
+  n.hidden = !m;
+  noticeCause = m ? cause : null;
+  clearTimeout(noticeTimer);
+  if (m && clearAfterMs) noticeTimer = setTimeout(() => notice(null), clearAfterMs);
+}
+
+/** Clears the notice if it is about `cause`. */
+function causeGone(cause) {
+  if (noticeCause === cause) notice(null);
 }
 
 /** Why the verification code changed (shown beside the code). */
-function codeNote(text) {
-  $("verify-note").textContent = text || "";
-  $("verify-note").hidden = !text;
+function codeNote(m) {
+  say($("verify-note"), m);
+  $("verify-note").hidden = !m;
 }
 
-const ERRORS = {
-  user_not_found: "There is no user with that name.",
-  busy_self: "You are already in a call.",
-  rate_limited: "Too many attempts. Please wait a little.",
-  persistence_unavailable: "Calls are temporarily unavailable. Please try again shortly.",
-  bad_message: "That request was not understood.",
-  not_participant: "You are not part of that call.",
-  call_not_ringing: "That call is no longer ringing.",
-  call_not_active: "The call is not connected yet.",
-  unknown_call: "That call has already ended.",
-  internal_error: "Something went wrong on the server. Please try again.",
-  too_many_connections: "Too many open windows for this account.",
-  invalid_username: "Usernames are 3–32 characters: letters, digits, '_', '.' or '-'.",
-  weak_password: "Choose a longer or less common password (8–128 characters).",
-  username_taken: "That username is taken.",
-  invalid_credentials: "Wrong username or password.",
-  too_many_attempts: "Too many failed attempts. Please wait before trying again.",
-};
-
-/** The `cause` of call.reject / call.hangup / call.ended, in words for each side. */
-const CAUSES = {
-  microphone_denied: {
-    you: "the microphone is blocked",
-    they: "their microphone is blocked",
-    fix: "Allow microphone access for this site in your browser's settings",
-  },
-  microphone_unavailable: {
-    you: "no microphone is available",
-    they: "they have no working microphone",
-    fix: "Connect a microphone",
-  },
-};
-
-/** What a call that ended with `cause` (a microphone problem) means for this side, or null. */
-function causeText(reason, c, cause) {
-  const why = CAUSES[cause];
-  if (!why) return null;
-  const peer = c.peer;
-  switch (reason) {
-    case "rejected":
-      return c.role === "caller" ? `${peer} could not answer: ${why.they}.` : `You declined because ${why.you}. ${why.fix}, then ask ${peer} to call again.`;
-    case "cancelled":
-      return c.role === "caller" ? `You cancelled because ${why.you}. ${why.fix}, then call again.` : `${peer} cancelled the call: ${why.they}.`;
-    case "hangup":
-      return c.byMe ? `The call ended because ${why.you}. ${why.fix}, then call again.` : `${peer} hung up: ${why.they}.`;
-    default:
-      return null;
-  }
-}
-
-function endedText(reason, c, cause = null) {
-  const peer = c ? c.peer : "The other person";
-  const caller = c && c.role === "caller";
-  const withCause = c && causeText(reason, c, cause);
-  if (withCause) return withCause;
-  switch (reason) {
-    case "hangup": return c && c.byMe ? "You ended the call." : `${peer} ended the call.`;
-    case "cancelled": return caller ? "You cancelled the call." : `${peer} cancelled the call.`;
-    case "rejected": return caller ? `${peer} declined the call.` : "You declined the call.";
-    case "missed": return caller ? `${peer} did not answer.` : `You missed a call from ${peer}.`;
-    case "busy": return `${peer} is on another call.`;
-    case "unavailable": return `${peer} is not online right now.`;
-    case "answered_elsewhere": return "The call was answered on another of your devices.";
-    case "left": return `${peer} left the call.`;
-    case "connection_lost": return `The connection to ${peer} was lost.`;
-    case "glare": return `You and ${peer} called each other at the same time — answer their call instead.`;
-    case "server_shutdown": return "The server is restarting. Please call again in a moment.";
-    case "server_restart": return "The call was interrupted by a server restart.";
-    case "server_error": return "The call failed because of a server error.";
-    default: return "The call ended.";
-  }
-}
-
-/** The caller's own microphone failed before the invite: no call was placed. */
-function micRefusedText(error) {
-  return microphoneCause(error) === "microphone_denied"
-    ? "Your microphone is blocked, so the call was not placed. Allow microphone access for this site in your browser's settings, then call again."
-    : `No microphone is available (${error.message || error.name}), so the call was not placed. Connect a microphone, then call again.`;
-}
-
-const SHORT_REASON = {
-  hangup: "ended", cancelled: "cancelled", rejected: "declined", missed: "missed", busy: "busy",
-  unavailable: "offline", answered_elsewhere: "answered elsewhere", left: "left", connection_lost: "connection lost",
-  glare: "crossed calls", server_shutdown: "server restart", server_restart: "server restart", server_error: "server error",
-};
-
-/** "Chrome on Linux" from a User-Agent string. */
-function deviceName(ua) {
-  if (!ua) return "Unknown device";
-  const browser = [["Edg/", "Edge"], ["Firefox/", "Firefox"], ["Chrome/", "Chrome"], ["Safari/", "Safari"]].find(([k]) => ua.includes(k));
-  const os = [["Android", "Android"], ["iPhone", "iPhone"], ["iPad", "iPad"], ["Windows", "Windows"], ["Mac OS", "macOS"], ["Linux", "Linux"]].find(([k]) => ua.includes(k));
-  if (!browser && !os) return ua.slice(0, 40);
-  return `${browser ? browser[1] : "Browser"} on ${os ? os[1] : "unknown system"}`;
+/** "Chrome 156 on Linux" from the server's `browser` and `os`, in the page's language. */
+function deviceName(s) {
+  if (s.browser && s.os) return t("sessions.device", { browser: s.browser, os: s.os });
+  if (s.browser) return t("sessions.browser_only", { browser: s.browser });
+  if (s.os) return t("sessions.os_only", { os: s.os });
+  return t("sessions.unknown");
 }
 
 function duration(ms) {
@@ -154,109 +91,175 @@ async function authSubmit(register) {
     if (register) await api.register(username, password);
     await api.login(username, password);
     $("auth-password").value = "";
-    loggedIn();
+    loggedIn({ fresh: true });
   } catch (e) {
-    err.textContent = e instanceof ApiError ? ERRORS[e.code] || e.message : "Could not reach the server.";
+    say(err, e instanceof ApiError ? errorMsg(e.code, { retryAfter: e.retryAfter, password }) : phrase("notice.unreachable"));
     err.hidden = false;
+    // A lock-out ends: its sentence (with the wait) must not outlive it.
+    if (e.retryAfter) setTimeout(() => (err.hidden = true), e.retryAfter * 1000);
   } finally {
     for (const b of [$("login"), $("register")]) b.disabled = false;
   }
 }
 
-function loggedIn() {
-  $("whoami").textContent = `Signed in as ${api.user.username}`;
+/** `fresh`: a login typed just now (not a reload), the moment to offer notifications. */
+function loggedIn({ fresh = false } = {}) {
+  $("whoami-name").textContent = api.user.username;
   $("whoami").hidden = false;
   $("logout").hidden = false;
-  notice("");
+  notice(null);
   show("home");
   signaling.start();
   loadHistory();
   loadSessions();
+  offerNotifications(fresh);
 }
 
-function loggedOut(message) {
+function loggedOut(m) {
   cleanupCall();
   showElsewhere(null);
   signaling.stop();
   api.forget();
   $("whoami").hidden = true;
   $("logout").hidden = true;
+  $("notify-ask").hidden = true;
   show("auth");
-  notice(message || "");
+  notice(m || null);
 }
+
+// ------------------------------------------------------------------------ notifications
+
+const NOTIFY_LATER_KEY = "callsignal.notify_later";
+
+/**
+ * After a login, ask whether to turn system notifications on — by an in-page prompt whose
+ * button asks the browser (browsers only allow asking from a click, and asking on load
+ * annoys people). "Not now" is remembered on this device.
+ */
+function offerNotifications(fresh) {
+  const ask = fresh && notificationsAskable() && !localStorage.getItem(NOTIFY_LATER_KEY);
+  $("notify-ask").hidden = !ask;
+}
+
+async function enableNotifications() {
+  $("notify-ask").hidden = true;
+  const result = await Notification.requestPermission().catch(() => "denied");
+  if (result === "denied") notice(phrase("notify.denied"));
+}
+
+// ----------------------------------------------------------------------------- history
+
+let historyCache = [];
 
 /**
  * Shows the call history. `endedId`: a call that just ended; its record is written a moment
  * after `call.ended` is sent, so the list is fetched again until it shows the call as ended.
  */
 async function loadHistory(endedId = null, attempt = 0) {
-  const list = $("history");
   try {
     const { calls } = await api.calls(20);
     const pending = endedId && !calls.some((c) => c.id === endedId && c.status === "ended");
     if (pending && attempt < 10) setTimeout(() => loadHistory(endedId, attempt + 1), 200 * (attempt + 1));
-    list.replaceChildren(
-      ...calls.map((c) => {
-        const li = document.createElement("li");
-        const outgoing = c.caller.id === api.user.id;
-        const who = document.createElement("span");
-        who.textContent = `${outgoing ? "↗" : "↙"} ${outgoing ? c.callee.username : c.caller.username}`;
-        const meta = document.createElement("span");
-        meta.className = "meta";
-        const when = new Date(c.created_at).toLocaleString();
-        const what = c.status === "ended" ? SHORT_REASON[c.end_reason] || c.end_reason : c.status;
-        meta.textContent = `${what}${c.duration_ms != null ? ` · ${duration(c.duration_ms)}` : ""} · ${when}`;
-        li.dataset.callId = c.id;
-        li.dataset.reason = c.end_reason || "";
-        li.append(who, meta);
-        return li;
-      }),
-    );
-    if (!calls.length) {
-      const li = document.createElement("li");
-      li.className = "meta";
-      li.textContent = "No calls yet.";
-      list.replaceChildren(li);
-    }
+    historyCache = calls;
+    renderHistory();
   } catch (e) {
-    if (e.status === 401) loggedOut("Your session has ended. Please log in again.");
+    if (e.status === 401) loggedOut(phrase("notice.session_ended"));
   }
 }
 
+function renderHistory() {
+  const list = $("history");
+  const calls = historyCache;
+  list.replaceChildren(
+    ...calls.map((c) => {
+      const li = document.createElement("li");
+      const outgoing = c.caller.id === api.user.id;
+      const peer = outgoing ? c.callee.username : c.caller.username;
+      const who = document.createElement("span");
+      const arrow = document.createElement("span");
+      arrow.setAttribute("aria-hidden", "true");
+      arrow.textContent = outgoing ? "↗ " : "↙ ";
+      const dir = document.createElement("span");
+      dir.className = "sr-only";
+      dir.textContent = `${t(outgoing ? "history.outgoing" : "history.incoming")} `;
+      who.append(arrow, dir, document.createTextNode(peer));
+      const meta = document.createElement("span");
+      meta.className = "meta";
+      const what = c.status === "ended" ? t(`short.${c.end_reason}`) : t(`short.${c.status}`);
+      meta.textContent = `${what}${c.duration_ms != null ? ` · ${duration(c.duration_ms)}` : ""} · ${formatTime(c.created_at)}`;
+      li.dataset.callId = c.id;
+      li.dataset.reason = c.end_reason || "";
+      li.append(who, meta);
+      return li;
+    }),
+  );
+  if (!calls.length) {
+    const li = document.createElement("li");
+    li.className = "meta";
+    li.textContent = t("home.no_calls");
+    list.replaceChildren(li);
+  }
+}
+
+// ---------------------------------------------------------------------------- sessions
+
+let sessionsCache = [];
+
 async function loadSessions() {
-  const list = $("sessions");
   try {
     const { sessions } = await api.sessions();
-    list.replaceChildren(
-      ...sessions.map((s) => {
-        const li = document.createElement("li");
-        const info = document.createElement("span");
-        const ua = deviceName(s.user_agent);
-        info.textContent = s.current ? `This device — ${ua}` : ua;
-        const meta = document.createElement("span");
-        meta.className = "meta";
-        meta.textContent = `last seen ${new Date(s.last_seen_at).toLocaleString()}`;
-        const left = document.createElement("span");
-        left.append(info, document.createElement("br"), meta);
-        li.append(left);
-        if (!s.current) {
-          const b = document.createElement("button");
-          b.type = "button";
-          b.className = "ghost";
-          b.textContent = "Sign out";
-          b.setAttribute("aria-label", `Sign out ${ua}`);
-          b.onclick = async () => {
-            await api.revokeSession(s.id).catch(() => {});
-            loadSessions();
-          };
-          li.append(b);
-        }
-        return li;
-      }),
-    );
+    sessionsCache = sessions;
+    renderSessions();
   } catch (e) {
-    if (e.status === 401) loggedOut("Your session has ended. Please log in again.");
+    if (e.status === 401) loggedOut(phrase("notice.session_ended"));
   }
+}
+
+function renderSessions() {
+  const list = $("sessions");
+  list.replaceChildren(
+    ...sessionsCache.map((s) => {
+      const li = document.createElement("li");
+      li.dataset.sessionId = s.id;
+      const device = deviceName(s);
+      const name = document.createElement("span");
+      name.className = "device";
+      name.textContent = s.current ? `${t("sessions.this")} — ${device}` : device;
+      const meta = document.createElement("span");
+      meta.className = "meta";
+      const parts = [t("sessions.signed_in", { when: formatTime(s.created_at) }), t("sessions.last", { when: formatTime(s.last_seen_at) })];
+      if (s.last_ip) parts.push(t("sessions.from", { ip: s.last_ip }));
+      meta.textContent = parts.join(" · ");
+      const left = document.createElement("span");
+      left.append(name, document.createElement("br"), meta);
+      li.append(left);
+      if (!s.current) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = "ghost";
+        b.textContent = t("sessions.sign_out");
+        b.setAttribute("aria-label", t("sessions.sign_out_label", { device, when: formatTime(s.created_at) }));
+        b.onclick = async () => {
+          await api.revokeSession(s.id).catch(() => {});
+          loadSessions();
+        };
+        li.append(b);
+      }
+      return li;
+    }),
+  );
+  $("sign-out-others").hidden = !sessionsCache.some((s) => !s.current);
+}
+
+async function signOutOthers() {
+  const status = $("sessions-status");
+  try {
+    const n = await api.revokeOthers();
+    say(status, n ? phrase("sessions.signed_out_others", { n }) : phrase("sessions.none_other"));
+  } catch (e) {
+    say(status, e instanceof ApiError ? errorMsg(e.code, { retryAfter: e.retryAfter }) : phrase("notice.unreachable"));
+  }
+  loadSessions();
 }
 
 // ------------------------------------------------------------------------------------- calls
@@ -289,7 +292,7 @@ function loadSnapshot(callId) {
 }
 
 function stopStream(stream) {
-  for (const t of stream ? stream.getTracks() : []) t.stop();
+  for (const track of stream ? stream.getTracks() : []) track.stop();
 }
 
 function newCall(id, peer, role, state) {
@@ -307,9 +310,10 @@ function dropInvite() {
 }
 
 function cleanupCall() {
-  ringtone.stop();
+  attention.stopAll();
   clearInterval(timer);
   timer = null;
+  stopQuality();
   if (call) {
     if (call.session) call.session.close();
     stopStream(call.mic);
@@ -318,53 +322,55 @@ function cleanupCall() {
   call = null;
   sessionStorage.removeItem(SNAPSHOT_KEY);
   $("peer-reconnecting").hidden = true;
-  $("mute").setAttribute("aria-pressed", "false");
-  $("mute").textContent = "Mute";
+  showMuted(false);
   $("verify-code").textContent = formatCode(null);
   delete $("verify-code").dataset.code;
-  codeNote("");
-  $("call-state").textContent = "connecting…";
+  codeNote(null);
+  say($("call-state"), phrase("phase.connecting"));
   $("accept").disabled = false;
 }
 
 /** Leaves the call on this page: home screen, the reason, fresh history. */
-function finishCall(text) {
+function finishCall(m) {
   const id = call ? call.id : null;
   if (id) finished.add(id);
   cleanupCall();
   show("home");
-  notice(text);
+  notice(m, { cause: "call" });
   loadHistory(id);
 }
 
-function showOutgoing(text) {
+function showOutgoing(m) {
   $("out-title").textContent = call ? call.peer : pendingInvite.to;
-  $("out-state").textContent = text;
+  say($("out-state"), m);
   show("outgoing");
 }
 
 function showIncoming() {
   $("in-title").textContent = call.peer;
-  $("in-state").textContent = "";
+  say($("in-state"), null);
   show("incoming");
-  ringtone.start();
+  attention.ringing(call.peer);
 }
 
 /** Asks for the microphone first: without one, no invite is sent. */
 async function placeCall(to) {
   if (call || pendingInvite) return;
-  notice("");
+  notice(null);
+  // Checked here because the server answers a bare `bad_message` to both (contract §2.2).
+  if (api.user && to.toLowerCase() === api.user.username) return notice(phrase("notice.self_call"));
+  if (!/^[A-Za-z0-9_.-]{3,32}$/.test(to)) return notice(errorMsg("invalid_username"));
   const invite = { to, mic: null, sent: false, cancelled: false };
   pendingInvite = invite;
-  showOutgoing("Waiting for the microphone…");
+  showOutgoing(phrase("out.mic"));
   let mic;
   try {
-    mic = await getMicrophone();
+    mic = await getMicrophone(preferredMic);
   } catch (e) {
     if (pendingInvite === invite) {
       pendingInvite = null;
       show("home");
-      notice(micRefusedText(e));
+      notice(micRefusedMsg(e));
     }
     return;
   }
@@ -377,12 +383,12 @@ async function placeCall(to) {
     else stopStream(mic);
     return;
   }
-  $("out-state").textContent = "Calling…";
+  say($("out-state"), phrase("out.calling"));
   invite.sent = signaling.send({ type: "call.invite", to, ref: "invite" });
   if (!invite.sent) {
     dropInvite();
     show("home");
-    notice("Not connected to the server yet. Please try again in a moment.");
+    notice(phrase("notice.offline"), { cause: "offline" });
   }
 }
 
@@ -390,33 +396,33 @@ async function placeCall(to) {
 async function acceptCall() {
   const c = call;
   if (!c || c.role !== "callee" || c.state !== "ringing" || $("accept").disabled) return;
-  ringtone.stop();
+  attention.stopAll();
   $("accept").disabled = true;
-  $("in-state").textContent = "Starting the microphone…";
+  say($("in-state"), phrase("in.mic"));
   let mic = live(c.mic);
   try {
-    mic = mic || (await getMicrophone());
+    mic = mic || (await getMicrophone(preferredMic));
   } catch (e) {
     if (call !== c) return;
     const cause = microphoneCause(e);
     c.byMe = true;
     c.cause = cause;
-    notice(endedText("rejected", c, cause));
+    notice(endedMsg("rejected", c, cause), { cause: "call" });
     signaling.send({ type: "call.reject", call_id: c.id, cause, ref: "reject" });
     return;
   }
   if (call !== c || c.byMe) return stopStream(mic); // ended or declined while the browser asked
   c.mic = mic;
-  $("in-state").textContent = "Connecting…";
+  say($("in-state"), phrase("in.connecting"));
   if (!signaling.send({ type: "call.accept", call_id: c.id, ref: "accept" })) {
     $("accept").disabled = false;
-    $("in-state").textContent = "Not connected to the server. Try again in a moment.";
+    say($("in-state"), phrase("in.offline"));
   }
 }
 
 function rejectCall() {
   if (!call) return;
-  ringtone.stop();
+  attention.stopAll();
   call.byMe = true;
   signaling.send({ type: "call.reject", call_id: call.id, ref: "reject" });
 }
@@ -433,7 +439,7 @@ function hangup() {
   const sent = signaling.send({ type: "call.hangup", call_id: call.id, ref: "hangup" }, { queue: true });
   // Offline: end here at once; the queued hangup goes out if the connection resumes, and a
   // fresh connection that still finds the call ends it (see syncCall).
-  if (!sent) finishCall(endedText(call.state === "active" ? "hangup" : call.role === "caller" ? "cancelled" : "rejected", call));
+  if (!sent) finishCall(endedMsg(call.state === "active" ? "hangup" : call.role === "caller" ? "cancelled" : "rejected", call));
 }
 
 function enterCall(startedAt) {
@@ -445,25 +451,97 @@ function enterCall(startedAt) {
   clearInterval(timer);
   timer = setInterval(tick, 1000);
   show("incall");
+  attention.inCall(call.peer);
+  startQuality();
   saveSnapshot();
 }
 
-const PHASE_TEXT = {
-  connecting: () => "connecting…",
-  connected: () => "connected · encrypted",
-  interrupted: () => "Connection interrupted — reconnecting…",
-  waiting: (peer) => `Waiting for ${peer} to come back…`,
-  restarting: () => "The connection dropped — reconnecting…",
-  "network-failed": () => "The network could not connect the call. Check your connection, or hang up and call again.",
-  "encryption-failed": () =>
-    "The network connected, but the encrypted connection could not be set up. If your codes differ, someone may be intercepting the call — hang up.",
-};
+// ------------------------------------------------------------------ mute, microphone, quality
+
+/** The microphone chosen in the call screen, used for the next calls too (this tab). */
+let preferredMic = null;
+
+/** Mute is shown three ways: the button's words, its colour, and a banner. */
+function showMuted(muted) {
+  say($("mute"), phrase(muted ? "call.unmute" : "call.mute"));
+  $("mute").classList.toggle("is-muted", muted);
+  $("mute").dataset.muted = String(muted);
+  $("muted-banner").hidden = !muted;
+}
+
+function toggleMute() {
+  if (!call || !call.session) return;
+  const muted = $("mute").dataset.muted !== "true";
+  call.session.setMuted(muted);
+  showMuted(muted);
+}
+
+/** Fills the microphone list (labels exist once the microphone was granted, i.e. in a call). */
+async function fillMicrophones() {
+  const select = $("mic-select");
+  const mics = await listMicrophones().catch(() => []);
+  const current = call && call.session ? call.session.microphoneId() : preferredMic;
+  select.replaceChildren(
+    ...mics.map((m, i) => {
+      const o = document.createElement("option");
+      o.value = m.deviceId;
+      o.textContent = m.label || (m.deviceId === "default" ? t("call.mic_default") : t("call.mic_n", { n: i + 1 }));
+      o.selected = m.deviceId === current;
+      return o;
+    }),
+  );
+  $("mic-select").closest(".mic-choice").hidden = mics.length === 0;
+}
+
+async function chooseMicrophone() {
+  const id = $("mic-select").value;
+  const c = call;
+  if (!c || !c.session) return;
+  try {
+    const stream = await getMicrophone(id);
+    if (call !== c || !c.session) return stopStream(stream);
+    await c.session.replaceMicrophone(stream);
+    preferredMic = id;
+    causeGone("mic");
+  } catch {
+    notice(phrase("call.mic_failed"), { cause: "mic" });
+    fillMicrophones();
+  }
+}
+
+function startQuality() {
+  stopQuality();
+  showQuality(null);
+  qualityTimer = setInterval(async () => {
+    const pc = call && call.session ? call.session.pc : null;
+    const q = await quality.sample(pc).catch(() => null);
+    if (qualityTimer) showQuality(q);
+  }, QUALITY_EVERY_MS);
+}
+
+function stopQuality() {
+  clearInterval(qualityTimer);
+  qualityTimer = null;
+  quality.prev = null;
+}
+
+/** Shows {rtt, loss, level}; a plain-words warning while it is poor (it goes once it recovers). */
+function showQuality(q) {
+  $("quality").dataset.level = q ? q.level : "unknown";
+  say($("quality-level"), phrase(q ? `call.quality_${q.level}` : "call.quality_unknown"));
+  say($("quality-detail"), q ? phrase("call.quality_detail", { rtt: q.rtt, loss: q.loss }) : null);
+  $("quality-warn").hidden = !(q && q.level === "poor");
+}
+
+/** Phases a CallSession reports (call.js), each with its sentence in i18n.js (`phase.*`). */
+const PHASES = new Set(["connecting", "connected", "interrupted", "waiting", "restarting", "network-failed", "encryption-failed"]);
 
 function onStatus(detail) {
-  const text = PHASE_TEXT[detail.phase] || (() => detail.pc);
-  $("call-state").textContent = text(call.peer);
+  const phase = PHASES.has(detail.phase) ? detail.phase : "connecting";
+  say($("call-state"), phrase(`phase.${phase}`, { peer: call.peer }));
   $("screen-incall").dataset.pcState = detail.pc;
   $("screen-incall").dataset.phase = detail.phase;
+  if (detail.phase === "connected") fillMicrophones();
 }
 
 /** A new code: show it, and when it replaces an earlier one of this call, say why. */
@@ -472,10 +550,8 @@ function onCode({ code, previous, why }) {
   $("verify-code").dataset.code = code;
   const before = previous || (call.rejoined && call.rejoined.code) || null;
   if (before && before !== code) {
-    const fresh = "the code changed because a new encrypted connection was made — compare it again";
-    if (why === "peer") codeNote(`${call.peer} reconnected; ${fresh}.`);
-    else if (why === "rejoin") codeNote(`You reconnected; ${fresh} with ${call.peer}.`);
-    else codeNote(`The connection was rebuilt; ${fresh} with ${call.peer}.`);
+    const key = why === "peer" ? "code.fresh_peer" : why === "rejoin" ? "code.fresh_rejoin" : "code.fresh_self";
+    codeNote(phrase(key, { peer: call.peer }));
   }
   saveSnapshot();
 }
@@ -487,7 +563,7 @@ async function startMedia(rejoin = null) {
   c.mic = null;
   if (!mic) {
     try {
-      mic = await getMicrophone();
+      mic = await getMicrophone(preferredMic);
     } catch (e) {
       if (call !== c) return;
       c.byMe = true;
@@ -520,7 +596,7 @@ async function startMedia(rejoin = null) {
 function onAccepted(msg) {
   if (!call || call.id !== msg.call_id || call.state === "active") return;
   call.state = "active";
-  ringtone.stop();
+  attention.stopAll();
   enterCall(Date.now());
   startMedia();
 }
@@ -532,7 +608,7 @@ function rejoin(wc) {
     call.mic = pendingInvite.mic;
     pendingInvite = null;
   }
-  if (wc.state === "ringing") return wc.role === "callee" ? showIncoming() : showOutgoing("Ringing…");
+  if (wc.state === "ringing") return wc.role === "callee" ? showIncoming() : ringback();
   const snap = loadSnapshot(wc.call_id) || {};
   call.rejoined = snap;
   enterCall(snap.startedAt || Date.now());
@@ -564,14 +640,14 @@ function syncCall(wc, why) {
   }
   if (call && (!mine || mine.call_id !== call.id)) {
     if (why === "resumed") return;
-    if (wc && wc.call_id === call.id) return finishCall("The call continues on another of your devices.");
-    return finishCall(why === "gap" ? `The call with ${call.peer} ended while you were disconnected.` : endedText("connection_lost", call));
+    if (wc && wc.call_id === call.id) return finishCall(phrase("ended.elsewhere"));
+    return finishCall(why === "gap" ? phrase("ended.gap", { peer: call.peer }) : endedMsg("connection_lost", call));
   }
   if (!mine) {
     if (pendingInvite && pendingInvite.sent && why !== "resumed") {
       dropInvite();
       show("home");
-      notice("The connection dropped before the call was placed. Please call again.");
+      notice(phrase("notice.dropped_before_call"));
     }
     return;
   }
@@ -588,7 +664,7 @@ function syncCall(wc, why) {
 function showElsewhere(wc) {
   $("elsewhere").hidden = !wc;
   $("elsewhere").dataset.callId = wc ? wc.call_id : "";
-  if (wc) $("elsewhere-text").textContent = `You are in a call with ${wc.peer.username} in another window or on another device.`;
+  say($("elsewhere-text"), wc ? phrase("home.elsewhere", { peer: wc.peer.username }) : null);
 }
 
 function endElsewhere() {
@@ -615,13 +691,19 @@ function onCreated(msg) {
   }
   call = newCall(msg.call_id, msg.to.username, "caller", "ringing");
   call.mic = invite ? invite.mic : null;
-  showOutgoing("Calling…");
+  showOutgoing(phrase("out.calling"));
+}
+
+/** The callee's device rings: the caller hears ringback from now until the call ends or is answered. */
+function ringback() {
+  showOutgoing(phrase("out.ringing"));
+  attention.ringback(call.peer);
 }
 
 function onIncoming(msg) {
   if (call) return; // already ringing (a rejoin shows it too) or busy
   call = newCall(msg.call_id, msg.from.username, "callee", "ringing");
-  notice("");
+  notice(null);
   showIncoming();
 }
 
@@ -630,13 +712,13 @@ function onEnded(msg) {
   if (!call || call.id !== msg.call_id) {
     if (msg.reason === "glare" && !finished.has(msg.call_id)) {
       finished.add(msg.call_id);
-      notice(endedText("glare", call));
+      notice(endedMsg("glare", call), { cause: "call" });
     }
     return;
   }
   const byMe = call.byMe || Boolean(msg.ref);
   // Never trade a known cause for a generic line: ours stands if the server did not echo it.
-  finishCall(endedText(msg.reason, { ...call, byMe }, msg.cause || call.cause));
+  finishCall(endedMsg(msg.reason, { ...call, byMe }, msg.cause || call.cause));
 }
 
 /** Replies to our own actions carry their `ref`; errors for sdp/ice/ack have none. */
@@ -644,7 +726,7 @@ const CALL_ACTIONS = new Set(["accept", "reject", "hangup", "hangup-elsewhere"])
 
 function onError(msg) {
   if (msg.code === "resume_gap") return syncCall(signaling.welcome && signaling.welcome.call, "gap");
-  const text = ERRORS[msg.code] || msg.message;
+  const text = errorMsg(msg.code);
   if (msg.ref === "invite") {
     dropInvite();
     if (!call) show("home");
@@ -662,7 +744,7 @@ function onError(msg) {
 
 function onPeerLink(msg, away) {
   if (!call || call.id !== msg.call_id) return;
-  $("peer-reconnecting").textContent = `${call.peer} is reconnecting…`;
+  say($("peer-reconnecting"), phrase("call.peer_reconnecting", { peer: call.peer }));
   $("peer-reconnecting").hidden = !away;
   if (call.session) call.session.setPeerAway(away);
 }
@@ -672,7 +754,7 @@ function onMessage(msg) {
   switch (msg.type) {
     case "call.created": return onCreated(msg);
     case "call.ringing":
-      if (forCall && call.state === "ringing") $("out-state").textContent = "Ringing…";
+      if (forCall && call.state === "ringing") ringback();
       return;
     case "call.incoming": return onIncoming(msg);
     case "call.accepted": return onAccepted(msg);
@@ -705,20 +787,21 @@ signaling.addEventListener("message", (e) => {
 });
 signaling.addEventListener("state", (e) => {
   $("link").dataset.state = e.detail;
-  $("link").textContent = e.detail;
+  say($("link"), phrase(`link.${e.detail}`));
+  if (e.detail === "online") causeGone("offline");
 });
 signaling.addEventListener("welcome", (e) => {
   const w = e.detail;
   seen(w.resumed ? "welcome.resumed" : "welcome");
   syncCall(w.call, w.resumed ? "resumed" : "fresh");
 });
-signaling.addEventListener("revoked", () => loggedOut("Your session has ended. Please log in again."));
+signaling.addEventListener("revoked", () => loggedOut(phrase("error.session_revoked")));
 signaling.addEventListener("superseded", () => {
   // The connection (and its call) now lives in another window: let go without hanging up.
   if (call) finished.add(call.id);
   cleanupCall();
   show("home");
-  notice("Another window took over this page's connection (a duplicated tab?). Reload to connect here again.");
+  notice(phrase("notice.superseded"));
 });
 
 // Leaving the page. We deliberately do NOT hang up on `pagehide`: a reload fires it too, and a
@@ -731,7 +814,7 @@ $("logout").addEventListener("click", async () => {
   if (call) hangup();
   signaling.stop(1000);
   await api.logout().catch(() => {});
-  loggedOut("");
+  loggedOut(null);
 });
 
 $("auth-form").addEventListener("submit", (e) => {
@@ -749,15 +832,28 @@ $("hangup").addEventListener("click", hangup);
 $("accept").addEventListener("click", acceptCall);
 $("end-elsewhere").addEventListener("click", endElsewhere);
 $("reject").addEventListener("click", rejectCall);
-$("mute").addEventListener("click", () => {
-  if (!call || !call.session) return;
-  const muted = $("mute").getAttribute("aria-pressed") !== "true";
-  call.session.setMuted(muted);
-  $("mute").setAttribute("aria-pressed", String(muted));
-  $("mute").textContent = muted ? "Unmute" : "Mute";
-});
+$("mute").addEventListener("click", toggleMute);
+$("mic-select").addEventListener("change", chooseMicrophone);
 $("history-refresh").addEventListener("click", () => loadHistory());
 $("sessions-refresh").addEventListener("click", loadSessions);
+$("sign-out-others").addEventListener("click", signOutOthers);
+$("notify-on").addEventListener("click", enableNotifications);
+$("notify-later").addEventListener("click", () => {
+  localStorage.setItem(NOTIFY_LATER_KEY, "1");
+  $("notify-ask").hidden = true;
+});
+$("lang").addEventListener("click", () => setLang(currentLang() === "en" ? "ru" : "en"));
+for (const id of ["auth-username", "auth-password"]) $(id).addEventListener("input", () => ($("auth-error").hidden = true));
+onLangChange(() => {
+  // Text built from data is rebuilt; the switch itself names the other language in that language.
+  $("lang").lang = currentLang() === "en" ? "ru" : "en";
+  if (api.loggedIn) {
+    renderHistory();
+    renderSessions();
+  }
+  if (call && call.session) fillMicrophones();
+  if (call) attention.retitle(call);
+});
 document.addEventListener("keydown", (e) => {
   if (e.key === "Escape" && call && !$("screen-incoming").hidden) $("reject").click();
 });
@@ -790,7 +886,21 @@ const hooks = {
     callText: $("call-state").textContent,
     peerReconnecting: !$("peer-reconnecting").hidden,
     link: $("link").dataset.state,
+    lang: currentLang(),
+    muted: $("mute").dataset.muted === "true",
+    quality: $("quality").dataset.level,
+    qualityWarning: !$("quality-warn").hidden,
   }),
+  /** The device id of the microphone the call sends. */
+  microphone: () => (call && call.session ? call.session.microphoneId() : null),
+  /** Ringtone/ringback, title, icon and notifications (see attention.js). */
+  attention: () => attention.state(),
+  /** Strings missing from one of the languages (must be none). */
+  missingStrings: () => missingKeys(),
+  /** Pretends the connection measures {rtt, loss} (null: measure for real again). */
+  fakeQuality: (q) => {
+    quality.override = q;
+  },
   /** Drops the socket like a network failure (close 4000: the long grace, then resume). */
   dropSocket: () => signaling.simulateNetworkDrop(),
   /** Closes the socket with `code` (1000, or 3000–4999); 1000 = the user left, no reconnect. */
@@ -801,9 +911,14 @@ const hooks = {
 window.callsignal = hooks;
 window.__callsignal = hooks;
 
-// Boot: a refresh token in this tab's storage means we were logged in before the reload.
+// Boot: the page's language first, then a refresh token in this tab's storage means we were
+// logged in before the reload.
+applyStatic();
+$("lang").lang = currentLang() === "en" ? "ru" : "en";
+say($("link"), phrase("link.offline"));
+showMuted(false);
 if (api.hasRefresh()) {
-  api.refresh().then(loggedIn, () => show("auth"));
+  api.refresh().then(() => loggedIn(), () => show("auth"));
 } else {
   show("auth");
 }

@@ -1,5 +1,6 @@
 // One WebRTC audio call: RTCPeerConnection, offer/answer, trickle ICE in both directions,
-// renegotiation mid-call, recovery, mute, level meters and the verification code.
+// renegotiation mid-call, recovery, mute, microphone switching, level meters and the
+// verification code.
 // Events: "status" (detail: {pc, ice, phase}), "code" (detail: {code, previous, why}),
 // "levels" (detail: {local, remote} in 0..1).
 //
@@ -32,14 +33,20 @@ export function simulateMicrophoneFailure(name) {
   simulatedMicFailure = name || null;
 }
 
-/** The microphone, asked for before a call is placed or answered. */
-export async function getMicrophone() {
+/** The microphone (`deviceId`: a chosen one), asked for before a call is placed or answered. */
+export async function getMicrophone(deviceId = null) {
   if (simulatedMicFailure) throw new DOMException("simulated microphone failure", simulatedMicFailure);
   if (!navigator.mediaDevices) throw new DOMException("no media devices in this context", "NotSupportedError");
-  return navigator.mediaDevices.getUserMedia({
-    audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
-    video: false,
-  });
+  const audio = { echoCancellation: true, noiseSuppression: true, autoGainControl: true };
+  if (deviceId) audio.deviceId = { exact: deviceId };
+  return navigator.mediaDevices.getUserMedia({ audio, video: false });
+}
+
+/** The microphones the browser offers: [{deviceId, label}] (labels only once one was granted). */
+export async function listMicrophones() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) return [];
+  const all = await navigator.mediaDevices.enumerateDevices();
+  return all.filter((d) => d.kind === "audioinput").map((d) => ({ deviceId: d.deviceId, label: d.label }));
 }
 
 /** The wire `cause` for a failed microphone request. */
@@ -75,6 +82,7 @@ export class CallSession extends EventTarget {
     this.awaitingOwnOffer = Boolean(rejoin);
     this.staleFingerprint = rejoin ? rejoin.staleFingerprint || null : null;
     this.timers = {};
+    this.muted = false;
     this.ctx = null;
     this.meterTimer = null;
     this.closed = false;
@@ -116,7 +124,36 @@ export class CallSession extends EventTarget {
   }
 
   setMuted(muted) {
+    this.muted = muted;
     for (const t of this.local ? this.local.getAudioTracks() : []) t.enabled = !muted;
+  }
+
+  /** The device id of the microphone in use. */
+  microphoneId() {
+    const track = this.local ? this.local.getAudioTracks()[0] : null;
+    return track && track.getSettings ? track.getSettings().deviceId || null : null;
+  }
+
+  /**
+   * Switches to another microphone without renegotiating: RTCRtpSender.replaceTrack swaps the
+   * track on the running connection (the new one must be audio, like the old).
+   */
+  async replaceMicrophone(stream) {
+    const track = stream.getAudioTracks()[0];
+    if (!track || this.closed) {
+      for (const t of stream.getTracks()) t.stop();
+      return;
+    }
+    track.enabled = !this.muted;
+    if (this.pc) {
+      for (const sender of this.pc.getSenders()) {
+        if (sender.track && sender.track.kind === "audio") await sender.replaceTrack(track);
+      }
+    }
+    const old = this.local;
+    this.local = stream;
+    for (const t of old ? old.getTracks() : []) t.stop();
+    this.#meter("local", stream);
   }
 
   /** Total audio bytes received on the current connection (for diagnostics and tests). */
@@ -389,45 +426,5 @@ export class CallSession extends EventTarget {
       if (this.ctx && this.ctx.state === "suspended") this.ctx.resume().catch(() => {});
       this.dispatchEvent(new CustomEvent("levels", { detail: { local: level(this.localAnalyser), remote: level(this.remoteAnalyser) } }));
     }, 100);
-  }
-}
-
-/** A soft two-tone ring made with Web Audio (no audio files). */
-export class Ringtone {
-  constructor() {
-    this.ctx = null;
-    this.timer = null;
-  }
-
-  start() {
-    if (this.timer) return;
-    try {
-      this.ctx = new AudioContext();
-    } catch {
-      return;
-    }
-    const ring = () => {
-      const t = this.ctx.currentTime;
-      for (const [freq, at] of [[440, 0], [480, 0], [440, 0.5], [480, 0.5]]) {
-        const osc = this.ctx.createOscillator();
-        const gain = this.ctx.createGain();
-        osc.frequency.value = freq;
-        gain.gain.setValueAtTime(0.0001, t + at);
-        gain.gain.exponentialRampToValueAtTime(0.08, t + at + 0.05);
-        gain.gain.exponentialRampToValueAtTime(0.0001, t + at + 0.4);
-        osc.connect(gain).connect(this.ctx.destination);
-        osc.start(t + at);
-        osc.stop(t + at + 0.45);
-      }
-    };
-    ring();
-    this.timer = setInterval(ring, 3000);
-  }
-
-  stop() {
-    clearInterval(this.timer);
-    this.timer = null;
-    if (this.ctx) this.ctx.close().catch(() => {});
-    this.ctx = null;
   }
 }

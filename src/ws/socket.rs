@@ -11,6 +11,7 @@
 //! the Close (errors, `session_revoked`, `call.ended`) reaches the client instead of being
 //! destroyed by a reset.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -151,8 +152,9 @@ struct Admitted {
     control: SocketControl,
 }
 
-/// Runs one upgraded socket to its end.
-pub async fn run(state: Arc<AppState>, upgraded: Upgraded) {
+/// Runs one upgraded socket to its end. `client`: the address the upgrade came from, recorded
+/// on the session at the handshake.
+pub async fn run(state: Arc<AppState>, upgraded: Upgraded, client: Option<IpAddr>) {
     let settings = &state.settings.ws;
     let mut ws = WebSocketStream::from_raw_socket(
         Coalesce::new(TokioIo::new(upgraded)),
@@ -162,7 +164,7 @@ pub async fn run(state: Arc<AppState>, upgraded: Upgraded) {
     .await;
     // Boxed: the handshake awaits database queries whose futures are large; inline, their size
     // would stay reserved in this task for the whole life of an idle connection.
-    let Some(mut admitted) = Box::pin(handshake(&state, &mut ws)).await else {
+    let Some(mut admitted) = Box::pin(handshake(&state, &mut ws, client)).await else {
         return;
     };
     Box::pin(recheck_session(&state, &admitted)).await;
@@ -233,7 +235,7 @@ async fn first_frame(ws: &mut Ws) -> Option<Result<Message, WsError>> {
     }
 }
 
-async fn handshake(state: &Arc<AppState>, ws: &mut Ws) -> Option<Admitted> {
+async fn handshake(state: &Arc<AppState>, ws: &mut Ws, client: Option<IpAddr>) -> Option<Admitted> {
     let settings = &state.settings.ws;
     let first = match tokio::time::timeout(settings.hello_timeout(), first_frame(ws)).await {
         Err(_) => {
@@ -272,7 +274,7 @@ async fn handshake(state: &Arc<AppState>, ws: &mut Ws) -> Option<Admitted> {
         .await;
         return None;
     };
-    let (auth, session) = match verify_token(state, &token).await {
+    let (auth, session) = match verify_token(state, &token, client).await {
         Ok(ok) => ok,
         Err(failure) => {
             let (code, message, close_code) = match failure {
@@ -370,7 +372,12 @@ async fn handshake(state: &Arc<AppState>, ws: &mut Ws) -> Option<Admitted> {
 }
 
 /// Sends a per-socket error (no `seq`: it answers this socket's frame and is never replayed).
-async fn reply_error(ws: &mut Ws, code: ErrorCode, message: String, reference: Option<String>) -> bool {
+async fn reply_error(
+    ws: &mut Ws,
+    code: ErrorCode,
+    message: String,
+    reference: Option<String>,
+) -> bool {
     send(ws, &ServerMessage::error(code, message, reference, None)).await
 }
 

@@ -454,7 +454,11 @@ async fn expect_ice(d: &mut Device, texts: &[String]) -> Vec<u64> {
     let mut seqs = vec![];
     for t in texts {
         let v = d.read().await;
-        assert_eq!((v["type"].as_str(), v["candidate"]["candidate"].as_str()), (Some("ice"), Some(t.as_str())), "{v}");
+        assert_eq!(
+            (v["type"].as_str(), v["candidate"]["candidate"].as_str()),
+            (Some("ice"), Some(t.as_str())),
+            "{v}"
+        );
         seqs.push(v["seq"].as_u64().expect("seq"));
     }
     seqs
@@ -552,7 +556,11 @@ async fn retention_is_bounded_and_a_resume_past_it_says_resume_gap() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut b2 = b.resume(&app, Some(seqs[0])).await;
     let gap = b2.recv().await;
-    assert_eq!((gap["type"].as_str(), gap["code"].as_str()), (Some("error"), Some("resume_gap")), "{gap}");
+    assert_eq!(
+        (gap["type"].as_str(), gap["code"].as_str()),
+        (Some("error"), Some("resume_gap")),
+        "{gap}"
+    );
     assert!(gap.get("seq").is_none());
     expect_ice(&mut b2, &sent[12..]).await;
     // Away, bob cannot be held more than the bound of unwritten messages: his connection ends.
@@ -602,8 +610,18 @@ async fn a_reload_of_the_same_session_takes_the_call_over() {
     assert_eq!(b2.welcome["connection_id"], b.welcome["connection_id"]);
     let call = &b2.welcome["call"];
     assert_eq!(
-        (call["call_id"].as_str(), call["state"].as_str(), call["role"].as_str(), call["here"].as_bool()),
-        (Some(id.as_str()), Some("active"), Some("callee"), Some(true)),
+        (
+            call["call_id"].as_str(),
+            call["state"].as_str(),
+            call["role"].as_str(),
+            call["here"].as_bool()
+        ),
+        (
+            Some(id.as_str()),
+            Some("active"),
+            Some("callee"),
+            Some(true)
+        ),
         "{call}"
     );
     a.expect("peer.reconnected").await;
@@ -675,9 +693,18 @@ async fn any_device_of_a_party_may_hang_up_and_gets_the_acknowledgement() {
     let mut a2 = Device::attach(&app, a.user.clone(), 64).await;
     assert_eq!(a2.welcome["call"]["here"], false);
     assert_eq!(a2.welcome["call"]["role"], "caller");
-    a2.send(json!({"type": "call.hangup", "call_id": id, "ref": "h", "cause": "microphone_denied"}));
+    a2.send(
+        json!({"type": "call.hangup", "call_id": id, "ref": "h", "cause": "microphone_denied"}),
+    );
     let ack = a2.expect("call.ended").await;
-    assert_eq!((ack["reason"].as_str(), ack["ref"].as_str(), ack["cause"].as_str()), (Some("hangup"), Some("h"), Some("microphone_denied")));
+    assert_eq!(
+        (
+            ack["reason"].as_str(),
+            ack["ref"].as_str(),
+            ack["cause"].as_str()
+        ),
+        (Some("hangup"), Some("h"), Some("microphone_denied"))
+    );
     let e = a.expect("call.ended").await;
     assert_eq!(e["cause"], "microphone_denied");
 }

@@ -90,7 +90,7 @@ fn browser_calls_in_chromium() {
 // ---------------------------------------------------------------------------------------------
 // A minimal WebDriver client.
 
-struct Driver {
+pub(crate) struct Driver {
     http: reqwest::Client,
     base: String,
     child: std::process::Child,
@@ -132,7 +132,7 @@ impl Driver {
         panic!("chromedriver did not come up");
     }
 
-    async fn browser(&self, name: &str, width: u32, height: u32) -> Browser {
+    pub(crate) async fn browser(&self, name: &str, width: u32, height: u32) -> Browser {
         let profile = tempfile::tempdir().unwrap();
         let args = vec![
             "--headless=new".to_string(),
@@ -176,10 +176,10 @@ impl Driver {
     }
 }
 
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     url: String,
-    name: String,
+    pub(crate) name: String,
     _profile: tempfile::TempDir,
 }
 
@@ -199,12 +199,12 @@ impl Browser {
         v["value"].clone()
     }
 
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.cmd(reqwest::Method::POST, "/url", json!({"url": url}))
             .await;
     }
 
-    async fn js(&self, script: &str) -> Value {
+    pub(crate) async fn js(&self, script: &str) -> Value {
         self.cmd(
             reqwest::Method::POST,
             "/execute/sync",
@@ -213,7 +213,7 @@ impl Browser {
         .await
     }
 
-    async fn element(&self, css: &str) -> String {
+    pub(crate) async fn element(&self, css: &str) -> String {
         let v = self
             .cmd(
                 reqwest::Method::POST,
@@ -231,7 +231,7 @@ impl Browser {
             .to_owned()
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         let e = self.element(css).await;
         self.cmd(
             reqwest::Method::POST,
@@ -241,7 +241,7 @@ impl Browser {
         .await;
     }
 
-    async fn type_into(&self, css: &str, text: &str) {
+    pub(crate) async fn type_into(&self, css: &str, text: &str) {
         let e = self.element(css).await;
         self.cmd(
             reqwest::Method::POST,
@@ -258,7 +258,7 @@ impl Browser {
     }
 
     /// Polls `expr` (a JS expression) until it equals `want`.
-    async fn wait_for(&self, expr: &str, want: Value, secs: u64) {
+    pub(crate) async fn wait_for(&self, expr: &str, want: Value, secs: u64) {
         let until = Instant::now() + Duration::from_secs(secs);
         let mut last = Value::Null;
         while Instant::now() < until {
@@ -273,10 +273,14 @@ impl Browser {
             .cmd(reqwest::Method::POST, "/se/log", json!({"type": "browser"}))
             .await;
         eprintln!("{} console: {logs:#}", self.name);
+        let state = self
+            .js("return window.callsignal ? [window.callsignal.state(), window.callsignal.events()] : null;")
+            .await;
+        eprintln!("{} state and events: {state}", self.name);
         panic!("{}: `{expr}` is {last}, waited for {want}", self.name);
     }
 
-    async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         let v = self
             .cmd(reqwest::Method::GET, "/screenshot", Value::Null)
             .await;
@@ -289,7 +293,7 @@ impl Browser {
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
-    async fn register(&self, base: &str, name: &str) {
+    pub(crate) async fn register(&self, base: &str, name: &str) {
         self.goto(base).await;
         self.wait_for(
             "window.callsignal && window.callsignal.screen()",
@@ -314,18 +318,76 @@ impl Browser {
             .unwrap_or(0)
     }
 
+    /// Runs a DevTools Protocol command through chromedriver.
+    pub(crate) async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.cmd(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            json!({"cmd": cmd, "params": params}),
+        )
+        .await
+    }
+
+    /// Runs an asynchronous script: it calls `arguments[arguments.length - 1]` with its result.
+    pub(crate) async fn js_async(&self, script: &str) -> Value {
+        self.cmd(
+            reqwest::Method::POST,
+            "/execute/async",
+            json!({"script": script, "args": []}),
+        )
+        .await
+    }
+
+    /// Sets the script timeout (axe-core runs for seconds on a slow machine).
+    pub(crate) async fn cmd_timeouts(&self, script_ms: u64) {
+        self.cmd(
+            reqwest::Method::POST,
+            "/timeouts",
+            json!({"script": script_ms}),
+        )
+        .await;
+    }
+
+    /// The current window (tab) handle.
+    pub(crate) async fn window(&self) -> String {
+        let v = self.cmd(reqwest::Method::GET, "/window", Value::Null).await;
+        v.as_str().unwrap().to_owned()
+    }
+
+    /// Opens a new tab and brings it to the front: the page's tab is hidden behind it.
+    pub(crate) async fn open_tab_in_front(&self) -> String {
+        let v = self
+            .cmd(reqwest::Method::POST, "/window/new", json!({"type": "tab"}))
+            .await;
+        let handle = v["handle"].as_str().unwrap().to_owned();
+        self.switch_to(&handle).await;
+        handle
+    }
+
+    /// Switches WebDriver (and the browser's front tab) to `handle`.
+    pub(crate) async fn switch_to(&self, handle: &str) {
+        self.cmd(reqwest::Method::POST, "/window", json!({"handle": handle}))
+            .await;
+    }
+
+    /// Closes the current tab.
+    pub(crate) async fn close_tab(&self) {
+        self.cmd(reqwest::Method::DELETE, "/window", json!({}))
+            .await;
+    }
+
     async fn history_reason(&self) -> Value {
         self.js("const li = document.querySelector('#history li'); return li ? li.dataset.reason : null;").await
     }
 }
 
-fn artifacts() -> PathBuf {
+pub(crate) fn artifacts() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join("artifacts")
 }
 
-async fn call(a: &Browser, b: &Browser, to: &str) {
+pub(crate) async fn call(a: &Browser, b: &Browser, to: &str) {
     a.type_into("#call-to", to).await;
     a.click("#call-button").await;
     b.wait_for("window.callsignal.screen()", json!("incoming"), 10)
@@ -338,7 +400,7 @@ async fn call(a: &Browser, b: &Browser, to: &str) {
     .await;
 }
 
-async fn connected_call(a: &Browser, b: &Browser, to: &str) {
+pub(crate) async fn connected_call(a: &Browser, b: &Browser, to: &str) {
     call(a, b, to).await;
     b.click("#accept").await;
     for x in [a, b] {
@@ -349,7 +411,7 @@ async fn connected_call(a: &Browser, b: &Browser, to: &str) {
     }
 }
 
-async fn audio_flows_both_ways(a: &Browser, b: &Browser) {
+pub(crate) async fn audio_flows_both_ways(a: &Browser, b: &Browser) {
     let before = (a.bytes_received().await, b.bytes_received().await);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = (a.bytes_received().await, b.bytes_received().await);
@@ -382,7 +444,7 @@ async fn codes(a: &Browser, b: &Browser) -> (String, String) {
     (out[0].clone(), out[1].clone())
 }
 
-async fn end_call(a: &Browser, b: &Browser) {
+pub(crate) async fn end_call(a: &Browser, b: &Browser) {
     a.click("#hangup").await;
     for x in [a, b] {
         x.wait_for("window.callsignal.screen()", json!("home"), 10)
@@ -400,8 +462,11 @@ async fn browser_scenarios() {
         return;
     }
     // Many calls between the same two users within a minute: lift the per-pair invite limit.
+    // The accessibility audit keeps calls ringing on screen a while: a longer ring timeout.
     let app = spawn_app_with(Backend::Sqlite, |f| {
         f.merge(("calls.invites_per_pair_per_minute", 100))
+            .merge(("calls.invites_per_callee_per_minute", 100))
+            .merge(("calls.ring_timeout_secs", 300))
     })
     .await;
     let base = format!("http://{}/", app.addr);
@@ -503,9 +568,17 @@ async fn browser_scenarios() {
     alice.js("location.reload(); return null;").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     alice
-        .wait_for("window.callsignal && window.callsignal.screen()", json!("incall"), 15)
+        .wait_for(
+            "window.callsignal && window.callsignal.screen()",
+            json!("incall"),
+            15,
+        )
         .await;
-    assert_eq!(alice.js("return window.callsignal.callId();").await, call_id, "same call");
+    assert_eq!(
+        alice.js("return window.callsignal.callId();").await,
+        call_id,
+        "same call"
+    );
     for x in [&alice, &bob] {
         x.wait_for("window.callsignal.pcState()", json!("connected"), 30)
             .await;
@@ -545,8 +618,12 @@ async fn browser_scenarios() {
         )
         .await;
     bob.goto(&base).await;
-    bob.wait_for("window.callsignal && window.callsignal.link()", json!("online"), 15)
-        .await;
+    bob.wait_for(
+        "window.callsignal && window.callsignal.link()",
+        json!("online"),
+        15,
+    )
+    .await;
 
     // 7. The callee's microphone is blocked: accepting declines with the cause, and both pages
     // say so.
@@ -569,6 +646,9 @@ async fn browser_scenarios() {
     .await;
     bob.js("window.callsignal.failMicrophone(null); return null;")
         .await;
+
+    // 8–11: the call app around the call (see browser_ui.rs).
+    crate::browser_ui::scenarios(&driver, &base, &alice, &bob).await;
 
     // 4. A signaling server that rewrites a fingerprint is caught: the codes differ.
     let evil: TestApp = spawn_app_with(Backend::Sqlite, |f| {

@@ -140,22 +140,41 @@ async fn dead_path(app: &TestApp) -> DeadPath {
     let call = active_call(&mut a, &mut b, "bob").await;
     let last = last_seq(&mut a).await;
     relay.freeze();
-    DeadPath { _relay: relay, ua, a, b, call, last }
+    DeadPath {
+        _relay: relay,
+        ua,
+        a,
+        b,
+        call,
+        last,
+    }
 }
 
 /// A new socket resuming `old`'s connection after `last`.
 async fn resume(app: &TestApp, u: &TestUser, old: &WsClient, last: u64) -> (WsClient, Value) {
-    app.ws_hello(u, json!({"resume_token": old.welcome["resume_token"], "last_seq": last}))
-        .await
+    app.ws_hello(
+        u,
+        json!({"resume_token": old.welcome["resume_token"], "last_seq": last}),
+    )
+    .await
 }
 
 async fn frames_written_into_a_dead_path_are_replayed_after_last_seq(app: TestApp) {
-    let DeadPath { ua, a, mut b, call, last, .. } = dead_path(&app).await;
+    let DeadPath {
+        ua,
+        a,
+        mut b,
+        call,
+        last,
+        ..
+    } = dead_path(&app).await;
     b.send(json!({"type": "sdp", "call_id": call, "description": {"type": "answer", "sdp": "v=0 answer"}}))
         .await;
     for i in 0..5 {
-        b.send(json!({"type": "ice", "call_id": call, "candidate": {"candidate": format!("c{i}")}}))
-            .await;
+        b.send(
+            json!({"type": "ice", "call_id": call, "candidate": {"candidate": format!("c{i}")}}),
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (mut a2, w) = resume(&app, &ua, &a, last).await;
@@ -172,11 +191,20 @@ async fn frames_written_into_a_dead_path_are_replayed_after_last_seq(app: TestAp
 }
 
 async fn a_backlog_queued_for_a_dead_socket_survives_the_resume(app: TestApp) {
-    let DeadPath { ua, a, mut b, call, last, .. } = dead_path(&app).await;
+    let DeadPath {
+        ua,
+        a,
+        mut b,
+        call,
+        last,
+        ..
+    } = dead_path(&app).await;
     let body = "x".repeat(7900);
     for i in 0..115 {
-        b.send(json!({"type": "sdp", "call_id": call, "description": offer(&format!("{i:03}{body}"))}))
-            .await;
+        b.send(
+            json!({"type": "sdp", "call_id": call, "description": offer(&format!("{i:03}{body}"))}),
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (mut a2, w) = resume(&app, &ua, &a, last).await;
@@ -199,7 +227,10 @@ async fn a_reload_mid_call_takes_the_call_over(app: TestApp) {
     // The tab reloads: close 1001, then a new socket of the same login session that lost its
     // resume token.
     close_with(&mut a, CloseCode::Away).await;
-    assert_eq!(b.expect("peer.reconnecting").await["call_id"], call.as_str());
+    assert_eq!(
+        b.expect("peer.reconnecting").await["call_id"],
+        call.as_str()
+    );
     let (mut a2, w) = app.ws_hello(&ua, json!({})).await;
     assert_eq!(w["resumed"], false);
     assert_eq!(
@@ -244,7 +275,10 @@ async fn devices_that_appear_while_ringing_are_told(app: TestApp) {
     // A second device of bob's (another login) connects during the ring.
     let mut phone = app.ws(&ub2).await;
     assert_eq!(phone.welcome["call"]["call_id"], call.as_str());
-    assert_eq!(phone.expect("call.incoming").await["call_id"], call.as_str());
+    assert_eq!(
+        phone.expect("call.incoming").await["call_id"],
+        call.as_str()
+    );
     phone
         .send(json!({"type": "call.accept", "call_id": call}))
         .await;
@@ -288,7 +322,10 @@ async fn a_closed_tab_ends_the_call_within_the_short_grace(app: TestApp) {
     close_with(&mut a, CloseCode::Away).await;
     b.expect("peer.reconnecting").await;
     let e = b.expect("call.ended").await;
-    assert_eq!((e["call_id"].as_str(), e["reason"].as_str()), (Some(call.as_str()), Some("connection_lost")));
+    assert_eq!(
+        (e["call_id"].as_str(), e["reason"].as_str()),
+        (Some(call.as_str()), Some("connection_lost"))
+    );
     // Well before the 20 s network-drop grace (the short grace is 2 s here).
     assert!(started.elapsed() < Duration::from_secs(10));
 }
@@ -300,17 +337,29 @@ async fn close_1000_ends_the_call_at_once(app: TestApp) {
     let call = active_call(&mut a, &mut b, "bob").await;
     close_with(&mut b, CloseCode::Normal).await;
     let e = a.expect("call.ended").await;
-    assert_eq!((e["call_id"].as_str(), e["reason"].as_str()), (Some(call.as_str()), Some("left")));
+    assert_eq!(
+        (e["call_id"].as_str(), e["reason"].as_str()),
+        (Some(call.as_str()), Some("left"))
+    );
     // A ringing callee's only tab closing with 1000 stops the ring at once.
     let mut b = app.ws(&ub).await;
     let ringing = invite(&mut a, &mut b, "bob").await;
     close_with(&mut b, CloseCode::Normal).await;
     let e = a.expect("call.ended").await;
-    assert_eq!((e["call_id"].as_str(), e["reason"].as_str()), (Some(ringing.as_str()), Some("left")));
+    assert_eq!(
+        (e["call_id"].as_str(), e["reason"].as_str()),
+        (Some(ringing.as_str()), Some("left"))
+    );
     app.flushed().await;
     for id in [&call, &ringing] {
-        let v = app.get_json(&format!("/api/calls/{id}"), Some(&ua.access)).await;
-        assert_eq!((v["status"].as_str(), v["end_reason"].as_str()), (Some("ended"), Some("left")), "{v}");
+        let v = app
+            .get_json(&format!("/api/calls/{id}"), Some(&ua.access))
+            .await;
+        assert_eq!(
+            (v["status"].as_str(), v["end_reason"].as_str()),
+            (Some("ended"), Some("left")),
+            "{v}"
+        );
     }
 }
 
@@ -321,8 +370,13 @@ async fn a_flood_reads_its_errors_and_a_real_close_1008(app: TestApp) {
     let mut c = app.ws(&u).await;
     let call = uuid::Uuid::new_v4().to_string();
     for i in 0..2000 {
-        let frame = json!({"type": "ice", "call_id": call, "candidate": {"candidate": format!("c{i}")}});
-        if c.stream.send(Message::text(frame.to_string())).await.is_err() {
+        let frame =
+            json!({"type": "ice", "call_id": call, "candidate": {"candidate": format!("c{i}")}});
+        if c.stream
+            .send(Message::text(frame.to_string()))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -379,7 +433,10 @@ async fn revocation_errors_and_close_reach_a_busy_client(app: TestApp) {
     });
     tokio::time::sleep(Duration::from_millis(60)).await;
     let r = app
-        .delete(&format!("/api/sessions/{}", u.session_id), Some(&other.access))
+        .delete(
+            &format!("/api/sessions/{}", u.session_id),
+            Some(&other.access),
+        )
         .await;
     assert_eq!(r.status(), 204);
     let (revoked, end) = sender.await.unwrap();

@@ -261,11 +261,16 @@ async fn signaling_rows_cannot_starve_new_calls_of_buffer() {
     pg.stop_immediately();
     // 100 candidates: far more signaling rows than the whole buffer holds.
     for i in 0..100 {
-        a.send(json!({"type": "ice", "call_id": chatty, "candidate": {"candidate": format!("c{i}")}}))
-            .await;
+        a.send(
+            json!({"type": "ice", "call_id": chatty, "candidate": {"candidate": format!("c{i}")}}),
+        )
+        .await;
         b.expect("ice").await;
     }
-    assert!(app.state.metrics.signal_rows_skipped.get() > 0, "metadata rows were skipped");
+    assert!(
+        app.state.metrics.signal_rows_skipped.get() > 0,
+        "metadata rows were skipped"
+    );
     // carol can still call dave.
     c.send(json!({"type": "call.invite", "to": "dave"})).await;
     assert_eq!(c.expect("call.created").await["to"]["username"], "dave");

@@ -9,6 +9,7 @@ mod helpers;
 mod actors;
 mod auth;
 mod browser;
+mod browser_ui;
 mod calls;
 mod connections;
 mod continuity;

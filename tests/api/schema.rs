@@ -1,4 +1,4 @@
-//! Migrations: `up` creates the four tables, `down` really removes them, and both run on
+//! Migrations: `up` creates the four tables (and `sessions.last_ip`), `down` really removes them, and both run on
 //! PostgreSQL and SQLite.
 
 use migration::{Migrator, MigratorTrait};
@@ -17,6 +17,11 @@ async fn tables(db: &sea_orm::DatabaseConnection) -> Vec<String> {
     present
 }
 
+async fn has_last_ip(db: &sea_orm::DatabaseConnection) -> bool {
+    let manager = sea_orm_migration::SchemaManager::new(db);
+    manager.has_column("sessions", "last_ip").await.unwrap()
+}
+
 async fn up_down_up(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let url = fresh_database(backend, dir.path()).await;
@@ -25,6 +30,10 @@ async fn up_down_up(backend: Backend) {
     }
     let db = Database::connect(&url).await.unwrap();
     Migrator::up(&db, None).await.unwrap();
+    assert_eq!(tables(&db).await.len(), 4);
+    assert!(has_last_ip(&db).await);
+    Migrator::down(&db, Some(1)).await.unwrap();
+    assert!(!has_last_ip(&db).await, "down removes sessions.last_ip");
     assert_eq!(tables(&db).await.len(), 4);
     Migrator::down(&db, Some(1)).await.unwrap();
     assert_eq!(tables(&db).await, ["users", "sessions", "calls"]);

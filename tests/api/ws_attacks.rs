@@ -56,7 +56,10 @@ async fn a_socket_that_authenticates_during_revocation_does_not_survive(app: Tes
         }
         tokio::time::sleep(Duration::from_millis(8)).await;
         let r = app
-            .delete(&format!("/api/sessions/{}", s1.session_id), Some(&s2.access))
+            .delete(
+                &format!("/api/sessions/{}", s1.session_id),
+                Some(&s2.access),
+            )
             .await;
         assert_eq!(r.status(), 204);
         let mut sockets = vec![];
@@ -87,12 +90,22 @@ async fn hostile_payloads_are_refused_and_valid_ones_relayed_verbatim(app: TestA
     );
     let hostile = [
         deep,
-        format!(r#"{{"type":"ice","call_id":"{call}","ref":"h1","candidate":{{"candidate":"x","z":{{"a":1}}}}}}"#),
+        format!(
+            r#"{{"type":"ice","call_id":"{call}","ref":"h1","candidate":{{"candidate":"x","z":{{"a":1}}}}}}"#
+        ),
         format!(r#"{{"type":"ice","call_id":"{call}","ref":"h2","candidate":{{"candidate":5}}}}"#),
-        format!(r#"{{"type":"ice","call_id":"{call}","ref":"h3","candidate":{{"candidate":"x","sdpMLineIndex":70000}}}}"#),
-        format!(r#"{{"type":"ice","call_id":"{call}","ref":"h4","candidate":{{"candidate":"x","a":1,"b":2,"c":3,"d":4,"e":5}}}}"#),
-        format!(r#"{{"type":"sdp","call_id":"{call}","ref":"h5","description":{{"type":"offer","sdp":"v=0","x":[1]}}}}"#),
-        format!(r#"{{"type":"sdp","call_id":"{call}","ref":"h6","description":{{"type":"offer"}}}}"#),
+        format!(
+            r#"{{"type":"ice","call_id":"{call}","ref":"h3","candidate":{{"candidate":"x","sdpMLineIndex":70000}}}}"#
+        ),
+        format!(
+            r#"{{"type":"ice","call_id":"{call}","ref":"h4","candidate":{{"candidate":"x","a":1,"b":2,"c":3,"d":4,"e":5}}}}"#
+        ),
+        format!(
+            r#"{{"type":"sdp","call_id":"{call}","ref":"h5","description":{{"type":"offer","sdp":"v=0","x":[1]}}}}"#
+        ),
+        format!(
+            r#"{{"type":"sdp","call_id":"{call}","ref":"h6","description":{{"type":"offer"}}}}"#
+        ),
         format!(r#"{{"type":"ping","ref":"{}"}}"#, "r".repeat(200)),
     ];
     for frame in &hostile {
@@ -135,7 +148,10 @@ async fn burst(c: &mut WsClient, n: usize) -> (usize, Option<Closed>) {
             Ok(Some(Ok(Message::Text(t)))) if t.contains("rate_limited") => limited += 1,
             Ok(Some(Ok(Message::Text(_)))) => answered += 1,
             Ok(Some(Ok(Message::Close(f)))) => {
-                return (limited, Some(f.map_or(Closed::Dropped, |f| Closed::Code(f.code.into()))));
+                return (
+                    limited,
+                    Some(f.map_or(Closed::Dropped, |f| Closed::Code(f.code.into()))),
+                );
             }
             Ok(Some(Ok(_))) => {}
             Ok(_) => return (limited, Some(Closed::Dropped)),
@@ -174,7 +190,11 @@ async fn reconnecting_or_resuming_resets_no_limit(app: TestApp) {
     let (mut n, w) = app.ws_hello(&u, json!({})).await;
     assert_eq!(w["type"], "welcome");
     let (_, closed) = burst(&mut n, 1).await;
-    assert_eq!(closed, Some(Closed::Code(1008)), "the strikes belong to the user");
+    assert_eq!(
+        closed,
+        Some(Closed::Code(1008)),
+        "the strikes belong to the user"
+    );
 }
 
 /// Rings `v` from `c` until refused (or `max` times); returns how many rang.
@@ -234,9 +254,13 @@ async fn a_client_that_never_reads_is_bounded_in_bytes() {
     let sdp = "s".repeat(60_000);
     let mut max_held = 0;
     for _ in 0..400 {
-        a.send(json!({"type": "sdp", "call_id": call, "description": {"type": "offer", "sdp": sdp}}))
-            .await;
-        match callsignal::actors::ask(&actor, callsignal::actors::connection::ConnectionMsg::Info).await {
+        a.send(
+            json!({"type": "sdp", "call_id": call, "description": {"type": "offer", "sdp": sdp}}),
+        )
+        .await;
+        match callsignal::actors::ask(&actor, callsignal::actors::connection::ConnectionMsg::Info)
+            .await
+        {
             Some(info) => max_held = max_held.max(info.pending_bytes),
             None => break,
         }
@@ -298,7 +322,10 @@ async fn origin_variants_are_refused(app: TestApp) {
         let head = raw_upgrade(&app, &[("Origin", &origin)]).await;
         assert!(head.starts_with("http/1.1 403"), "{origin:?} → {head}");
     }
-    for origin in [format!("http://{host}:{port}"), format!("HTTP://{host}:{port}/")] {
+    for origin in [
+        format!("http://{host}:{port}"),
+        format!("HTTP://{host}:{port}/"),
+    ] {
         let head = raw_upgrade(&app, &[("Origin", &origin)]).await;
         assert!(head.starts_with("http/1.1 101"), "{origin:?} → {head}");
     }

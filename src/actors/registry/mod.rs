@@ -534,11 +534,7 @@ impl RegistryState {
     fn prune(&mut self) {
         let now = Instant::now();
         self.limiters.retain(|_, l| {
-            Arc::strong_count(l) > 1
-                || !l
-                    .lock()
-                    .map(|mut l| l.is_rested(now))
-                    .unwrap_or(true)
+            Arc::strong_count(l) > 1 || !l.lock().map(|mut l| l.is_rested(now)).unwrap_or(true)
         });
         let fresh = |w: &mut VecDeque<Instant>| {
             while w
@@ -582,7 +578,13 @@ impl RegistryState {
             .iter()
             .filter_map(|id| self.conns.get(id))
             .filter(|e| keep(e))
-            .filter_map(|e| Some((parties.contains(&Some(e.conn.id)), e.detached_at?, e.conn.id)))
+            .filter_map(|e| {
+                Some((
+                    parties.contains(&Some(e.conn.id)),
+                    e.detached_at?,
+                    e.conn.id,
+                ))
+            })
             .collect()
     }
 

@@ -141,6 +141,7 @@ pub async fn login(
         refresh_hash,
         ttl,
         ua.as_deref(),
+        client,
     )
     .await?;
     tracing::info!(user_id = %user.user.id, session_id = %session_id, "login");
@@ -167,7 +168,11 @@ fn token_response(
 }
 
 /// `POST /api/auth/refresh`
-pub async fn refresh(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+pub async fn refresh(
+    state: &AppState,
+    req: Request<Incoming>,
+    client: IpAddr,
+) -> Result<HttpResponse, ApiError> {
     let body: RefreshRequest = json_body(state, req).await?;
     let presented = state
         .refresh
@@ -181,8 +186,14 @@ pub async fn refresh(state: &AppState, req: Request<Incoming>) -> Result<HttpRes
     let current = crate::auth::refresh::hashes_equal(&presented.hash, &session.refresh_token_hash);
     let (new_token, new_hash) = state.refresh.mint(presented.session_id);
     if !current
-        || !sessions::rotate_refresh(&state.db, presented.session_id, &presented.hash, new_hash)
-            .await?
+        || !sessions::rotate_refresh(
+            &state.db,
+            presented.session_id,
+            &presented.hash,
+            new_hash,
+            client,
+        )
+        .await?
     {
         // A genuine token of this session that is no longer current: it was spent, so someone
         // holds a copy. Revoke the whole session.
@@ -205,7 +216,7 @@ pub async fn refresh(state: &AppState, req: Request<Incoming>) -> Result<HttpRes
 
 /// `POST /api/auth/logout`
 pub async fn logout(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let auth = authenticate(state, req.headers()).await?;
+    let auth = authenticate(state, &req).await?;
     sessions::revoke(&state.db, auth.session_id, auth.user_id).await?;
     state.actors.revoke_session(auth.session_id);
     tracing::info!(user_id = %auth.user_id, session_id = %auth.session_id, "logout");
@@ -214,7 +225,7 @@ pub async fn logout(state: &AppState, req: Request<Incoming>) -> Result<HttpResp
 
 /// `GET /api/me`
 pub async fn me(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let auth = authenticate(state, req.headers()).await?;
+    let auth = authenticate(state, &req).await?;
     let user = store::users::find_by_id(&state.db, auth.user_id)
         .await?
         .ok_or(ApiError::Unauthorized("user no longer exists"))?;

@@ -51,7 +51,7 @@ fn parse_query(query: Option<&str>) -> Result<(u64, Option<CallId>), ApiError> {
 
 /// `GET /api/calls?limit=&before=`
 pub async fn list(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let auth = authenticate(state, req.headers()).await?;
+    let auth = authenticate(state, &req).await?;
     let (limit, before) = parse_query(req.uri().query())?;
     let calls = calls::list_for_user(&state.db, auth.user_id, limit, before)
         .await?
@@ -65,7 +65,7 @@ pub async fn get(
     req: Request<Incoming>,
     id: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let auth = authenticate(state, req.headers()).await?;
+    let auth = authenticate(state, &req).await?;
     let id = CallId(uuid::Uuid::try_parse(id).map_err(|_| ApiError::NotFound)?);
     let call = calls::get_for_user(&state.db, auth.user_id, id)
         .await?

@@ -12,7 +12,7 @@ use crate::state::AppState;
 
 /// `GET /api/ice-servers`
 pub async fn get(state: &AppState, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
-    let auth = authenticate(state, req.headers()).await?;
+    let auth = authenticate(state, &req).await?;
     let servers = ice::servers_for(&state.settings.ice, auth.user_id);
     Ok(json(
         StatusCode::OK,

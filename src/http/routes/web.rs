@@ -29,6 +29,10 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("/signaling.js", JS, include_str!("../../web/signaling.js")),
     ("/call.js", JS, include_str!("../../web/call.js")),
     ("/verify.js", JS, include_str!("../../web/verify.js")),
+    ("/i18n.js", JS, include_str!("../../web/i18n.js")),
+    ("/messages.js", JS, include_str!("../../web/messages.js")),
+    ("/attention.js", JS, include_str!("../../web/attention.js")),
+    ("/quality.js", JS, include_str!("../../web/quality.js")),
 ];
 
 /// `GET /…` for the client's files.

@@ -88,11 +88,12 @@ pub async fn upgrade(
         return Err(ApiError::ServerBusy("the server is shutting down"));
     }
     let accept = derive_accept_key(key.as_bytes());
+    let client = crate::http::request::client_addr(&req);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let state = state.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => crate::ws::socket::run(state, upgraded).await,
+            Ok(upgraded) => crate::ws::socket::run(state, upgraded, client).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
