@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
+use figment::{Figment, Provider};
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Deserializer};
 
@@ -322,6 +322,133 @@ pub enum LogFormat {
 }
 
 /// Accepts a TOML list or, from an environment variable, a comma-separated string.
+/// `CALLSIGNAL_<SECTION>__<KEY>` variables (contract §4). `CALLSIGNAL_CONFIG` names the file;
+/// `CALLSIGNAL_TEST_*`, `CALLSIGNAL_E2E_*` and `CALLSIGNAL_BIN` belong to the test suite and the
+/// load generator and are not settings. Every other `CALLSIGNAL_*` variable must name a key.
+fn env_provider() -> Env {
+    Env::prefixed("CALLSIGNAL_")
+        .filter(|k| {
+            let k = k.as_str().to_ascii_uppercase();
+            k != "CONFIG" && k != "BIN" && !k.starts_with("TEST_") && !k.starts_with("E2E_")
+        })
+        .split("__")
+        .map(|k| k.as_str().to_ascii_lowercase().into())
+}
+
+/// Keys that may be set although `config/default.toml` leaves them commented out.
+fn optional_keys() -> Vec<&'static str> {
+    let mut keys = vec![
+        "auth.jwt_secret",
+        "ice.turn_secret",
+        "server.tls.cert_path",
+        "server.tls.key_path",
+    ];
+    if cfg!(feature = "test-hooks") {
+        keys.push("test_hooks.tamper_fingerprint_to");
+    }
+    keys
+}
+
+/// Every key path `config/default.toml` defines (leaves; arrays of tables count as leaves).
+fn known_keys() -> Vec<String> {
+    fn walk(dict: &figment::value::Dict, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in dict {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            match v {
+                figment::value::Value::Dict(_, d) => walk(d, &path, out),
+                _ => out.push(path),
+            }
+        }
+    }
+    let mut out = vec![];
+    if let Ok(data) = Figment::from(Toml::string(DEFAULT_TOML)).data() {
+        for dict in data.values() {
+            walk(dict, "", &mut out);
+        }
+    }
+    out.extend(optional_keys().into_iter().map(String::from));
+    out
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Refuses keys the settings do not have, naming the key, its source (file or environment
+/// variable) and the nearest known key.
+fn check_known_keys(figment: &Figment) -> Result<(), ConfigError> {
+    let known = known_keys();
+    let is_table = |path: &str| known.iter().any(|k| k.starts_with(&format!("{path}.")));
+    let mut unknown = vec![];
+    fn walk(
+        dict: &figment::value::Dict,
+        prefix: &str,
+        known: &[String],
+        is_table: &dyn Fn(&str) -> bool,
+        unknown: &mut Vec<String>,
+    ) {
+        for (k, v) in dict {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            if known.contains(&path) {
+                continue;
+            }
+            match v {
+                figment::value::Value::Dict(_, d) if is_table(&path) => {
+                    walk(d, &path, known, is_table, unknown)
+                }
+                _ => unknown.push(path),
+            }
+        }
+    }
+    let data = figment.data().map_err(Box::new)?;
+    for dict in data.values() {
+        walk(dict, "", &known, &is_table, &mut unknown);
+    }
+    let Some(path) = unknown.first() else {
+        return Ok(());
+    };
+    let source = match figment.find_metadata(path) {
+        Some(m) if m.name.contains("environment") => format!(
+            " (environment variable CALLSIGNAL_{})",
+            path.to_ascii_uppercase().replace('.', "__")
+        ),
+        Some(m) => match &m.source {
+            Some(figment::Source::File(f)) => format!(" (in {})", f.display()),
+            _ => format!(" (from {})", m.name),
+        },
+        None => String::new(),
+    };
+    let nearest = known
+        .iter()
+        .min_by_key(|k| edit_distance(k, path))
+        .filter(|k| edit_distance(k, path) <= (path.len() / 3).max(3))
+        .map(|k| format!("; did you mean `{k}`?"))
+        .unwrap_or_default();
+    Err(ConfigError::Rule(format!(
+        "unknown configuration key `{path}`{source}{nearest}"
+    )))
+}
+
 fn nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
     list_or_csv(d)?
         .iter()
@@ -398,19 +525,23 @@ impl Settings {
                     path.display()
                 )));
             }
-            figment = figment.merge(Toml::file(path));
+            if !path.is_file() {
+                return Err(ConfigError::Rule(format!(
+                    "config file {} is not a file (a directory?)",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(
-            Env::prefixed("CALLSIGNAL_")
-                .ignore(&["CONFIG"])
-                .split("__")
-                .map(|k| k.as_str().to_ascii_lowercase().into()),
-        );
+        figment = figment.merge(env_provider());
         Self::from_figment(figment)
     }
 
-    /// Builds settings from a figment (tests layer their own values on [`DEFAULT_TOML`]).
+    /// Builds settings from a figment (tests layer their own values on [`DEFAULT_TOML`]). Any
+    /// key the settings do not have is an error naming it, where it came from and the nearest
+    /// known key: a misspelling must never pass silently.
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        check_known_keys(&figment)?;
         let settings: Settings = figment.extract().map_err(Box::new)?;
         settings.validate()?;
         Ok(settings)
@@ -535,6 +666,42 @@ mod tests {
         assert_eq!(s.server.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(s.ws.max_message_bytes, 65536);
         assert!(s.auth.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_refuse_to_start_naming_the_nearest_known_one() {
+        let err = Settings::from_figment(
+            Settings::defaults().merge(("calls.ring_timeout_sec", 30)),
+        )
+        .expect_err("a misspelled key is refused");
+        let msg = err.to_string();
+        assert!(msg.contains("`calls.ring_timeout_sec`"), "{msg}");
+        assert!(msg.contains("did you mean `calls.ring_timeout_secs`"), "{msg}");
+        let err = Settings::from_figment(Settings::defaults().merge(("nonsense", 1)))
+            .expect_err("an unknown section is refused");
+        assert!(err.to_string().contains("`nonsense`"), "{err}");
+        // Optional keys and whole optional tables are known.
+        let ok = Settings::defaults()
+            .merge(("ice.turn_secret", "s"))
+            .merge(("server.tls.cert_path", "/c.pem"))
+            .merge(("server.tls.key_path", "/k.pem"));
+        assert!(Settings::from_figment(ok).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_file_names_the_file_and_a_directory_is_not_a_file() {
+        let dir = std::env::temp_dir().join(format!("cs-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "[ws]\nresume_grace = 3\n").expect("write");
+        let err = Settings::from_figment(Settings::defaults().merge(Toml::file_exact(&file)))
+            .expect_err("refused");
+        let msg = err.to_string();
+        assert!(msg.contains("`ws.resume_grace`") && msg.contains("bad.toml"), "{msg}");
+        assert!(msg.contains("ws.resume_grace_secs"), "{msg}");
+        let err = Settings::load(Some(&dir)).expect_err("a directory is refused");
+        assert!(err.to_string().contains("not a file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

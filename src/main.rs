@@ -1,11 +1,15 @@
-//! The `callsignal` binary: `serve` (default) runs the server; `migrate up|down [N|all]|status`
-//! manages the schema. `--config PATH` (or `CALLSIGNAL_CONFIG`) names an extra config file.
+//! The `callsignal` binary (contract §4): `serve` (the default) runs the server; `migrate`
+//! manages the schema; `config check` validates and prints the effective configuration;
+//! `healthcheck` asks a running server's `/healthz`. `--config PATH` (or `CALLSIGNAL_CONFIG`)
+//! names an extra config file. `--help` works on every subcommand.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use callsignal::config::Settings;
 use callsignal::startup::{App, shutdown_signal};
+use clap::{Parser, Subcommand};
 use migration::{Migrator, MigratorTrait};
 
 /// mimalloc instead of the system allocator: each connection interleaves small long-lived and
@@ -21,11 +25,70 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 static ALLOC: callsignal::heap::Counting<mimalloc::MiMalloc> =
     callsignal::heap::Counting(mimalloc::MiMalloc);
 
-const USAGE: &str = "usage: callsignal [--config PATH] [serve | migrate up | migrate down [N|all] | migrate status]";
+/// Signaling and account server for end-to-end encrypted 1:1 WebRTC audio calls.
+///
+/// Configuration layers, later ones winning: the compiled-in defaults (config/default.toml) →
+/// the file named by --config or CALLSIGNAL_CONFIG → CALLSIGNAL_<SECTION>__<KEY> variables. A
+/// `.env` file in the working directory is read first. Unknown keys refuse to start.
+#[derive(Debug, Parser)]
+#[command(name = "callsignal", version, propagate_version = true)]
+struct Cli {
+    /// Extra configuration file (TOML) layered over the defaults.
+    #[arg(long, global = true, value_name = "PATH", env = "CALLSIGNAL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default): applies pending migrations unless
+    /// database.migrate_on_start = false, serves until SIGTERM/SIGINT.
+    Serve,
+    /// Manage the database schema.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Ask the running server's GET /healthz on the configured listen address (HTTPS when
+    /// [server.tls] is set); exit status 0 when it answers 200. For container health checks.
+    Healthcheck {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5, value_name = "SECS")]
+        timeout: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateAction {
+    /// Apply every pending migration.
+    Up,
+    /// Revert the last N migrations (default 1), or `all`.
+    Down {
+        /// How many, or `all`.
+        #[arg(default_value = "1")]
+        steps: String,
+    },
+    /// List the migrations and whether each is applied.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Validate the configuration and print the effective settings (secrets redacted); exit
+    /// status 1 with the problem found otherwise.
+    Check,
+}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    match run().await {
+    let cli = Cli::parse();
+    match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One readable line (with its causes) for operators, not a Debug dump.
@@ -35,47 +98,58 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> anyhow::Result<()> {
-    callsignal::config::load_dotenv(Path::new(".")).context("reading .env")?;
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let mut config = None;
-    if let Some(i) = args.iter().position(|a| a == "--config") {
-        if i + 1 >= args.len() {
-            bail!("--config needs a path\n{USAGE}");
-        }
-        config = Some(PathBuf::from(args.remove(i + 1)));
-        args.remove(i);
-    }
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let settings = Settings::load(config.as_deref()).context("loading configuration")?;
-    callsignal::telemetry::init(settings.log.format);
-    let words: Vec<&str> = args.iter().map(String::as_str).collect();
-    match words.as_slice() {
-        [] | ["serve"] => {
+fn settings(config: Option<&Path>) -> anyhow::Result<Settings> {
+    callsignal::config::load_dotenv(Path::new("."))?;
+    Ok(Settings::load(config)?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config.as_deref();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let settings = settings(config)?;
+            callsignal::telemetry::init(settings.log.format);
             let app = App::build(settings).await?;
             app.run_until_stopped(shutdown_signal()).await
         }
-        ["migrate", rest @ ..] => {
+        Command::Config {
+            action: ConfigAction::Check,
+        } => {
+            let settings = settings(config)?;
+            println!(
+                "configuration OK (database: {}; secrets shown as [redacted])\n{settings:#?}",
+                callsignal::store::describe(&settings.database)
+            );
+            Ok(())
+        }
+        Command::Healthcheck { timeout } => {
+            let settings = settings(config)?;
+            callsignal::probe::healthcheck(&settings, Duration::from_secs(timeout)).await?;
+            println!("healthy");
+            Ok(())
+        }
+        Command::Migrate { action } => {
+            let settings = settings(config)?;
+            callsignal::telemetry::init(settings.log.format);
             let db = callsignal::store::connect(&settings.database).await?;
-            match rest {
-                ["up"] => Migrator::up(&db, None).await?,
-                ["down"] => Migrator::down(&db, Some(1)).await?,
-                ["down", "all"] => Migrator::down(&db, None).await?,
-                ["down", n] => {
-                    Migrator::down(&db, Some(n.parse().context("N must be a number")?)).await?
+            match action {
+                MigrateAction::Up => Migrator::up(&db, None).await?,
+                MigrateAction::Down { steps } if steps == "all" => {
+                    Migrator::down(&db, None).await?
                 }
-                ["status"] => {
+                MigrateAction::Down { steps } => {
+                    let n = steps
+                        .parse()
+                        .context("migrate down takes a number of steps or `all`")?;
+                    Migrator::down(&db, Some(n)).await?
+                }
+                MigrateAction::Status => {
                     for m in Migrator::get_migration_with_status(&db).await? {
                         println!("{:<8} {}", m.status().to_string(), m.name());
                     }
                 }
-                _ => bail!("{USAGE}"),
             }
             Ok(())
         }
-        _ => bail!("{USAGE}"),
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
 use migration::{Migrator, MigratorTrait};
 use ractor::Actor;
 use tokio::net::TcpListener;
@@ -30,6 +31,7 @@ use crate::ws::protocol::EndReason;
 /// A built, not yet running server.
 pub struct App {
     listener: TcpListener,
+    tls: Option<(tokio_rustls::TlsAcceptor, Arc<crate::tls::ReloadingCert>)>,
     addr: SocketAddr,
     state: Arc<AppState>,
 }
@@ -39,6 +41,14 @@ impl App {
     /// and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
+        // What can fail for the operator's reasons fails first, before anything is written:
+        // the listen address, then the TLS files.
+        let bind = settings.server.bind;
+        let listener = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("cannot listen on {bind}"))?;
+        let addr = listener.local_addr()?;
+        let tls = crate::tls::acceptor(&settings.server.tls)?;
         if settings.server.data_dir.exists() {
             // It may hold the SQLite database and the generated key: not for other users.
             store::ensure_private_dir(&settings.server.data_dir)?;
@@ -77,8 +87,6 @@ impl App {
         )
         .await?;
         tracing::info!(target: "supervision", event = "started", actor = "root", actor_id = %root.get_id(), "actor started");
-        let listener = TcpListener::bind(settings.server.bind).await?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(AppState {
             tokens: TokenIssuer::new(&key, &settings.auth),
             refresh: RefreshTokens::new(&key),
@@ -110,6 +118,7 @@ impl App {
         });
         Ok(Self {
             listener,
+            tls,
             addr,
             state,
         })
@@ -130,9 +139,38 @@ impl App {
     /// returns only once every call event is committed (or the drain deadline passed, logged).
     pub async fn run_until_stopped(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        tracing::info!(addr = %self.addr, "callsignal listening");
+        let settings = &self.state.settings;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            addr = %self.addr,
+            scheme = if self.tls.is_some() { "https" } else { "http" },
+            tls = self.tls.is_some(),
+            database = crate::store::describe(&settings.database),
+            instance_id = %settings.server.instance_id,
+            trusted_proxies = settings.server.trusted_proxies.len(),
+            "callsignal listening"
+        );
+        if !self.addr.ip().is_loopback()
+            && self.tls.is_none()
+            && settings.server.trusted_proxies.is_empty()
+        {
+            tracing::warn!(addr = %self.addr,
+                "listening on a non-loopback address in plain HTTP with no trusted proxy in front: \
+                 browsers give pages from other hosts no microphone and no WebCrypto outside a secure \
+                 context, and tokens would cross the network in clear. Set [server.tls] or put a TLS \
+                 proxy in front (server.trusted_proxies)");
+        }
+        let acceptor = match self.tls {
+            Some((acceptor, cert)) => {
+                let every = Duration::from_secs(settings.server.tls.reload_check_secs);
+                tokio::spawn(crate::tls::watch(cert, every));
+                Some(acceptor)
+            }
+            None => None,
+        };
         let server = tokio::spawn(crate::http::serve(
             self.listener,
+            acceptor,
             self.state.clone(),
             stop_rx,
         ));

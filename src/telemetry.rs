@@ -54,7 +54,10 @@ fn within_cap(meta: &Metadata<'_>) -> bool {
 pub fn init(format: LogFormat) {
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let filter = env.and(filter_fn(within_cap));
-    let layer = fmt::layer().with_target(true);
+    // Colour only on a terminal, and never with NO_COLOR (https://no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let layer = fmt::layer().with_target(true).with_ansi(colour);
     let layer = match format {
         LogFormat::Json => layer.json().flatten_event(true).with_filter(filter).boxed(),
         LogFormat::Pretty => layer.with_filter(filter).boxed(),

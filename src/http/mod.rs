@@ -32,6 +32,7 @@ use crate::state::AppState;
 /// connections finish (WebSockets are closed by the actor tree's own shutdown).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -75,54 +76,82 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let mut conn_shutdown = shutdown.clone();
+        let conn_shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slots = (permit, address_slot);
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(64 * 1024);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(64)
-                // Ping idle HTTP/2 peers so dead ones are noticed and their slot freed.
-                .keep_alive_interval(Some(Duration::from_secs(20)))
-                .keep_alive_timeout(Duration::from_secs(10))
-                .max_header_list_size(32 * 1024);
-            let activity = Arc::new(Activity::default());
-            let service_activity = activity.clone();
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                let request = service_activity.begin();
-                async move {
-                    let resp = handle(&state, req, peer).await;
-                    drop(request);
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(error = %e, %peer, "http connection ended with an error");
-                    }
-                }
-                _ = activity.expired(deadlines) => {
-                    // Silent, slow or idle: say goodbye (HTTP/2 GOAWAY), then drop the socket.
-                    tracing::debug!(%peer, "closing a connection past its deadline");
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
-                }
-                _ = conn_shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                }
+            match tls {
+                None => serve_connection(stream, state, peer, deadlines, conn_shutdown).await,
+                // The handshake is part of the first request's deadline.
+                Some(acceptor) => match tokio::time::timeout(
+                    deadlines.first_request,
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => serve_connection(tls, state, peer, deadlines, conn_shutdown).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
             }
         });
+    }
+}
+
+/// Serves one connection (plain TCP or TLS) with hyper-util: HTTP/1.1 with upgrades, or HTTP/2,
+/// until it ends, misses a deadline or the server shuts down.
+async fn serve_connection<IO>(
+    io: IO,
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    deadlines: Deadlines,
+    mut conn_shutdown: watch::Receiver<bool>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(deadlines.first_request)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(64)
+        // Ping idle HTTP/2 peers so dead ones are noticed and their slot freed.
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_header_list_size(32 * 1024);
+    let activity = Arc::new(Activity::default());
+    let service_activity = activity.clone();
+    let service = service_fn(move |req| {
+        let state = state.clone();
+        let request = service_activity.begin();
+        async move {
+            let resp = handle(&state, req, peer).await;
+            drop(request);
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, %peer, "http connection ended with an error");
+            }
+        }
+        _ = activity.expired(deadlines) => {
+            // Silent, slow or idle: say goodbye (HTTP/2 GOAWAY), then drop the socket.
+            tracing::debug!(%peer, "closing a connection past its deadline");
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+        }
+        _ = conn_shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
     }
 }
 

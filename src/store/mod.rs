@@ -161,9 +161,31 @@ fn scrub(message: &str, url: &str) -> String {
 /// scheme).
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {
     let url = settings.url.expose();
-    open(settings)
-        .await
-        .map_err(|e| anyhow::anyhow!(scrub(&format!("{e:#}"), url)))
+    open(settings).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot open the database {}: {}",
+            describe(settings),
+            scrub(&format!("{e:#}"), url)
+        )
+    })
+}
+
+/// The database for logs and errors, without its password: `sqlite <path>` or
+/// `postgres user:***@host/db`.
+pub fn describe(settings: &DatabaseSettings) -> String {
+    let url = settings.url.expose();
+    match url.split_once("://") {
+        Some(("sqlite", rest)) => {
+            let path = rest.split('?').next().unwrap_or(rest);
+            format!("sqlite {path}")
+        }
+        Some((scheme, _)) => {
+            let redacted = redact_url(url);
+            let after = redacted.split_once("://").map_or(redacted.as_str(), |(_, r)| r);
+            format!("{scheme} {}", after.split('?').next().unwrap_or(after))
+        }
+        None => "(malformed database.url)".to_owned(),
+    }
 }
 
 async fn open(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConnection> {

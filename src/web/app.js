@@ -914,6 +914,9 @@ window.__callsignal = hooks;
 // Boot: the page's language first, then a refresh token in this tab's storage means we were
 // logged in before the reload.
 applyStatic();
+// Outside a secure context (plain HTTP from another host) browsers give a page no microphone
+// and no WebCrypto: say so up front instead of failing at the first call.
+$("insecure").hidden = window.isSecureContext;
 $("lang").lang = currentLang() === "en" ? "ru" : "en";
 say($("link"), phrase("link.offline"));
 showMuted(false);

@@ -443,12 +443,21 @@ async fn audit(b: &Browser, screen: &str, source: &str, failures: &mut Vec<Strin
 
 /// Scenario 11: axe-core finds no WCAG 2.2 AA violation on any screen, in any look.
 async fn audit_every_screen(alice: &Browser, bob: &Browser, carol: &Browser) {
-    let source = std::fs::read_to_string(axe_path()).unwrap_or_else(|e| {
-        panic!(
-            "axe-core is missing ({}: {e}); run `npm ci` in tests/browser (.ci/run does)",
-            axe_path().display()
-        )
-    });
+    let source = match std::fs::read_to_string(axe_path()) {
+        Ok(s) => s,
+        Err(e) => {
+            let why = format!(
+                "axe-core is missing ({}: {e}); run `npm ci --prefix tests/browser` (.ci/run does)",
+                axe_path().display()
+            );
+            // Like Chromium itself: required in CI, a loud skip on a machine without npm.
+            if std::env::var("CI").is_ok() {
+                panic!("{why}");
+            }
+            eprintln!("\n*** SKIPPED the accessibility audit: {why} ***\n");
+            return;
+        }
+    };
     for b in [alice, bob, carol] {
         b.cmd_timeouts(60_000).await;
     }

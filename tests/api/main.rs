@@ -22,4 +22,5 @@ mod openapi;
 mod schema;
 mod sessions;
 mod signaling;
+mod tls;
 mod ws_attacks;
