@@ -216,6 +216,7 @@ impl CallState {
         if let Some(acker) = acker.filter(|c| !told.contains(&c.id)) {
             acker.send(ended(&acker));
         }
+        self.metrics.call_ended(reason.as_str());
         self.persistence.record(CallEvent::Ended {
             call_id: self.id,
             reason: reason.as_str(),
@@ -485,7 +486,10 @@ fn relay(
         return;
     };
     peer.send(build(s.id, from.user.clone()));
-    s.metrics.signals_relayed.inc();
+    s.metrics.relayed(match kind {
+        SignalingKind::Sdp => "sdp",
+        SignalingKind::Ice => "ice",
+    });
     s.persistence.record_signal(s.id, from.user.id, kind);
 }
 

@@ -618,7 +618,10 @@ impl Connection {
     ) {
         let Some(p) = &state.pairing else { return };
         p.peer.send(build(p.call_id, state.user.clone()));
-        state.links.metrics.signals_relayed.inc();
+        state.links.metrics.relayed(match kind {
+            SignalingKind::Sdp => "sdp",
+            SignalingKind::Ice => "ice",
+        });
         state
             .links
             .persistence

@@ -258,7 +258,16 @@ impl Actor for Persistence {
                 }
                 return Ok(());
             }
-            match write_batch(&state.db, &batch).await {
+            let started = Instant::now();
+            let written = write_batch(&state.db, &batch).await;
+            let metrics = &state.handle.0.metrics;
+            metrics
+                .persistence_write_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if written.is_err() {
+                metrics.persistence_failures.inc();
+            }
+            match written {
                 Ok(()) => {
                     let signals = h
                         .queue()

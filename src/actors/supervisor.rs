@@ -80,7 +80,7 @@ impl SupervisorState {
     }
 
     /// Live-children gauge of this supervisor's kind.
-    fn gauge(&self) -> &crate::metrics::Metric {
+    fn gauge(&self) -> &prometheus_client::metrics::gauge::Gauge {
         match self.kind {
             Kind::Connections => &self.metrics.ws_connections,
             Kind::Calls => &self.metrics.calls_live,

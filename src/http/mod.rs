@@ -155,8 +155,24 @@ async fn serve_connection<IO>(
     }
 }
 
+/// The metrics label of a request: its routing-table template, `static` for the browser
+/// client's files, `unmatched` otherwise (a bounded set, whatever clients send).
+fn route_label(method: &Method, path: &str) -> &'static str {
+    let segments = segments(path);
+    if let Some(r) = ROUTES
+        .iter()
+        .find(|r| r.method == method.as_str() && template_matches(r.path, &segments))
+    {
+        return r.path;
+    }
+    match segments.first() {
+        Some(&"api") => "unmatched",
+        _ if method == Method::GET || method == Method::HEAD => "static",
+        _ => "unmatched",
+    }
+}
+
 async fn handle(state: &Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> HttpResponse {
-    state.metrics.http_requests.inc();
     let started = std::time::Instant::now();
     // Paths carry no secrets (tokens never travel in URLs); the query string is left out anyway.
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
@@ -165,6 +181,20 @@ async fn handle(state: &Arc<AppState>, req: Request<Incoming>, peer: SocketAddr)
         Err(e) => e.into_response(),
     };
     add_common_headers(&mut resp);
+    let route = route_label(&method, &path);
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&crate::metrics::HttpLabels {
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    state
+        .metrics
+        .http_duration
+        .get_or_create(&crate::metrics::RouteLabel { route })
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(target: "http", %method, path, status = resp.status().as_u16(),
         micros = started.elapsed().as_micros() as u64, "request");
     resp

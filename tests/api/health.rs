@@ -21,14 +21,26 @@ async fn health_and_readiness(app: TestApp) {
 }
 
 async fn metrics_are_served_to_loopback(app: TestApp) {
+    assert_eq!(app.get("/healthz", None).await.status(), 200);
     let r = app.get("/metrics", None).await;
     assert_eq!(r.status(), 200);
-    let text = r.text().await.unwrap();
     assert!(
-        text.contains("# TYPE callsignal_ws_connections gauge"),
-        "{text}"
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
     );
-    assert!(text.contains("callsignal_http_requests_total"));
+    let text = r.text().await.unwrap();
+    for want in [
+        "# TYPE callsignal_ws_connections gauge",
+        "callsignal_http_requests_total{route=\"/healthz\",status=\"200\"} 1",
+        "callsignal_http_request_duration_seconds_bucket{le=\"0.0005\",route=\"/healthz\"}",
+        "callsignal_build_info{version=\"",
+        "process_resident_memory_bytes",
+        "callsignal_persistence_backlog 0",
+    ] {
+        assert!(text.contains(want), "missing {want:?}:\n{text}");
+    }
 }
 
 async fn unknown_routes_and_methods(app: TestApp) {

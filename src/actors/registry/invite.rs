@@ -241,6 +241,7 @@ impl RegistryState {
             instance_id: self.args.settings.server.instance_id.clone(),
             at: now,
         });
+        self.args.metrics.call_ended(reason.as_str());
         self.args.persistence.record(CallEvent::Ended {
             call_id,
             reason: reason.as_str(),

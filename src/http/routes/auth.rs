@@ -102,6 +102,11 @@ pub async fn login(
         .begin(&body.username, client)
         .map_err(|wait| {
             state.metrics.login_throttled.inc();
+            state
+                .metrics
+                .logins
+                .get_or_create(&crate::metrics::OutcomeLabel { outcome: "throttled" })
+                .inc();
             ApiError::TooManyAttempts(wait)
         })?;
     // An invalid name cannot exist, but it must cost and answer like a wrong password.
@@ -128,9 +133,19 @@ pub async fn login(
     let Some(user) = user.filter(|_| verified) else {
         // The attempt stays counted.
         state.metrics.login_failures.inc();
+        state
+            .metrics
+            .logins
+            .get_or_create(&crate::metrics::OutcomeLabel { outcome: "failure" })
+            .inc();
         return Err(ApiError::InvalidCredentials);
     };
     attempt.succeeded();
+    state
+        .metrics
+        .logins
+        .get_or_create(&crate::metrics::OutcomeLabel { outcome: "success" })
+        .inc();
     let session_id = SessionId::new();
     let (refresh_token, refresh_hash) = state.refresh.mint(session_id);
     let ttl = chrono::Duration::seconds(state.settings.auth.session_ttl_secs as i64);

@@ -56,6 +56,12 @@ pub fn metrics(state: &AppState, client: IpAddr) -> Result<HttpResponse, ApiErro
             "metrics are not served to this address",
         ));
     }
-    let text = state.metrics.render(state.actors.persistence.backlog());
-    Ok(bytes(StatusCode::OK, "text/plain; version=0.0.4", text))
+    let text = state.metrics.render(crate::metrics::Snapshot {
+        persistence_backlog: state.actors.persistence.backlog(),
+    });
+    Ok(bytes(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        text,
+    ))
 }
