@@ -14,9 +14,11 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, spawn_app_with};
 
-const INNER_ENV: &str = "CALLSIGNAL_E2E_INNER";
+/// Set in the environment of a test re-run inside its network namespace.
+pub(crate) const INNER_ENV: &str = "CALLSIGNAL_E2E_INNER";
 
-fn have(cmd: &str) -> bool {
+/// Whether `cmd` is on the PATH.
+pub(crate) fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
         .stdout(Stdio::null())
@@ -24,33 +26,48 @@ fn have(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn skip(why: &str) {
+fn skip(what: &str, why: &str) {
     if std::env::var("CI").is_ok() {
-        panic!("browser test cannot run in CI: {why}");
+        panic!("{what} cannot run in CI: {why}");
     }
-    eprintln!("\n*** SKIPPED the Chromium end-to-end test: {why} ***\n");
+    eprintln!("\n*** SKIPPED the {what} (Chromium end to end): {why} ***\n");
 }
 
 #[test]
 fn browser_calls_in_chromium() {
+    run_in_netns("browser::browser_scenarios", "browser test");
+}
+
+/// Creates a network namespace that has only loopback and re-runs this test binary inside it,
+/// running the ignored test `inner` (which checks [`INNER_ENV`]). Skips loudly (fails in CI)
+/// without chromium, chromedriver or `ip`, or when no namespace can be made.
+pub(crate) fn run_in_netns(inner: &str, what: &str) {
     for tool in ["chromium", "chromedriver", "ip"] {
         if !have(tool) {
-            return skip(&format!(
-                "`{tool}` is not installed (apt-get install chromium chromium-driver iproute2)"
-            ));
+            return skip(
+                what,
+                &format!(
+                    "`{tool}` is not installed (apt-get install chromium chromium-driver iproute2)"
+                ),
+            );
         }
     }
-    let ns = format!("cs-e2e-{}", std::process::id());
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ns = format!("cs-e2e-{}-{seq}", std::process::id());
     let created = Command::new("ip")
         .args(["netns", "add", &ns])
         .stderr(Stdio::piped())
         .output()
         .expect("ip runs");
     if !created.status.success() {
-        return skip(&format!(
-            "cannot create a network namespace: {}",
-            String::from_utf8_lossy(&created.stderr).trim()
-        ));
+        return skip(
+            what,
+            &format!(
+                "cannot create a network namespace: {}",
+                String::from_utf8_lossy(&created.stderr).trim()
+            ),
+        );
     }
     struct Cleanup(String);
     impl Drop for Cleanup {
@@ -71,7 +88,7 @@ fn browser_calls_in_chromium() {
         .args(["netns", "exec", &ns])
         .arg(me)
         .args([
-            "browser::browser_scenarios",
+            inner,
             "--exact",
             "--ignored",
             "--nocapture",
@@ -81,16 +98,13 @@ fn browser_calls_in_chromium() {
         .env_remove("CALLSIGNAL_TEST_POSTGRES_URL")
         .status()
         .expect("inner test runs");
-    assert!(
-        status.success(),
-        "the browser scenarios failed (see output above)"
-    );
+    assert!(status.success(), "the {what} failed (see output above)");
 }
 
 // ---------------------------------------------------------------------------------------------
 // A minimal WebDriver client.
 
-struct Driver {
+pub(crate) struct Driver {
     http: reqwest::Client,
     base: String,
     child: std::process::Child,
@@ -104,7 +118,7 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    async fn start() -> Driver {
+    pub(crate) async fn start() -> Driver {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -132,9 +146,20 @@ impl Driver {
         panic!("chromedriver did not come up");
     }
 
-    async fn browser(&self, name: &str, width: u32, height: u32) -> Browser {
+    pub(crate) async fn browser(&self, name: &str, width: u32, height: u32) -> Browser {
+        self.browser_with_args(name, width, height, &[]).await
+    }
+
+    /// A browser with extra command-line flags (e.g. a trusted certificate's SPKI hash).
+    pub(crate) async fn browser_with_args(
+        &self,
+        name: &str,
+        width: u32,
+        height: u32,
+        extra: &[String],
+    ) -> Browser {
         let profile = tempfile::tempdir().unwrap();
-        let args = vec![
+        let mut args = vec![
             "--headless=new".to_string(),
             "--no-sandbox".into(),
             "--disable-gpu".into(),
@@ -150,6 +175,7 @@ impl Driver {
             "--autoplay-policy=no-user-gesture-required".into(),
             format!("--window-size={width},{height}"),
         ];
+        args.extend(extra.iter().cloned());
         let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
             "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}});
@@ -176,7 +202,7 @@ impl Driver {
     }
 }
 
-struct Browser {
+pub(crate) struct Browser {
     http: reqwest::Client,
     url: String,
     name: String,
@@ -199,12 +225,12 @@ impl Browser {
         v["value"].clone()
     }
 
-    async fn goto(&self, url: &str) {
+    pub(crate) async fn goto(&self, url: &str) {
         self.cmd(reqwest::Method::POST, "/url", json!({"url": url}))
             .await;
     }
 
-    async fn js(&self, script: &str) -> Value {
+    pub(crate) async fn js(&self, script: &str) -> Value {
         self.cmd(
             reqwest::Method::POST,
             "/execute/sync",
@@ -231,7 +257,7 @@ impl Browser {
             .to_owned()
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         let e = self.element(css).await;
         self.cmd(
             reqwest::Method::POST,
@@ -241,7 +267,7 @@ impl Browser {
         .await;
     }
 
-    async fn type_into(&self, css: &str, text: &str) {
+    pub(crate) async fn type_into(&self, css: &str, text: &str) {
         let e = self.element(css).await;
         self.cmd(
             reqwest::Method::POST,
@@ -258,7 +284,7 @@ impl Browser {
     }
 
     /// Polls `expr` (a JS expression) until it equals `want`.
-    async fn wait_for(&self, expr: &str, want: Value, secs: u64) {
+    pub(crate) async fn wait_for(&self, expr: &str, want: Value, secs: u64) {
         let until = Instant::now() + Duration::from_secs(secs);
         let mut last = Value::Null;
         while Instant::now() < until {
@@ -276,7 +302,7 @@ impl Browser {
         panic!("{}: `{expr}` is {last}, waited for {want}", self.name);
     }
 
-    async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         let v = self
             .cmd(reqwest::Method::GET, "/screenshot", Value::Null)
             .await;
@@ -289,7 +315,7 @@ impl Browser {
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
-    async fn register(&self, base: &str, name: &str) {
+    pub(crate) async fn register(&self, base: &str, name: &str) {
         self.goto(base).await;
         self.wait_for(
             "window.callsignal && window.callsignal.screen()",
@@ -325,7 +351,7 @@ fn artifacts() -> PathBuf {
         .join("artifacts")
 }
 
-async fn call(a: &Browser, b: &Browser, to: &str) {
+pub(crate) async fn call(a: &Browser, b: &Browser, to: &str) {
     a.type_into("#call-to", to).await;
     a.click("#call-button").await;
     b.wait_for("window.callsignal.screen()", json!("incoming"), 10)
@@ -338,7 +364,7 @@ async fn call(a: &Browser, b: &Browser, to: &str) {
     .await;
 }
 
-async fn connected_call(a: &Browser, b: &Browser, to: &str) {
+pub(crate) async fn connected_call(a: &Browser, b: &Browser, to: &str) {
     call(a, b, to).await;
     b.click("#accept").await;
     for x in [a, b] {
@@ -349,7 +375,7 @@ async fn connected_call(a: &Browser, b: &Browser, to: &str) {
     }
 }
 
-async fn audio_flows_both_ways(a: &Browser, b: &Browser) {
+pub(crate) async fn audio_flows_both_ways(a: &Browser, b: &Browser) {
     let before = (a.bytes_received().await, b.bytes_received().await);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = (a.bytes_received().await, b.bytes_received().await);
@@ -363,7 +389,7 @@ async fn audio_flows_both_ways(a: &Browser, b: &Browser) {
     );
 }
 
-async fn codes(a: &Browser, b: &Browser) -> (String, String) {
+pub(crate) async fn codes(a: &Browser, b: &Browser) -> (String, String) {
     let mut out = vec![];
     for x in [a, b] {
         let until = Instant::now() + Duration::from_secs(10);
@@ -382,7 +408,7 @@ async fn codes(a: &Browser, b: &Browser) -> (String, String) {
     (out[0].clone(), out[1].clone())
 }
 
-async fn end_call(a: &Browser, b: &Browser) {
+pub(crate) async fn end_call(a: &Browser, b: &Browser) {
     a.click("#hangup").await;
     for x in [a, b] {
         x.wait_for("window.callsignal.screen()", json!("home"), 10)
@@ -503,9 +529,17 @@ async fn browser_scenarios() {
     alice.js("location.reload(); return null;").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     alice
-        .wait_for("window.callsignal && window.callsignal.screen()", json!("incall"), 15)
+        .wait_for(
+            "window.callsignal && window.callsignal.screen()",
+            json!("incall"),
+            15,
+        )
         .await;
-    assert_eq!(alice.js("return window.callsignal.callId();").await, call_id, "same call");
+    assert_eq!(
+        alice.js("return window.callsignal.callId();").await,
+        call_id,
+        "same call"
+    );
     for x in [&alice, &bob] {
         x.wait_for("window.callsignal.pcState()", json!("connected"), 30)
             .await;
@@ -545,8 +579,12 @@ async fn browser_scenarios() {
         )
         .await;
     bob.goto(&base).await;
-    bob.wait_for("window.callsignal && window.callsignal.link()", json!("online"), 15)
-        .await;
+    bob.wait_for(
+        "window.callsignal && window.callsignal.link()",
+        json!("online"),
+        15,
+    )
+    .await;
 
     // 7. The callee's microphone is blocked: accepting declines with the cause, and both pages
     // say so.

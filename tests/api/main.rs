@@ -12,6 +12,7 @@ mod browser;
 mod calls;
 mod connections;
 mod continuity;
+mod deploy;
 mod durability;
 mod files;
 mod health;
