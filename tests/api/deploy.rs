@@ -1208,7 +1208,23 @@ fn refuses_to_start(mut cmd: Command, names: &[&str]) -> String {
             ran.stderr
         );
     }
+    said_once(&ran.stderr);
     ran.stderr
+}
+
+/// No line of an error report is repeated (errors used to be printed twice).
+fn said_once(err: &str) {
+    let lines: Vec<&str> = err
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    for (i, line) in lines.iter().enumerate() {
+        assert!(
+            !lines[i + 1..].contains(line),
+            "printed more than once: {line:?}\n{err}"
+        );
+    }
 }
 
 /// `--version` and `--help` for the binary and every subcommand (clap).
@@ -1364,10 +1380,6 @@ fn deploy_config_check_prints_the_effective_config_without_secrets() {
         "effective values: {out}"
     );
     assert!(out.contains("127.0.0.1:18080"), "{out}");
-    assert!(
-        out.contains("db.internal"),
-        "the database host is shown: {out}"
-    );
     for secret in [jwt, "db-password-not-printed", "turn-secret-not-printed"] {
         assert!(!out.contains(secret), "{secret} printed: {out}");
     }
@@ -1407,17 +1419,12 @@ fn deploy_misspelled_variable_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = callsignal_serving(dir.path());
     c.env("CALLSIGNAL_CALLS__RING_TIMEOUT_SEC", "30");
-    let err = refuses_to_start(
+    refuses_to_start(
         c,
         &[
             "CALLSIGNAL_CALLS__RING_TIMEOUT_SEC",
             "calls.ring_timeout_secs",
         ],
-    );
-    assert_eq!(
-        err.matches("RING_TIMEOUT_SEC").count(),
-        1,
-        "said once: {err}"
     );
 }
 
@@ -1489,8 +1496,7 @@ fn deploy_bind_address_in_use_names_the_address() {
             format!("sqlite://{}/cs.db?mode=rwc", dir.path().display()),
         )
         .env("CALLSIGNAL_SERVER__DATA_DIR", dir.path().join("data"));
-    let err = refuses_to_start(c, &[&addr]);
-    assert_eq!(err.matches(&addr).count(), 1, "said once: {err}");
+    refuses_to_start(c, &[&addr]);
     assert!(
         !dir.path().join("data/jwt_secret").exists(),
         "no key generated for a server that cannot listen"
@@ -1538,4 +1544,34 @@ fn deploy_unopenable_sqlite_names_the_path() {
         format!("sqlite://{}?mode=rwc", db.display()),
     );
     refuses_to_start(c, &[&db.display().to_string()]);
+}
+
+/// The first log line gives the version, the listen address, the database kind and the TLS
+/// state; output that is not a terminal carries no colour codes.
+///
+/// Depends on the start-up summary and terminal detection (main branch).
+#[test]
+fn deploy_first_log_line_summarises_and_pipes_get_no_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = callsignal_serving(dir.path());
+    c.arg("serve");
+    // Runs until the deadline; what it logged by then is enough.
+    let ran = run_with_deadline(c, 5);
+    let out = ran.output();
+    assert!(
+        !out.contains('\u{1b}'),
+        "colour codes in piped output:\n{out}"
+    );
+    let first = ran
+        .stdout
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    for part in [env!("CARGO_PKG_VERSION"), "127.0.0.1:", "sqlite", "tls"] {
+        assert!(
+            first.contains(part),
+            "the first log line names {part:?}: {first}"
+        );
+    }
 }
