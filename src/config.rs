@@ -390,9 +390,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// Refuses keys the settings do not have, naming the key, its source (file or environment
+fn strip_prefix(s: String) -> String {
+    s.strip_prefix("invalid configuration: ")
+        .map(str::to_owned)
+        .unwrap_or(s)
+}
+
+/// The keys the settings do not have, each described with its source (file or environment
 /// variable) and the nearest known key.
-fn check_known_keys(figment: &Figment) -> Result<(), ConfigError> {
+fn unknown_keys(figment: &Figment) -> Result<Vec<String>, ConfigError> {
     let known = known_keys();
     let is_table = |path: &str| known.iter().any(|k| k.starts_with(&format!("{path}.")));
     let mut unknown = vec![];
@@ -424,9 +430,13 @@ fn check_known_keys(figment: &Figment) -> Result<(), ConfigError> {
     for dict in data.values() {
         walk(dict, "", &known, &is_table, &mut unknown);
     }
-    let Some(path) = unknown.first() else {
-        return Ok(());
-    };
+    Ok(unknown
+        .iter()
+        .map(|path| describe_unknown(figment, &known, path))
+        .collect())
+}
+
+fn describe_unknown(figment: &Figment, known: &[String], path: &str) -> String {
     let source = match figment.find_metadata(path) {
         Some(m) if m.name.contains("environment") => format!(
             " (environment variable CALLSIGNAL_{})",
@@ -442,11 +452,9 @@ fn check_known_keys(figment: &Figment) -> Result<(), ConfigError> {
         .iter()
         .min_by_key(|k| edit_distance(k, path))
         .filter(|k| edit_distance(k, path) <= (path.len() / 3).max(3))
-        .map(|k| format!("; did you mean `{k}`?"))
+        .map(|k| format!(", did you mean `{k}`?"))
         .unwrap_or_default();
-    Err(ConfigError::Rule(format!(
-        "unknown configuration key `{path}`{source}{nearest}"
-    )))
+    format!("unknown configuration key `{path}`{source}{nearest}")
 }
 
 fn nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
@@ -503,7 +511,14 @@ pub fn load_dotenv(dir: &Path) -> Result<bool, ConfigError> {
     }
     dotenvy::from_path(&path).map_err(|e| {
         let why = match e {
-            dotenvy::Error::LineParse(_, at) => format!("syntax error at character {at} of a line"),
+            dotenvy::Error::LineParse(line, at) => {
+                // Name the line by its number, never by its content (it may hold a secret).
+                let number = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|text| text.lines().position(|l| l.trim_end() == line.trim_end()))
+                    .map_or_else(|| "a line".to_owned(), |i| format!("line {}", i + 1));
+                format!("syntax error at character {at} of {number}")
+            }
             dotenvy::Error::Io(e) => e.to_string(),
             dotenvy::Error::EnvVar(e) => e.to_string(),
             _ => "unreadable".to_owned(),
@@ -540,11 +555,21 @@ impl Settings {
     /// Builds settings from a figment (tests layer their own values on [`DEFAULT_TOML`]). Any
     /// key the settings do not have is an error naming it, where it came from and the nearest
     /// known key: a misspelling must never pass silently.
+    /// Every problem found is reported at once (unknown keys, then the first type or range
+    /// error), so `callsignal config check` lists them together.
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        check_known_keys(&figment)?;
-        let settings: Settings = figment.extract().map_err(Box::new)?;
-        settings.validate()?;
-        Ok(settings)
+        let unknown = unknown_keys(&figment)?;
+        let mut problems: Vec<String> = unknown;
+        match figment.extract::<Settings>() {
+            Ok(settings) => match settings.validate() {
+                Ok(()) if problems.is_empty() => return Ok(settings),
+                Ok(()) => {}
+                Err(e) => problems.push(strip_prefix(e.to_string())),
+            },
+            Err(e) if problems.is_empty() => return Err(ConfigError::Invalid(Box::new(e))),
+            Err(e) => problems.push(e.to_string()),
+        }
+        Err(ConfigError::Rule(problems.join("; ")))
     }
 
     /// The defaults alone.

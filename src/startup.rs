@@ -49,6 +49,21 @@ impl App {
             .with_context(|| format!("cannot listen on {bind}"))?;
         let addr = listener.local_addr()?;
         let tls = crate::tls::acceptor(&settings.server.tls)?;
+        // The first log line: what is starting, where, on what.
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            addr = %addr,
+            scheme = if tls.is_some() { "https" } else { "http" },
+            tls = if tls.is_some() { "on" } else { "off" },
+            database = store::describe(&settings.database),
+            instance_id = %settings.server.instance_id,
+            trusted_proxies = settings.server.trusted_proxies.len(),
+            "callsignal {} starting on {addr} ({}, TLS {}, database {})",
+            env!("CARGO_PKG_VERSION"),
+            if tls.is_some() { "https" } else { "http" },
+            if tls.is_some() { "on" } else { "off" },
+            store::describe(&settings.database),
+        );
         if settings.server.data_dir.exists() {
             // It may hold the SQLite database and the generated key: not for other users.
             store::ensure_private_dir(&settings.server.data_dir)?;
@@ -68,7 +83,13 @@ impl App {
                 "ended calls left unfinished by a previous run (server_restart)");
         }
         let key =
-            secret::load_or_generate(settings.auth.jwt_secret.as_ref(), &settings.server.data_dir)?;
+            secret::load_or_generate(settings.auth.jwt_secret.as_ref(), &settings.server.data_dir)
+                .with_context(|| {
+                    format!(
+                        "JWT key in the data directory {}",
+                        settings.server.data_dir.display()
+                    )
+                })?;
         let metrics = Arc::new(Metrics::default());
         let system_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let persistence =
@@ -140,16 +161,7 @@ impl App {
     pub async fn run_until_stopped(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let settings = &self.state.settings;
-        tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
-            addr = %self.addr,
-            scheme = if self.tls.is_some() { "https" } else { "http" },
-            tls = self.tls.is_some(),
-            database = crate::store::describe(&settings.database),
-            instance_id = %settings.server.instance_id,
-            trusted_proxies = settings.server.trusted_proxies.len(),
-            "callsignal listening"
-        );
+        tracing::info!(addr = %self.addr, "callsignal listening");
         if !self.addr.ip().is_loopback()
             && self.tls.is_none()
             && settings.server.trusted_proxies.is_empty()

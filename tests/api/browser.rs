@@ -14,9 +14,11 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Backend, TestApp, spawn_app_with};
 
-const INNER_ENV: &str = "CALLSIGNAL_E2E_INNER";
+/// Set in the environment of a test re-run inside its network namespace.
+pub(crate) const INNER_ENV: &str = "CALLSIGNAL_E2E_INNER";
 
-fn have(cmd: &str) -> bool {
+/// Whether `cmd` is on the PATH.
+pub(crate) fn have(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd}")])
         .stdout(Stdio::null())
@@ -24,33 +26,48 @@ fn have(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn skip(why: &str) {
+fn skip(what: &str, why: &str) {
     if std::env::var("CI").is_ok() {
-        panic!("browser test cannot run in CI: {why}");
+        panic!("{what} cannot run in CI: {why}");
     }
-    eprintln!("\n*** SKIPPED the Chromium end-to-end test: {why} ***\n");
+    eprintln!("\n*** SKIPPED the {what} (Chromium end to end): {why} ***\n");
 }
 
 #[test]
 fn browser_calls_in_chromium() {
+    run_in_netns("browser::browser_scenarios", "browser test");
+}
+
+/// Creates a network namespace that has only loopback and re-runs this test binary inside it,
+/// running the ignored test `inner` (which checks [`INNER_ENV`]). Skips loudly (fails in CI)
+/// without chromium, chromedriver or `ip`, or when no namespace can be made.
+pub(crate) fn run_in_netns(inner: &str, what: &str) {
     for tool in ["chromium", "chromedriver", "ip"] {
         if !have(tool) {
-            return skip(&format!(
-                "`{tool}` is not installed (apt-get install chromium chromium-driver iproute2)"
-            ));
+            return skip(
+                what,
+                &format!(
+                    "`{tool}` is not installed (apt-get install chromium chromium-driver iproute2)"
+                ),
+            );
         }
     }
-    let ns = format!("cs-e2e-{}", std::process::id());
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ns = format!("cs-e2e-{}-{seq}", std::process::id());
     let created = Command::new("ip")
         .args(["netns", "add", &ns])
         .stderr(Stdio::piped())
         .output()
         .expect("ip runs");
     if !created.status.success() {
-        return skip(&format!(
-            "cannot create a network namespace: {}",
-            String::from_utf8_lossy(&created.stderr).trim()
-        ));
+        return skip(
+            what,
+            &format!(
+                "cannot create a network namespace: {}",
+                String::from_utf8_lossy(&created.stderr).trim()
+            ),
+        );
     }
     struct Cleanup(String);
     impl Drop for Cleanup {
@@ -71,7 +88,7 @@ fn browser_calls_in_chromium() {
         .args(["netns", "exec", &ns])
         .arg(me)
         .args([
-            "browser::browser_scenarios",
+            inner,
             "--exact",
             "--ignored",
             "--nocapture",
@@ -81,10 +98,7 @@ fn browser_calls_in_chromium() {
         .env_remove("CALLSIGNAL_TEST_POSTGRES_URL")
         .status()
         .expect("inner test runs");
-    assert!(
-        status.success(),
-        "the browser scenarios failed (see output above)"
-    );
+    assert!(status.success(), "the {what} failed (see output above)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -104,7 +118,7 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    async fn start() -> Driver {
+    pub(crate) async fn start() -> Driver {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -133,8 +147,19 @@ impl Driver {
     }
 
     pub(crate) async fn browser(&self, name: &str, width: u32, height: u32) -> Browser {
+        self.browser_with_args(name, width, height, &[]).await
+    }
+
+    /// A browser with extra command-line flags (e.g. a trusted certificate's SPKI hash).
+    pub(crate) async fn browser_with_args(
+        &self,
+        name: &str,
+        width: u32,
+        height: u32,
+        extra: &[String],
+    ) -> Browser {
         let profile = tempfile::tempdir().unwrap();
-        let args = vec![
+        let mut args = vec![
             "--headless=new".to_string(),
             "--no-sandbox".into(),
             "--disable-gpu".into(),
@@ -150,6 +175,7 @@ impl Driver {
             "--autoplay-policy=no-user-gesture-required".into(),
             format!("--window-size={width},{height}"),
         ];
+        args.extend(extra.iter().cloned());
         let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
             "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}});
@@ -425,7 +451,7 @@ pub(crate) async fn audio_flows_both_ways(a: &Browser, b: &Browser) {
     );
 }
 
-async fn codes(a: &Browser, b: &Browser) -> (String, String) {
+pub(crate) async fn codes(a: &Browser, b: &Browser) -> (String, String) {
     let mut out = vec![];
     for x in [a, b] {
         let until = Instant::now() + Duration::from_secs(10);

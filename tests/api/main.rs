@@ -13,6 +13,7 @@ mod browser_ui;
 mod calls;
 mod connections;
 mod continuity;
+mod deploy;
 mod durability;
 mod files;
 mod health;
