@@ -742,7 +742,7 @@ impl Coturn {
              log-file={d}/turn.log\n\
              pidfile={d}/turnserver.pid\n\
              userdb={d}/turndb\n",
-            relay.saturating_add(40).min(65535)
+            relay.saturating_add(40)
         ));
         if loopback_peers {
             conf.push_str("allow-loopback-peers\nallowed-peer-ip=127.0.0.1\n");
