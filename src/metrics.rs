@@ -48,6 +48,13 @@ pub struct KindLabel {
     pub r#type: &'static str,
 }
 
+/// `{actor}`: the kind of a supervised actor (`connection`, `call`, `registry`, `persistence`…).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActorLabel {
+    /// Actor kind.
+    pub actor: &'static str,
+}
+
 /// `{outcome}` of a login: `success`, `failure` or `throttled`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -105,8 +112,9 @@ pub struct Metrics {
     pub persistence_write_seconds: Histogram,
     /// Signaling metadata rows skipped because their buffer share was full.
     pub signal_rows_skipped: Counter,
-    /// Actor failures seen by supervisors.
-    pub actor_failures: Counter,
+    /// Actor failures seen by supervisors, by actor kind (each is followed by the supervisor's
+    /// restart or clean-up, logged as a `supervision` event).
+    pub actor_failures: Family<ActorLabel, Counter>,
     /// TCP connections closed at once because their address held its share of the slots.
     pub connections_refused: Counter,
 }
@@ -206,7 +214,7 @@ impl Metrics {
             persistence_failures: Counter::default(),
             persistence_write_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             signal_rows_skipped: Counter::default(),
-            actor_failures: Counter::default(),
+            actor_failures: Family::default(),
             connections_refused: Counter::default(),
         };
         m.register()
@@ -235,7 +243,7 @@ impl Metrics {
         r.register("callsignal_persistence_failures", "Persistence batches that failed (retried)", self.persistence_failures.clone());
         r.register("callsignal_persistence_write_seconds", "Time to commit one batch of call events", self.persistence_write_seconds.clone());
         r.register("callsignal_signal_rows_skipped", "Signaling metadata rows skipped (buffer share full)", self.signal_rows_skipped.clone());
-        r.register("callsignal_actor_failures", "Actor failures seen by supervisors", self.actor_failures.clone());
+        r.register("callsignal_actor_failures", "Actor failures seen by supervisors, by actor kind", self.actor_failures.clone());
         r.register("callsignal_connections_refused", "TCP connections refused by the per-address cap", self.connections_refused.clone());
         r.register_collector(Box::new(ScrapeCollector(self.snapshot.clone())));
         self
@@ -244,6 +252,11 @@ impl Metrics {
     /// Counts a `call.ended` with `reason` (its wire string).
     pub fn call_ended(&self, reason: &'static str) {
         self.calls_ended.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts a failure of an actor of kind `actor`.
+    pub fn actor_failed(&self, actor: &'static str) {
+        self.actor_failures.get_or_create(&ActorLabel { actor }).inc();
     }
 
     /// Counts a relayed `sdp` or `ice`.

@@ -176,7 +176,7 @@ impl Actor for Root {
             "unknown"
         };
         if failed {
-            s.args.metrics.actor_failures.inc();
+            s.args.metrics.actor_failed(actor);
             tracing::error!(target: "supervision", event = "failed", actor, actor_id = %id, reason = %reason, "actor failed");
         } else {
             tracing::info!(target: "supervision", event = "stopped", actor, actor_id = %id, reason = %reason, "actor stopped");

@@ -160,7 +160,7 @@ impl Actor for Supervisor {
             SupervisionEvent::ActorFailed(cell, err) => {
                 let id = state.children.remove(&cell.get_id()).unwrap_or_default();
                 state.gauge().dec();
-                state.metrics.actor_failures.inc();
+                state.metrics.actor_failed(state.kind.child());
                 let action = match state.kind {
                     Kind::Connections => "close socket; its call follows the resume rules",
                     Kind::Calls => "end the call cleanly for both parties",

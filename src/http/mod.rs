@@ -159,9 +159,9 @@ async fn serve_connection<IO>(
 /// client's files, `unmatched` otherwise (a bounded set, whatever clients send).
 fn route_label(method: &Method, path: &str) -> &'static str {
     let segments = segments(path);
-    if let Some(r) = ROUTES
-        .iter()
-        .find(|r| r.method == method.as_str() && template_matches(r.path, &segments))
+    if let Some(r) = matching_routes(&segments)
+        .into_iter()
+        .find(|r| r.method == method.as_str())
     {
         return r.path;
     }
@@ -297,19 +297,31 @@ fn template_matches(path: &str, segments: &[&str]) -> bool {
             .all(|(t, s)| (t.starts_with('{') && t.ends_with('}')) || t == s)
 }
 
+/// The rows of [`ROUTES`] whose template fits `segments`, keeping only the most specific ones
+/// (most literal segments): `/api/sessions/revoke-others` is that route, not `{id}` =
+/// "revoke-others" of `/api/sessions/{id}`.
+fn matching_routes(segments: &[&str]) -> Vec<&'static Route> {
+    let literal = |r: &Route| self::segments(r.path).iter().filter(|t| !t.starts_with('{')).count();
+    let fitting: Vec<&Route> = ROUTES
+        .iter()
+        .filter(|r| template_matches(r.path, segments))
+        .collect();
+    let best = fitting.iter().map(|r| literal(r)).max().unwrap_or(0);
+    fitting.into_iter().filter(|r| literal(r) == best).collect()
+}
+
 /// The row of [`ROUTES`] that serves `method` on `segments`, if any.
 fn resolve(method: &Method, segments: &[&str]) -> Option<Endpoint> {
-    ROUTES
-        .iter()
-        .find(|r| r.method == method.as_str() && template_matches(r.path, segments))
+    matching_routes(segments)
+        .into_iter()
+        .find(|r| r.method == method.as_str())
         .map(|r| r.endpoint)
 }
 
 /// The methods [`ROUTES`] serves on `segments`, in table order; empty for an unknown path.
 fn allowed_methods(segments: &[&str]) -> Vec<&'static str> {
-    ROUTES
-        .iter()
-        .filter(|r| template_matches(r.path, segments))
+    matching_routes(segments)
+        .into_iter()
         .map(|r| r.method)
         .collect()
 }
@@ -444,6 +456,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_literal_route_is_not_also_a_template_route() {
+        // Found by schemathesis: `Allow` for /api/sessions/revoke-others listed DELETE, because
+        // "revoke-others" also fits `{id}` of /api/sessions/{id}.
+        let segs = segments("/api/sessions/revoke-others");
+        assert_eq!(allowed_methods(&segs), vec!["POST"]);
+        assert_eq!(resolve(&Method::DELETE, &segs), None);
+        assert_eq!(
+            resolve(&Method::DELETE, &segments("/api/sessions/6f1c7c3e-8f57-4b2a-9f4e-0a0b0c0d0e0f")),
+            Some(Endpoint::DeleteSession)
+        );
+        assert_eq!(route_label(&Method::POST, "/api/sessions/revoke-others"), "/api/sessions/revoke-others");
     }
 
     #[test]

@@ -429,6 +429,13 @@ async fn a_panicking_call_actor_ends_only_its_call(app: TestApp) {
         })
     })
     .await;
+    // The failure is counted by actor kind, and the call's end by reason.
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("callsignal_actor_failures_total{actor=\"call\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("callsignal_calls_ended_total{reason=\"server_error\"} 1"));
     // The other call keeps relaying.
     c.send(json!({"type": "sdp", "call_id": healthy, "description": {"type": "offer", "sdp": "still-here"}})).await;
     assert_eq!(d.expect("sdp").await["description"]["sdp"], "still-here");
