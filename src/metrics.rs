@@ -108,6 +108,9 @@ pub struct Metrics {
     pub events_written: Counter,
     /// Persistence batches that failed (and are retried).
     pub persistence_failures: Counter,
+    /// Relay latency of `sdp`/`ice` on the direct path, in seconds: from the sender's frame being
+    /// parsed to the peer's frame being written to its socket.
+    pub relay_seconds: Histogram,
     /// Time to commit one persistence batch, in seconds.
     pub persistence_write_seconds: Histogram,
     /// Signaling metadata rows skipped because their buffer share was full.
@@ -213,6 +216,7 @@ impl Metrics {
             events_written: Counter::default(),
             persistence_failures: Counter::default(),
             persistence_write_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            relay_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             signal_rows_skipped: Counter::default(),
             actor_failures: Family::default(),
             connections_refused: Counter::default(),
@@ -240,6 +244,7 @@ impl Metrics {
         r.register("callsignal_resume_gaps", "Resumes that could not replay every missed message", self.resume_gaps.clone());
         r.register("callsignal_resumes", "Connections resumed or taken over by a new socket", self.resumes.clone());
         r.register("callsignal_events_written", "Call events committed", self.events_written.clone());
+        r.register("callsignal_relay_latency_seconds", "sdp/ice relay latency inside the server (sender frame parsed to peer frame written)", self.relay_seconds.clone());
         r.register("callsignal_persistence_failures", "Persistence batches that failed (retried)", self.persistence_failures.clone());
         r.register("callsignal_persistence_write_seconds", "Time to commit one batch of call events", self.persistence_write_seconds.clone());
         r.register("callsignal_signal_rows_skipped", "Signaling metadata rows skipped (buffer share full)", self.signal_rows_skipped.clone());

@@ -38,6 +38,9 @@ use crate::ws::protocol::{
 pub enum Outbound {
     /// A text frame and its `seq` (0 for the unsequenced `welcome` and resume errors).
     Text(u64, Utf8Bytes),
+    /// A relayed `sdp`/`ice` frame, its `seq` and when the sender's frame arrived: the socket
+    /// task records the relay latency once it is written.
+    Relayed(u64, Utf8Bytes, std::time::Instant),
     /// A close frame with code and reason; the socket task runs the closing handshake.
     Close(u16, &'static str),
 }
@@ -121,6 +124,8 @@ pub enum ConnectionMsg {
     Client(Inbound),
     /// A message for the client.
     Deliver(ServerMessage),
+    /// A relayed `sdp`/`ice` for the client, with when the sender's frame arrived.
+    Relayed(ServerMessage, std::time::Instant),
     /// A new socket joins this connection; `call` is the user's current call for `welcome`.
     Attach(SocketLink, Join, Option<CallSummary>),
     /// The socket `socket_id` ended.
@@ -304,14 +309,26 @@ impl ConnectionState {
 
     /// Numbers `msg`, holds it and queues it to the socket (if any).
     fn push(&mut self, msg: &ServerMessage) -> Result<(), Overflow> {
+        self.push_timed(msg, None)
+    }
+
+    /// [`push`](Self::push), remembering when a relayed message's original arrived.
+    fn push_timed(
+        &mut self,
+        msg: &ServerMessage,
+        received: Option<std::time::Instant>,
+    ) -> Result<(), Overflow> {
         let seq = self.next_seq;
         self.next_seq += 1;
         let text = Utf8Bytes::from(msg.to_json_with_seq(seq));
         self.held_bytes += text.len();
         self.held.push_back((seq, text.clone()));
+        let out = match received {
+            Some(at) => Outbound::Relayed(seq, text, at),
+            None => Outbound::Text(seq, text),
+        };
         if let Some(s) = &self.socket
-            && let Err(mpsc::error::TrySendError::Full(_)) =
-                s.tx.try_send(Outbound::Text(seq, text))
+            && let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(out)
         {
             return Err(Overflow);
         }
@@ -507,6 +524,11 @@ impl Actor for Connection {
                     state.overflowed(&me);
                 }
             }
+            ConnectionMsg::Relayed(msg, received) => {
+                if state.push_timed(&msg, Some(received)).is_err() {
+                    state.overflowed(&me);
+                }
+            }
             ConnectionMsg::Attach(socket, join, call) => {
                 if state.attach(&me, socket, join, call).is_err() {
                     state.overflowed(&me);
@@ -614,10 +636,14 @@ impl Connection {
         &self,
         state: &ConnectionState,
         kind: SignalingKind,
+        received: std::time::Instant,
         build: impl FnOnce(CallId, UserRef) -> ServerMessage,
     ) {
         let Some(p) = &state.pairing else { return };
-        p.peer.send(build(p.call_id, state.user.clone()));
+        let _ = p.peer.actor.cast(ConnectionMsg::Relayed(
+            build(p.call_id, state.user.clone()),
+            received,
+        ));
         state.links.metrics.relayed(match kind {
             SignalingKind::Sdp => "sdp",
             SignalingKind::Ice => "ice",
@@ -650,7 +676,7 @@ impl Connection {
                 call_id,
                 description,
             } if state.pairing.as_ref().is_some_and(|p| p.call_id == call_id) => {
-                self.relay_direct(state, SignalingKind::Sdp, |call_id, from| {
+                self.relay_direct(state, SignalingKind::Sdp, inbound.received, |call_id, from| {
                     ServerMessage::Sdp {
                         call_id,
                         description,
@@ -661,7 +687,7 @@ impl Connection {
             ClientMessage::Ice { call_id, candidate }
                 if state.pairing.as_ref().is_some_and(|p| p.call_id == call_id) =>
             {
-                self.relay_direct(state, SignalingKind::Ice, |call_id, from| {
+                self.relay_direct(state, SignalingKind::Ice, inbound.received, |call_id, from| {
                     ServerMessage::Ice {
                         call_id,
                         candidate,

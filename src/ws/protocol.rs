@@ -96,6 +96,8 @@ pub struct Inbound {
     pub message: ClientMessage,
     /// The client's `ref`, copied into the direct reply or error.
     pub reference: Option<String>,
+    /// When the frame was parsed (for the relay-latency histogram).
+    pub received: std::time::Instant,
 }
 
 /// Every field any client message may carry; unknown fields are ignored.
@@ -224,6 +226,7 @@ pub fn parse(text: &str) -> Result<Inbound, BadMessage> {
     }
     typed(frame)
         .map(|message| Inbound {
+            received: std::time::Instant::now(),
             message,
             reference: reference.clone(),
         })

@@ -394,21 +394,39 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
             biased;
             code = a.control.killed() => return Exit::Close(code, "closed by the server"),
             out = a.rx.recv() => match out {
-                Some(Outbound::Text(seq, text)) => {
+                Some(first @ (Outbound::Text(..) | Outbound::Relayed(..))) => {
                     // Gather what else is queued: one write to the kernel for the whole batch.
-                    let mut last = seq;
+                    let mut last = 0;
                     let mut then_close = None;
+                    // Arrival times of relayed frames in the batch (allocated only when relaying).
+                    let mut relayed: Vec<Instant> = Vec::new();
+                    let mut frame = |out: Outbound| match out {
+                        Outbound::Text(seq, text) => {
+                            last = last.max(seq);
+                            Some(text)
+                        }
+                        Outbound::Relayed(seq, text, at) => {
+                            last = last.max(seq);
+                            relayed.push(at);
+                            Some(text)
+                        }
+                        Outbound::Close(..) => None,
+                    };
+                    let first = frame(first);
                     let batch = async {
-                        ws.feed(Message::Text(text)).await?;
+                        if let Some(text) = first {
+                            ws.feed(Message::Text(text)).await?;
+                        }
                         for _ in 1..MAX_BATCH {
                             match a.rx.try_recv() {
-                                Ok(Outbound::Text(seq, text)) => {
-                                    ws.feed(Message::Text(text)).await?;
-                                    last = last.max(seq);
-                                }
                                 Ok(Outbound::Close(code, reason)) => {
                                     then_close = Some((code, reason));
                                     break;
+                                }
+                                Ok(out) => {
+                                    if let Some(text) = frame(out) {
+                                        ws.feed(Message::Text(text)).await?;
+                                    }
                                 }
                                 Err(_) => break,
                             }
@@ -423,6 +441,9 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                         return Exit::Dropped;
                     }
                     a.control.mark_written(last);
+                    for at in relayed {
+                        state.metrics.relay_seconds.observe(at.elapsed().as_secs_f64());
+                    }
                     if let Some((code, reason)) = then_close {
                         return Exit::Close(code, reason);
                     }

@@ -108,7 +108,9 @@ impl Device {
             .await
             .unwrap()
         {
-            Some(Outbound::Text(_, t)) => serde_json::from_str(&t).unwrap(),
+            Some(Outbound::Text(_, t) | Outbound::Relayed(_, t, _)) => {
+                serde_json::from_str(&t).unwrap()
+            }
             other => panic!("expected a message, got {other:?}"),
         }
     }

@@ -92,6 +92,16 @@ async fn full_call_relays_sdp_and_ice_untouched(app: TestApp) {
         .await;
     ended(&mut a, &call_id, "hangup").await;
     ended(&mut b, &call_id, "hangup").await;
+    // Every relay was timed and counted by type.
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    for want in [
+        "callsignal_relay_latency_seconds_count 4",
+        "callsignal_signals_relayed_total{type=\"sdp\"} 2",
+        "callsignal_signals_relayed_total{type=\"ice\"} 2",
+        "callsignal_calls_ended_total{reason=\"hangup\"} 1",
+    ] {
+        assert!(metrics.contains(want), "missing {want:?}:\n{metrics}");
+    }
     let row = call_row(&app, &call_id).await;
     assert_eq!(row.status, entity::calls::CallStatus::Ended);
     assert_eq!(row.end_reason.as_deref(), Some("hangup"));
