@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::{Figment, Provider};
 use figment::providers::{Env, Format, Toml};
+use figment::{Figment, Provider};
 use serde::{Deserialize, Deserializer};
 
 /// The base layer, compiled into the binary so it runs from any working directory.
@@ -695,13 +695,15 @@ mod tests {
 
     #[test]
     fn unknown_keys_refuse_to_start_naming_the_nearest_known_one() {
-        let err = Settings::from_figment(
-            Settings::defaults().merge(("calls.ring_timeout_sec", 30)),
-        )
-        .expect_err("a misspelled key is refused");
+        let err =
+            Settings::from_figment(Settings::defaults().merge(("calls.ring_timeout_sec", 30)))
+                .expect_err("a misspelled key is refused");
         let msg = err.to_string();
         assert!(msg.contains("`calls.ring_timeout_sec`"), "{msg}");
-        assert!(msg.contains("did you mean `calls.ring_timeout_secs`"), "{msg}");
+        assert!(
+            msg.contains("did you mean `calls.ring_timeout_secs`"),
+            "{msg}"
+        );
         let err = Settings::from_figment(Settings::defaults().merge(("nonsense", 1)))
             .expect_err("an unknown section is refused");
         assert!(err.to_string().contains("`nonsense`"), "{err}");
@@ -722,7 +724,10 @@ mod tests {
         let err = Settings::from_figment(Settings::defaults().merge(Toml::file_exact(&file)))
             .expect_err("refused");
         let msg = err.to_string();
-        assert!(msg.contains("`ws.resume_grace`") && msg.contains("bad.toml"), "{msg}");
+        assert!(
+            msg.contains("`ws.resume_grace`") && msg.contains("bad.toml"),
+            "{msg}"
+        );
         assert!(msg.contains("ws.resume_grace_secs"), "{msg}");
         let err = Settings::load(Some(&dir)).expect_err("a directory is refused");
         assert!(err.to_string().contains("not a file"), "{err}");

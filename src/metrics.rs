@@ -145,12 +145,37 @@ fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::fm
 impl Collector for ScrapeCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let s = *self.0.lock().unwrap_or_else(|p| p.into_inner());
-        gauge(&mut e, "callsignal_persistence_backlog", "Call events waiting to be committed", s.persistence_backlog as i64)?;
+        gauge(
+            &mut e,
+            "callsignal_persistence_backlog",
+            "Call events waiting to be committed",
+            s.persistence_backlog as i64,
+        )?;
         if let Some(p) = process() {
-            counter(&mut e, "process_cpu_seconds", "Total user and system CPU time spent in seconds", p.cpu_seconds)?;
-            gauge(&mut e, "process_resident_memory_bytes", "Resident memory size in bytes", p.resident_bytes)?;
-            gauge(&mut e, "process_open_fds", "Number of open file descriptors", p.open_fds)?;
-            gauge(&mut e, "process_start_time_seconds", "Start time of the process since the Unix epoch in seconds", p.start_time)?;
+            counter(
+                &mut e,
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                p.cpu_seconds,
+            )?;
+            gauge(
+                &mut e,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                p.resident_bytes,
+            )?;
+            gauge(
+                &mut e,
+                "process_open_fds",
+                "Number of open file descriptors",
+                p.open_fds,
+            )?;
+            gauge(
+                &mut e,
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                p.start_time,
+            )?;
         }
         Ok(())
     }
@@ -228,40 +253,132 @@ impl Metrics {
         let r = &mut self.registry;
         let version = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
         r.register("callsignal_build", "Build information", version);
-        r.register("callsignal_ws_connections", "Signaling connections (attached or in their resume grace)", self.ws_connections.clone());
-        r.register("callsignal_calls_live", "Calls not yet ended (with an actor)", self.calls_live.clone());
-        r.register("callsignal_http_requests", "HTTP requests by route and status", self.http_requests.clone());
-        r.register("callsignal_http_request_duration_seconds", "HTTP request duration by route", self.http_duration.clone());
-        r.register("callsignal_logins", "Logins by outcome", self.logins.clone());
-        r.register("callsignal_login_failures", "Failed logins", self.login_failures.clone());
-        r.register("callsignal_password_verifications", "argon2id verifications computed", self.password_verifications.clone());
-        r.register("callsignal_login_throttled", "Logins answered 429", self.login_throttled.clone());
-        r.register("callsignal_calls_created", "Calls created", self.calls_created.clone());
-        r.register("callsignal_calls_ended", "Calls ended, by reason", self.calls_ended.clone());
-        r.register("callsignal_signals_relayed", "sdp/ice messages relayed, by type", self.signals_relayed.clone());
-        r.register("callsignal_slow_consumers", "Sockets closed for not reading", self.slow_consumers.clone());
-        r.register("callsignal_rate_limited", "Messages refused by the rate limit", self.rate_limited.clone());
-        r.register("callsignal_resume_gaps", "Resumes that could not replay every missed message", self.resume_gaps.clone());
-        r.register("callsignal_resumes", "Connections resumed or taken over by a new socket", self.resumes.clone());
-        r.register("callsignal_events_written", "Call events committed", self.events_written.clone());
-        r.register("callsignal_relay_latency_seconds", "sdp/ice relay latency inside the server (sender frame parsed to peer frame written)", self.relay_seconds.clone());
-        r.register("callsignal_persistence_failures", "Persistence batches that failed (retried)", self.persistence_failures.clone());
-        r.register("callsignal_persistence_write_seconds", "Time to commit one batch of call events", self.persistence_write_seconds.clone());
-        r.register("callsignal_signal_rows_skipped", "Signaling metadata rows skipped (buffer share full)", self.signal_rows_skipped.clone());
-        r.register("callsignal_actor_failures", "Actor failures seen by supervisors, by actor kind", self.actor_failures.clone());
-        r.register("callsignal_connections_refused", "TCP connections refused by the per-address cap", self.connections_refused.clone());
+        r.register(
+            "callsignal_ws_connections",
+            "Signaling connections (attached or in their resume grace)",
+            self.ws_connections.clone(),
+        );
+        r.register(
+            "callsignal_calls_live",
+            "Calls not yet ended (with an actor)",
+            self.calls_live.clone(),
+        );
+        r.register(
+            "callsignal_http_requests",
+            "HTTP requests by route and status",
+            self.http_requests.clone(),
+        );
+        r.register(
+            "callsignal_http_request_duration_seconds",
+            "HTTP request duration by route",
+            self.http_duration.clone(),
+        );
+        r.register(
+            "callsignal_logins",
+            "Logins by outcome",
+            self.logins.clone(),
+        );
+        r.register(
+            "callsignal_login_failures",
+            "Failed logins",
+            self.login_failures.clone(),
+        );
+        r.register(
+            "callsignal_password_verifications",
+            "argon2id verifications computed",
+            self.password_verifications.clone(),
+        );
+        r.register(
+            "callsignal_login_throttled",
+            "Logins answered 429",
+            self.login_throttled.clone(),
+        );
+        r.register(
+            "callsignal_calls_created",
+            "Calls created",
+            self.calls_created.clone(),
+        );
+        r.register(
+            "callsignal_calls_ended",
+            "Calls ended, by reason",
+            self.calls_ended.clone(),
+        );
+        r.register(
+            "callsignal_signals_relayed",
+            "sdp/ice messages relayed, by type",
+            self.signals_relayed.clone(),
+        );
+        r.register(
+            "callsignal_slow_consumers",
+            "Sockets closed for not reading",
+            self.slow_consumers.clone(),
+        );
+        r.register(
+            "callsignal_rate_limited",
+            "Messages refused by the rate limit",
+            self.rate_limited.clone(),
+        );
+        r.register(
+            "callsignal_resume_gaps",
+            "Resumes that could not replay every missed message",
+            self.resume_gaps.clone(),
+        );
+        r.register(
+            "callsignal_resumes",
+            "Connections resumed or taken over by a new socket",
+            self.resumes.clone(),
+        );
+        r.register(
+            "callsignal_events_written",
+            "Call events committed",
+            self.events_written.clone(),
+        );
+        r.register(
+            "callsignal_relay_latency_seconds",
+            "sdp/ice relay latency inside the server (sender frame parsed to peer frame written)",
+            self.relay_seconds.clone(),
+        );
+        r.register(
+            "callsignal_persistence_failures",
+            "Persistence batches that failed (retried)",
+            self.persistence_failures.clone(),
+        );
+        r.register(
+            "callsignal_persistence_write_seconds",
+            "Time to commit one batch of call events",
+            self.persistence_write_seconds.clone(),
+        );
+        r.register(
+            "callsignal_signal_rows_skipped",
+            "Signaling metadata rows skipped (buffer share full)",
+            self.signal_rows_skipped.clone(),
+        );
+        r.register(
+            "callsignal_actor_failures",
+            "Actor failures seen by supervisors, by actor kind",
+            self.actor_failures.clone(),
+        );
+        r.register(
+            "callsignal_connections_refused",
+            "TCP connections refused by the per-address cap",
+            self.connections_refused.clone(),
+        );
         r.register_collector(Box::new(ScrapeCollector(self.snapshot.clone())));
         self
     }
 
     /// Counts a `call.ended` with `reason` (its wire string).
     pub fn call_ended(&self, reason: &'static str) {
-        self.calls_ended.get_or_create(&ReasonLabel { reason }).inc();
+        self.calls_ended
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts a failure of an actor of kind `actor`.
     pub fn actor_failed(&self, actor: &'static str) {
-        self.actor_failures.get_or_create(&ActorLabel { actor }).inc();
+        self.actor_failures
+            .get_or_create(&ActorLabel { actor })
+            .inc();
     }
 
     /// Counts a relayed `sdp` or `ice`.
@@ -292,7 +409,10 @@ mod tests {
         m.call_ended("hangup");
         m.relayed("ice");
         m.http_requests
-            .get_or_create(&HttpLabels { route: "/healthz", status: 200 })
+            .get_or_create(&HttpLabels {
+                route: "/healthz",
+                status: 200,
+            })
             .inc();
         m.http_duration
             .get_or_create(&RouteLabel { route: "/healthz" })

@@ -88,7 +88,10 @@ impl ReloadingCert {
                 true
             }
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), "TLS certificate not reloaded; keeping the current one");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "TLS certificate not reloaded; keeping the current one"
+                );
                 false
             }
         }
@@ -104,13 +107,20 @@ impl ReloadingCert {
 
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
 }
 
 /// The acceptor for `settings`, or `None` when TLS is off; plus the certificate handle to keep
 /// fresh with [`watch`].
-pub fn acceptor(settings: &TlsSettings) -> anyhow::Result<Option<(TlsAcceptor, Arc<ReloadingCert>)>> {
+pub fn acceptor(
+    settings: &TlsSettings,
+) -> anyhow::Result<Option<(TlsAcceptor, Arc<ReloadingCert>)>> {
     let Some((cert, key)) = settings.paths() else {
         return Ok(None);
     };

@@ -22,16 +22,16 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::ConnRef;
+use super::persistence::PersistenceHandle;
 use super::registry::{self, ConnEntryInfo, RegistryMsg};
 use crate::config::Settings;
-use super::persistence::PersistenceHandle;
 use crate::domain::{CallId, ConnectionId, SessionId, UserRef};
-use entity::signaling_messages::SignalingKind;
 use crate::ice::IceServer;
 use crate::metrics::Metrics;
 use crate::ws::protocol::{
     CallSummary, ClientMessage, EndReason, ErrorCode, Inbound, ServerMessage, close,
 };
+use entity::signaling_messages::SignalingKind;
 
 /// What the connection actor hands to its socket task.
 #[derive(Debug)]
@@ -400,7 +400,6 @@ impl ConnectionState {
     /// A new socket joins (resume or takeover).
     fn attach(
         &mut self,
-        me: &ActorRef<ConnectionMsg>,
         socket: SocketLink,
         join: Join,
         call: Option<CallSummary>,
@@ -451,7 +450,6 @@ impl ConnectionState {
         if let Some(r) = self.registry() {
             let _ = r.cast(RegistryMsg::Attached(self.id));
         }
-        let _ = me;
         Ok(())
     }
 
@@ -530,7 +528,7 @@ impl Actor for Connection {
                 }
             }
             ConnectionMsg::Attach(socket, join, call) => {
-                if state.attach(&me, socket, join, call).is_err() {
+                if state.attach(socket, join, call).is_err() {
                     state.overflowed(&me);
                 }
             }
@@ -676,24 +674,30 @@ impl Connection {
                 call_id,
                 description,
             } if state.pairing.as_ref().is_some_and(|p| p.call_id == call_id) => {
-                self.relay_direct(state, SignalingKind::Sdp, inbound.received, |call_id, from| {
-                    ServerMessage::Sdp {
+                self.relay_direct(
+                    state,
+                    SignalingKind::Sdp,
+                    inbound.received,
+                    |call_id, from| ServerMessage::Sdp {
                         call_id,
                         description,
                         from,
-                    }
-                });
+                    },
+                );
             }
             ClientMessage::Ice { call_id, candidate }
                 if state.pairing.as_ref().is_some_and(|p| p.call_id == call_id) =>
             {
-                self.relay_direct(state, SignalingKind::Ice, inbound.received, |call_id, from| {
-                    ServerMessage::Ice {
+                self.relay_direct(
+                    state,
+                    SignalingKind::Ice,
+                    inbound.received,
+                    |call_id, from| ServerMessage::Ice {
                         call_id,
                         candidate,
                         from,
-                    }
-                });
+                    },
+                );
             }
             ClientMessage::Hello { .. } => reply(ServerMessage::error(
                 ErrorCode::BadMessage,

@@ -25,9 +25,9 @@ use sea_orm::{DatabaseConnection, TransactionTrait};
 
 use crate::config::PersistenceSettings;
 use crate::domain::{CallId, UserId};
-use entity::signaling_messages::SignalingKind;
 use crate::metrics::Metrics;
 use crate::store::calls::{self, CallEvent};
+use entity::signaling_messages::SignalingKind;
 
 /// First retry delay after a failed batch.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);

@@ -83,16 +83,17 @@ pub async fn serve(
             match tls {
                 None => serve_connection(stream, state, peer, deadlines, conn_shutdown).await,
                 // The handshake is part of the first request's deadline.
-                Some(acceptor) => match tokio::time::timeout(
-                    deadlines.first_request,
-                    acceptor.accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(tls)) => serve_connection(tls, state, peer, deadlines, conn_shutdown).await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                },
+                Some(acceptor) => {
+                    match tokio::time::timeout(deadlines.first_request, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, state, peer, deadlines, conn_shutdown).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
@@ -270,7 +271,11 @@ pub const ROUTES: &[Route] = &[
     r("POST", "/api/auth/logout", Endpoint::Logout),
     r("GET", "/api/me", Endpoint::Me),
     r("GET", "/api/sessions", Endpoint::ListSessions),
-    r("POST", "/api/sessions/revoke-others", Endpoint::RevokeOtherSessions),
+    r(
+        "POST",
+        "/api/sessions/revoke-others",
+        Endpoint::RevokeOtherSessions,
+    ),
     r("DELETE", "/api/sessions/{id}", Endpoint::DeleteSession),
     r("GET", "/api/calls", Endpoint::ListCalls),
     r("GET", "/api/calls/{id}", Endpoint::GetCall),
@@ -301,7 +306,12 @@ fn template_matches(path: &str, segments: &[&str]) -> bool {
 /// (most literal segments): `/api/sessions/revoke-others` is that route, not `{id}` =
 /// "revoke-others" of `/api/sessions/{id}`.
 fn matching_routes(segments: &[&str]) -> Vec<&'static Route> {
-    let literal = |r: &Route| self::segments(r.path).iter().filter(|t| !t.starts_with('{')).count();
+    let literal = |r: &Route| {
+        self::segments(r.path)
+            .iter()
+            .filter(|t| !t.starts_with('{'))
+            .count()
+    };
     let fitting: Vec<&Route> = ROUTES
         .iter()
         .filter(|r| template_matches(r.path, segments))
@@ -332,11 +342,7 @@ async fn route(
     peer: SocketAddr,
 ) -> Result<HttpResponse, ApiError> {
     use routes::*;
-    let client = request::client_ip(
-        req.headers(),
-        peer,
-        &state.settings.server.trusted_proxies,
-    );
+    let client = request::client_ip(req.headers(), peer, &state.settings.server.trusted_proxies);
     req.extensions_mut().insert(request::ClientAddr(client));
     let path = req.uri().path().to_owned();
     let segments = segments(&path);
@@ -466,10 +472,16 @@ mod tests {
         assert_eq!(allowed_methods(&segs), vec!["POST"]);
         assert_eq!(resolve(&Method::DELETE, &segs), None);
         assert_eq!(
-            resolve(&Method::DELETE, &segments("/api/sessions/6f1c7c3e-8f57-4b2a-9f4e-0a0b0c0d0e0f")),
+            resolve(
+                &Method::DELETE,
+                &segments("/api/sessions/6f1c7c3e-8f57-4b2a-9f4e-0a0b0c0d0e0f")
+            ),
             Some(Endpoint::DeleteSession)
         );
-        assert_eq!(route_label(&Method::POST, "/api/sessions/revoke-others"), "/api/sessions/revoke-others");
+        assert_eq!(
+            route_label(&Method::POST, "/api/sessions/revoke-others"),
+            "/api/sessions/revoke-others"
+        );
     }
 
     #[test]

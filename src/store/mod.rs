@@ -181,7 +181,9 @@ pub fn describe(settings: &DatabaseSettings) -> String {
         }
         Some((scheme, _)) => {
             let redacted = redact_url(url);
-            let after = redacted.split_once("://").map_or(redacted.as_str(), |(_, r)| r);
+            let after = redacted
+                .split_once("://")
+                .map_or(redacted.as_str(), |(_, r)| r);
             format!("{scheme} {}", after.split('?').next().unwrap_or(after))
         }
         None => "(malformed database.url)".to_owned(),

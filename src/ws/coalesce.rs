@@ -103,11 +103,9 @@ mod tests {
         w.write_all(b"one ").await.expect("write");
         w.write_all(b"two").await.expect("write");
         let mut got = [0u8; 7];
-        let early = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            b.read_exact(&mut got),
-        )
-        .await;
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(50), b.read_exact(&mut got))
+                .await;
         assert!(early.is_err(), "nothing before the flush");
         w.flush().await.expect("flush");
         b.read_exact(&mut got).await.expect("read");

@@ -145,12 +145,18 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
     use callsignal::config::IpNet;
     use callsignal::http::request::client_ip;
     let mut h = hyper::HeaderMap::new();
-    h.insert("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.2".parse().unwrap());
+    h.insert(
+        "x-forwarded-for",
+        "6.6.6.6, 203.0.113.9, 10.0.0.2".parse().unwrap(),
+    );
     let proxy: std::net::SocketAddr = "10.0.0.1:5555".parse().unwrap();
     let stranger: std::net::SocketAddr = "198.51.100.7:5555".parse().unwrap();
     let trusted = [IpNet::parse("10.0.0.0/24").unwrap()];
     assert_eq!(client_ip(&h, proxy, &trusted).to_string(), "203.0.113.9");
-    assert_eq!(client_ip(&h, stranger, &trusted).to_string(), "198.51.100.7");
+    assert_eq!(
+        client_ip(&h, stranger, &trusted).to_string(),
+        "198.51.100.7"
+    );
     assert_eq!(client_ip(&h, proxy, &[]).to_string(), "10.0.0.1");
     h.insert("x-forwarded-for", "garbage, 203.0.113.9".parse().unwrap());
     assert_eq!(client_ip(&h, proxy, &trusted).to_string(), "203.0.113.9");

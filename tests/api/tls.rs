@@ -65,7 +65,10 @@ async fn tls_connect(
     ca: &Ca,
     addr: std::net::SocketAddr,
     alpn: &[&[u8]],
-) -> (tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Vec<u8>) {
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+) {
     let mut config = ca.client_config();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -132,10 +135,13 @@ async fn tls_a_call_over_wss_rest_over_https_and_a_certificate_swap_without_rest
     let mut a = wss_client(&ca, app.addr, &tokens[0]).await;
     let mut b = wss_client(&ca, app.addr, &tokens[1]).await;
     let call = active_call(&mut a, &mut b, "bob").await;
-    a.send(json!({"type": "sdp", "call_id": call, "description": {"type": "offer", "sdp": "v=0 tls"}}))
-        .await;
+    a.send(
+        json!({"type": "sdp", "call_id": call, "description": {"type": "offer", "sdp": "v=0 tls"}}),
+    )
+    .await;
     assert_eq!(b.expect("sdp").await["description"]["sdp"], "v=0 tls");
-    b.send(json!({"type": "call.hangup", "call_id": call})).await;
+    b.send(json!({"type": "call.hangup", "call_id": call}))
+        .await;
     assert_eq!(a.expect("call.ended").await["reason"], "hangup");
     // Swap the certificate on disk: new connections get the new one, without a restart.
     let (_, presented) = tls_connect(&ca, app.addr, &[b"http/1.1"]).await;
@@ -160,7 +166,11 @@ async fn tls_a_call_over_wss_rest_over_https_and_a_certificate_swap_without_rest
         .await
         .expect("healthy over TLS");
     probe.server.tls.cert_path = Some(dir.path().join("other.pem"));
-    ca.issue("other", &dir.path().join("other.pem"), &dir.path().join("other.key"));
+    ca.issue(
+        "other",
+        &dir.path().join("other.pem"),
+        &dir.path().join("other.key"),
+    );
     let err = callsignal::probe::healthcheck(&probe, Duration::from_secs(5))
         .await
         .expect_err("a server presenting another certificate is not healthy");

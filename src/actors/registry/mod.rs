@@ -756,7 +756,9 @@ impl RegistryState {
         for conn in callee_conns.iter().filter_map(|id| self.conns.get(id)) {
             conn.conn.send(ended.clone());
         }
-        self.args.metrics.call_ended(EndReason::ServerError.as_str());
+        self.args
+            .metrics
+            .call_ended(EndReason::ServerError.as_str());
         self.args.persistence.record(CallEvent::Ended {
             call_id: id,
             reason: EndReason::ServerError.as_str(),

@@ -105,7 +105,9 @@ pub async fn login(
             state
                 .metrics
                 .logins
-                .get_or_create(&crate::metrics::OutcomeLabel { outcome: "throttled" })
+                .get_or_create(&crate::metrics::OutcomeLabel {
+                    outcome: "throttled",
+                })
                 .inc();
             ApiError::TooManyAttempts(wait)
         })?;
