@@ -196,6 +196,10 @@ pub struct Pairing {
     pub call_id: CallId,
     /// The other party's connection.
     pub peer: ConnRef,
+    /// The call's signaling counters.
+    pub counts: Arc<super::call::SignalCounts>,
+    /// Whether this connection is the caller's.
+    pub caller: bool,
 }
 
 /// Fixed configuration of a connection actor.
@@ -646,6 +650,7 @@ impl Connection {
             SignalingKind::Sdp => "sdp",
             SignalingKind::Ice => "ice",
         });
+        p.counts.count(p.caller, kind);
         state
             .links
             .persistence
