@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::mpsc;
+use crate::ws::outbox;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::ConnRef;
@@ -97,7 +97,7 @@ pub struct SocketLink {
     /// Unique per socket, so a stale socket's "closed" notice is ignored after a resume.
     pub socket_id: u64,
     /// Queue to the socket task (bounded; the actor also bounds what it holds in bytes).
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: outbox::Sender<Outbound>,
     /// Written progress and the kill switch.
     pub control: SocketControl,
 }
@@ -332,7 +332,7 @@ impl ConnectionState {
             None => Outbound::Text(seq, text),
         };
         if let Some(s) = &self.socket
-            && let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(out)
+            && let Err(outbox::TrySendError::Full(_)) = s.tx.try_send(out)
         {
             return Err(Overflow);
         }
