@@ -434,7 +434,9 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                         ws.flush().await
                     };
                     let sent = tokio::select! {
-                        r = tokio::time::timeout(WRITE_TIMEOUT, batch) => matches!(r, Ok(Ok(()))),
+                        // Boxed, as every write below: an idle socket task then keeps no room for
+                        // a write's state (and its timer), only for the waits of `select!`.
+                        r = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, batch)) => matches!(r, Ok(Ok(()))),
                         code = a.control.killed() => return Exit::Close(code, "closed by the server"),
                     };
                     if !sent {
@@ -479,7 +481,7 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                     Verdict::Pass => {}
                     Verdict::Limited => {
                         state.metrics.rate_limited.inc();
-                        if !reply_error(ws, ErrorCode::RateLimited, "too many messages; slow down".into(), None).await {
+                        if !Box::pin(reply_error(ws, ErrorCode::RateLimited, "too many messages; slow down".into(), None)).await {
                             return Exit::Dropped;
                         }
                         continue;
@@ -492,7 +494,7 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                 let text = match msg {
                     Message::Text(t) => t,
                     Message::Binary(_) => {
-                        if !reply_error(ws, ErrorCode::BadMessage, "binary frames are not accepted".into(), None).await {
+                        if !Box::pin(reply_error(ws, ErrorCode::BadMessage, "binary frames are not accepted".into(), None)).await {
                             return Exit::Dropped;
                         }
                         continue;
@@ -518,7 +520,7 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                         }
                     }
                     Err(bad) => {
-                        if !reply_error(ws, ErrorCode::BadMessage, bad.message, bad.reference).await {
+                        if !Box::pin(reply_error(ws, ErrorCode::BadMessage, bad.message, bad.reference)).await {
                             return Exit::Dropped;
                         }
                     }
@@ -530,7 +532,7 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                     return Exit::Dropped;
                 }
                 let mark = a.control.written().to_be_bytes();
-                let ping = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(mark.to_vec().into())));
+                let ping = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(mark.to_vec().into()))));
                 if !matches!(ping.await, Ok(Ok(()))) {
                     return Exit::Dropped;
                 }
