@@ -59,6 +59,8 @@ pub(crate) fn main(bind: &str) {
     });
 }
 
+// The handshake callback's error type is tungstenite's (an HTTP response), not ours to shrink.
+#[allow(clippy::result_large_err)]
 async fn serve(stream: TcpStream, peers: Peers) {
     let mut path = String::new();
     let callback = |req: &Request, resp: Response| {

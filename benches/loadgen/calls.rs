@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Conn, Frames};
-use crate::target::Target;
+use crate::target::{NO_RATE_LIMITS, Target};
 use crate::{Db, Opts, Stats};
 
 /// A database for one run: SQLite in the server's temp directory, or a fresh PostgreSQL
@@ -148,8 +148,7 @@ pub(crate) async fn verify(url: &str, expected: &[Expected], log_signaling: bool
         Err(e) => return vec![format!("cannot open {url}: {e}")],
     };
     let mut bad = vec![];
-    let want: HashMap<&str, &Expected> =
-        expected.iter().map(|e| (e.call_id.as_str(), e)).collect();
+    let want: HashMap<&str, &Expected> = expected.iter().map(|e| (e.call_id.as_str(), e)).collect();
     match rows(
         &db,
         "SELECT id, status, end_reason, CAST(CASE WHEN answered_at IS NULL THEN 0 ELSE 1 END AS BIGINT), \
@@ -267,12 +266,24 @@ pub(crate) async fn verify_eventually(
     }
 }
 
-/// One full call from `a` (caller) to `b_name` on `b`; returns the call id.
-async fn full_call(a: &mut Conn, b: &mut Conn, b_name: &str) -> String {
-    let call_id = client::set_up_call(a, b, b_name).await;
+/// One full call from `a` (caller) to `b_name` on `b`; returns the call id and how many
+/// invites were refused with `persistence_unavailable` first (each retried after 20 ms).
+async fn full_call(a: &mut Conn, b: &mut Conn, b_name: &str) -> (String, u64) {
+    let mut refused = 0;
+    let call_id = loop {
+        match client::try_set_up_call(a, b, b_name).await {
+            Some(id) => break id,
+            None => {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     let f = Frames::new(&call_id);
     for k in [0, 2, 4] {
-        a.ws.send(Message::text(f.scheduled(k))).await.expect("send");
+        a.ws.send(Message::text(f.scheduled(k)))
+            .await
+            .expect("send");
     }
     for k in [0, 2, 4] {
         let v = b.recv().await;
@@ -280,7 +291,9 @@ async fn full_call(a: &mut Conn, b: &mut Conn, b_name: &str) -> String {
         assert_eq!(client::frame_number(&text), Some(k), "callee got {text}");
     }
     for k in [1, 3, 5] {
-        b.ws.send(Message::text(f.scheduled(k))).await.expect("send");
+        b.ws.send(Message::text(f.scheduled(k)))
+            .await
+            .expect("send");
     }
     for k in [1, 3, 5] {
         let v = a.recv().await;
@@ -294,7 +307,7 @@ async fn full_call(a: &mut Conn, b: &mut Conn, b_name: &str) -> String {
         assert_eq!(v["reason"], "hangup", "{v}");
         assert_eq!(v["call_id"], call_id.as_str(), "{v}");
     }
-    call_id
+    (call_id, refused)
 }
 
 /// The counters a [`full_call`] leaves: one sdp and two candidates each.
@@ -318,36 +331,52 @@ pub(crate) async fn prepare(target: &Target, pairs: usize, tag: &str) -> Pairs {
     conns
 }
 
-/// Every pair makes `rounds` full calls, back to back; returns the calls made and how long
-/// they took.
-pub(crate) async fn run(conns: Pairs, rounds: usize) -> (Vec<Expected>, Duration) {
+/// What [`run`] did.
+pub(crate) struct Made {
+    pub(crate) calls: Vec<Expected>,
+    pub(crate) took: Duration,
+    /// Invites refused with `persistence_unavailable` (and retried).
+    pub(crate) refused: u64,
+}
+
+/// Every pair makes `rounds` full calls, back to back.
+pub(crate) async fn run(conns: Pairs, rounds: usize) -> Made {
     let began = Instant::now();
     let mut tasks = vec![];
     for (mut a, mut b, b_name) in conns {
         tasks.push(tokio::spawn(async move {
-            let mut ids = vec![];
+            let (mut ids, mut refused) = (vec![], 0);
             for _ in 0..rounds {
-                ids.push(full_call(&mut a, &mut b, &b_name).await);
+                let (id, r) = full_call(&mut a, &mut b, &b_name).await;
+                ids.push(id);
+                refused += r;
             }
-            (ids, a, b)
+            (ids, refused)
         }));
     }
-    let mut made = vec![];
+    let mut made = Made {
+        calls: vec![],
+        took: Duration::ZERO,
+        refused: 0,
+    };
     for t in tasks {
-        let (ids, _a, _b) = t.await.expect("calls task");
-        made.extend(ids.into_iter().map(|call_id| Expected {
+        let (ids, refused) = t.await.expect("calls task");
+        made.calls.extend(ids.into_iter().map(|call_id| Expected {
             call_id,
             reason: "hangup",
             signals: FULL_CALL_SIGNALS,
         }));
+        made.refused += refused;
     }
-    (made, began.elapsed())
+    made.took = began.elapsed();
+    made
 }
 
 /// `calls PAIRS ROUNDS`: completion vs commit rate, then every row verified.
 pub(crate) async fn calls(opts: &Opts, pairs: usize, rounds: usize) -> Stats {
     let db = RunDb::new(opts.db).await;
-    let target = Target::callsignal(opts, &[], db.server_url.as_deref());
+    // Lifted per-connection rate limits: each pair makes its calls back to back.
+    let target = Target::callsignal(opts, NO_RATE_LIMITS, db.server_url.as_deref());
     let target = Arc::new(target);
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -368,7 +397,11 @@ pub(crate) async fn calls(opts: &Opts, pairs: usize, rounds: usize) -> Stats {
     let conns = prepare(&target, pairs, "c").await;
     let meter = crate::target::Meter::start(&target);
     let began = Instant::now();
-    let (made, took) = run(conns, rounds).await;
+    let Made {
+        calls: made,
+        took,
+        refused,
+    } = run(conns, rounds).await;
     let at_completion = target
         .metric("callsignal_persistence_backlog")
         .await
@@ -377,17 +410,21 @@ pub(crate) async fn calls(opts: &Opts, pairs: usize, rounds: usize) -> Stats {
     let to_commit = began.elapsed();
     let used = meter.stop(&target);
     stop.store(true, Ordering::Relaxed);
-    let max_backlog = sampler.await.unwrap_or(0.0);
+    let max_backlog = sampler.await.unwrap_or(0.0).max(at_completion);
     let n = made.len() as f64;
     println!(
-        "calls {pairs} pairs x {rounds} rounds on {}: {} full calls completed in {:.2}s = {:.0} calls/s; all events committed {:.2}s after the first invite = {:.0} calls/s committed{}; backlog max {max_backlog:.0}, {at_completion:.0} when the last call ended; server CPU {:.0} % of a core",
+        "calls {pairs} pairs x {rounds} rounds on {}: {} full calls completed in {:.2}s = {:.0} calls/s; all events committed {:.2}s after the first invite = {:.0} calls/s committed{}; backlog max {max_backlog:.0}, {at_completion:.0} when the last call ended; {refused} invites refused (persistence_unavailable) and retried; server CPU {:.0} % of a core",
         db.label(),
         made.len(),
         took.as_secs_f64(),
         n / took.as_secs_f64(),
         to_commit.as_secs_f64(),
         n / to_commit.as_secs_f64(),
-        if drained { "" } else { " (NOT drained after 600 s)" },
+        if drained {
+            ""
+        } else {
+            " (NOT drained after 600 s)"
+        },
         used.percent(),
     );
     let bad = verify_eventually(

@@ -88,7 +88,7 @@ pub(crate) async fn idle(opts: &Opts, n: usize) -> Stats {
     let limit = open_files_limit();
     assert!(
         limit > n as u64 + 1000,
-        "the open-files limit ({limit}) is too low for {n} connections: run under `ulimit -n 65536`"
+        "the open-files limit ({limit}) is too low for {n} connections: raise it (`ulimit -n 20000` or more)"
     );
     let mut per = vec![];
     for &kind in &opts.targets {

@@ -11,7 +11,8 @@
 //! load generator's own core, so sends are not quantised to the timer wheel's 1 ms.
 //!
 //! Flood is closed-loop: callers send candidate-sized messages as fast as the peer receives them
-//! (at most `window` in flight per call); the figure is messages per server CPU-second.
+//! (one write per message, as a browser sends them; at most `window` in flight per call); the
+//! figure is messages per server CPU-second.
 //!
 //! Every receiver checks that its call's messages arrive exactly once and in order (the message
 //! number), and for callsignal that every message carries the next `seq`.
@@ -351,7 +352,7 @@ pub(crate) async fn run_schedule(
         let at = schedule.at(j);
         wait_until(at).await;
         let (a, b, frames, _, _) = &senders[usize::try_from(i).expect("call index")];
-        let sink = if k % 2 == 0 { a } else { b };
+        let sink = if k.is_multiple_of(2) { a } else { b };
         let frame = frames.scheduled(k);
         send_lag.push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
         if sink.lock().await.send(Message::text(frame)).await.is_err() {
@@ -415,22 +416,13 @@ pub(crate) async fn run_flood(
             start.notified().await;
             let mut sink = a_sink.lock().await;
             for k in 0..msgs {
-                let permit = match credit.try_acquire() {
-                    Ok(p) => p,
-                    Err(_) => {
-                        // Window full: write out what is buffered, then wait for credit.
-                        if sink.flush().await.is_err() {
-                            return;
-                        }
-                        credit.acquire().await.expect("credit")
-                    }
-                };
-                permit.forget();
-                if sink.feed(Message::text(frames.ice(k))).await.is_err() {
+                // One write per message, as a browser's WebSocket sends them; at most `window`
+                // not yet received.
+                credit.acquire().await.expect("credit").forget();
+                if sink.send(Message::text(frames.ice(k))).await.is_err() {
                     return;
                 }
             }
-            let _ = sink.flush().await;
         }));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -476,7 +468,7 @@ pub(crate) async fn relay(opts: &Opts, n_calls: usize, rate: f64) -> Stats {
         if kind == Kind::Callsignal {
             let drained = target.drained(Duration::from_secs(60)).await;
             println!(
-                "  callsignal: signaling rows written {} / skipped {} (metrics), backlog drained: {drained}, RSS {:.1} MiB",
+                "  callsignal: events written {} (call events and signaling rows), signaling rows skipped {} (metrics); backlog drained: {drained}; RSS {:.1} MiB",
                 target
                     .metric("callsignal_events_written_total")
                     .await
@@ -576,7 +568,7 @@ pub(crate) async fn flood(opts: &Opts, n_calls: usize, msgs: u64) -> Stats {
         if kind == Kind::Callsignal {
             let drained = target.drained(Duration::from_secs(60)).await;
             println!(
-                "  callsignal: signaling rows written {} / skipped {} (metrics), backlog drained: {drained}",
+                "  callsignal: events written {} (call events and signaling rows), signaling rows skipped {} (metrics); backlog drained: {drained}",
                 target
                     .metric("callsignal_events_written_total")
                     .await
