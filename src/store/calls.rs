@@ -111,9 +111,12 @@ pub async fn apply(db: &impl ConnectionTrait, event: &CallEvent) -> Result<(), S
     apply_all(db, std::slice::from_ref(event)).await
 }
 
-/// Rows per multi-row statement: at most 7 bind parameters per call in a `CASE` update and 15
-/// per inserted call, well under SQLite's 32,766 and PostgreSQL's 65,535 parameter limits.
-const ROWS_PER_STATEMENT: usize = 500;
+/// Rows per multi-row statement. Small on purpose: a `CASE id WHEN …` update costs the
+/// database O(rows²) to plan and evaluate, so 500-row statements made a 1,000-event batch take
+/// 160 ms on PostgreSQL (commits fell behind at 1,600 calls/s); with 64 rows a batch is a few
+/// more round trips and PostgreSQL commits 4,600 calls/s (docs/benchmarks.md). At most 15
+/// parameters per inserted call, far under every backend's limit.
+const ROWS_PER_STATEMENT: usize = 64;
 
 /// What a batch says about one call, folded in event order with the same rules as the guarded
 /// single-event writes: the first `accepted` and the first `ended` win, an `accepted` after
