@@ -57,6 +57,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// `[log]`
     pub log: LogSettings,
+    /// `[cluster]`
+    pub cluster: ClusterSettings,
     /// `[test_hooks]`: fault injection for tests; exists only in `test-hooks` builds.
     #[cfg(feature = "test-hooks")]
     #[serde(default)]
@@ -304,6 +306,24 @@ pub struct MetricsSettings {
     pub allowed: Vec<String>,
 }
 
+/// `[cluster]`: several nodes sharing one database and one NATS server (docs/architecture.md,
+/// "Cluster"). Without `nats_url` the server is one node and never touches NATS.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterSettings {
+    /// NATS server URL (JetStream on); may carry credentials, hence secret. Unset = one node.
+    pub nats_url: Option<Secret>,
+    /// Seconds without a heartbeat after which a node counts as dead (its calls end for the
+    /// surviving parties, its unfinished call rows are ended `server_restart`).
+    pub node_timeout_secs: u64,
+}
+
+impl ClusterSettings {
+    /// [`node_timeout_secs`](Self::node_timeout_secs) as a duration.
+    pub fn node_timeout(&self) -> Duration {
+        Duration::from_secs(self.node_timeout_secs)
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
@@ -339,6 +359,7 @@ fn env_provider() -> Env {
 fn optional_keys() -> Vec<&'static str> {
     let mut keys = vec![
         "auth.jwt_secret",
+        "cluster.nats_url",
         "ice.turn_secret",
         "server.tls.cert_path",
         "server.tls.key_path",
@@ -628,6 +649,26 @@ impl Settings {
             return Err(ConfigError::Rule(
                 "ws.outbound_queue and persistence.batch_size must be positive".into(),
             ));
+        }
+        if self.cluster.nats_url.is_some() {
+            // The id names the node's NATS subject and key-value entries.
+            let id = &self.server.instance_id;
+            let valid = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                return Err(ConfigError::Rule(format!(
+                    "server.instance_id {id:?} must be 1..64 characters of [A-Za-z0-9_-] \
+                     when cluster.nats_url is set"
+                )));
+            }
+            if !(2..=MAX_DEADLINE_SECS).contains(&self.cluster.node_timeout_secs) {
+                return Err(ConfigError::Rule(format!(
+                    "cluster.node_timeout_secs must be between 2 and {MAX_DEADLINE_SECS}"
+                )));
+            }
         }
         for net in &self.metrics.allowed {
             IpNet::parse(net).ok_or_else(|| {

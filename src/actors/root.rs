@@ -35,6 +35,8 @@ pub struct RootArgs {
     pub persistence: PersistenceHandle,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The link to the other nodes (cluster mode only).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 /// State of the root supervisor.
@@ -80,6 +82,7 @@ async fn spawn_registry(
         metrics: a.metrics.clone(),
         connections: connections.clone(),
         calls: calls.clone(),
+        cluster: a.cluster.clone(),
     };
     let (actor, _) = Actor::spawn_linked(
         Some(registry::name(&a.system_id)),
