@@ -70,22 +70,34 @@ async fn bucket(
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
-    let created = js
-        .create_key_value(kv::Config {
-            bucket: name.to_owned(),
-            history: 1,
-            max_age,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await;
-    match created {
+    // The stream a key-value bucket is, created directly: `create_key_value` first reads the
+    // account info, whose shape from nats-server 2.9 this client version does not parse.
+    let config = jetstream::stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        // Duplicates are tracked for at most the entries' lifetime (the server requires it).
+        duplicate_window: if max_age.is_zero() {
+            Duration::from_secs(120)
+        } else {
+            max_age.min(Duration::from_secs(120))
+        },
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 1,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    let created = js.create_stream(config).await;
+    match js.get_key_value(name).await {
         Ok(store) => Ok(store),
-        // Another node created it meanwhile.
-        Err(_) => js
-            .get_key_value(name)
-            .await
-            .with_context(|| format!("cannot open or create the JetStream bucket {name}")),
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot open or create the JetStream bucket {name}: {e} (creating: {:?})",
+            created.err()
+        )),
     }
 }
 
