@@ -360,8 +360,12 @@ impl Cluster {
                 ))
                 .await
                 .expect("query");
+            let mut seen = String::from("no row");
             if let Some(row) = row {
                 let status: String = row.try_get_by_index(0).unwrap();
+                let reason: String = row.try_get_by_index(1).unwrap();
+                let instance: String = row.try_get_by_index(3).unwrap();
+                seen = format!("{status} {reason} {instance}");
                 if status == "ended" {
                     return (
                         status,
@@ -371,7 +375,10 @@ impl Cluster {
                     );
                 }
             }
-            assert!(Instant::now() < deadline, "call {id} ended in the database");
+            assert!(
+                Instant::now() < deadline,
+                "call {id} ended in the database: {seen}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -669,6 +676,19 @@ async fn cluster_node_killed_mid_call_ends_calls_and_its_rows() {
     let owned_by_a = connect(&mut alice, &mut bob, "bob").await;
     let owned_by_b = connect(&mut dave, &mut carol, "carol").await;
 
+    // Both calls are on disk (active) before their nodes' fates differ.
+    let active = format!(
+        "SELECT COUNT(*) FROM calls WHERE status = 'active' AND id IN ('{owned_by_a}', '{owned_by_b}')"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.count(&active).await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "both calls active on disk:\n{}",
+            c.nodes[1].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     c.nodes[1].sigkill();
     let started = Instant::now();
     for ws in [&mut alice, &mut carol] {
