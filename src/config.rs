@@ -735,6 +735,26 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_needs_an_instance_id_fit_for_subjects() {
+        let single = Settings::from_figment(Settings::defaults()).expect("defaults load");
+        assert!(single.cluster.nats_url.is_none(), "one node by default");
+        let with = |id: &str| {
+            Settings::from_figment(
+                Settings::defaults()
+                    .merge(("cluster.nats_url", "nats://127.0.0.1:4222"))
+                    .merge(("server.instance_id", id)),
+            )
+        };
+        assert!(with("node-1_a").is_ok());
+        for bad in ["", "a.b", "a b", "a*", "a>"] {
+            let err = with(bad).expect_err("refused");
+            assert!(err.to_string().contains("server.instance_id"), "{err}");
+        }
+        let url = with("n1").expect("valid").cluster.nats_url.expect("set");
+        assert_eq!(format!("{url:?}"), "[redacted]");
+    }
+
+    #[test]
     fn unknown_keys_refuse_to_start_naming_the_nearest_known_one() {
         let err =
             Settings::from_figment(Settings::defaults().merge(("calls.ring_timeout_sec", 30)))

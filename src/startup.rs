@@ -114,7 +114,7 @@ impl App {
             root_args,
         )
         .await?;
-        tracing::info!(target: "supervision", event = "started", actor = "root", actor_id = %root.get_id(), "actor started");
+        tracing::info!(target: "supervision", event = "started", node = %settings.server.instance_id, actor = "root", actor_id = %root.get_id(), "actor started");
         if let Some(c) = &cluster {
             c.start(&system_id).await?;
         }

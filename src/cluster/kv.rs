@@ -3,7 +3,7 @@
 //! | bucket | key | value | lifetime |
 //! |---|---|---|---|
 //! | `callsignal_nodes` | node id | `{started_at}` | bucket TTL = `cluster.node_timeout_secs`, refreshed every second by the node's heartbeat: a dead node's claim expires on its own |
-//! | `callsignal_presence` | user id | `{node: connections}` | no TTL; readers ignore nodes not heard from, so a dead node's entries count for nothing |
+//! | `callsignal_presence` | user id | `{"<node>/<run>": connections}` | no TTL; readers ignore entries of nodes (or earlier runs of a node) not heard from, so a dead node's entries count for nothing; writers drop them |
 //! | `callsignal_calls` | user id | [`CallClaim`] | created atomically when the user's call starts, deleted when it ends; a claim whose owner is dead or no longer has the call is stale and is replaced |
 //!
 //! `create` is atomic in JetStream (it fails when the key exists), and updates and deletes are
@@ -205,12 +205,14 @@ impl Buckets {
         })
     }
 
-    /// Sets `node`'s count of `user`'s connections.
+    /// Sets the count of `user`'s connections of `node` (`<node>/<run>`), dropping the entries
+    /// `stale` names (so a user's entry never grows with dead nodes).
     pub async fn write_presence(
         &self,
         node: &str,
         user: UserId,
         count: usize,
+        stale: &(dyn Fn(&str) -> bool + Sync),
     ) -> anyhow::Result<()> {
         let key = user_key(user);
         for _ in 0..CAS_ATTEMPTS {
@@ -219,6 +221,7 @@ impl Buckets {
             let mut counts: HashMap<String, usize> = live
                 .and_then(|e| serde_json::from_slice(&e.value).ok())
                 .unwrap_or_default();
+            counts.retain(|k, _| k == node || !stale(k));
             if count == 0 {
                 counts.remove(node);
             } else {

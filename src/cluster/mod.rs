@@ -68,11 +68,21 @@ struct Inner {
     kv: kv::Buckets,
     node_timeout: Duration,
     resume_grace: Duration,
-    /// Other nodes and when each was last heard. A std mutex: held for a map update, never
-    /// across an await.
-    seen: Mutex<HashMap<String, Instant>>,
+    /// This run of the node (random): presence entries of an earlier run count for nothing.
+    boot: String,
+    /// When this node joined.
+    started: Instant,
+    /// Other nodes: when each was last heard, and its run. A std mutex: held for a map
+    /// update, never across an await.
+    seen: Mutex<HashMap<String, Peer>>,
     /// Local connection counts per user not yet written to the presence bucket.
     presence: kv::PresenceQueue,
+}
+
+/// Another node as last heard.
+struct Peer {
+    at: Instant,
+    boot: String,
 }
 
 /// What `/readyz` reports.
@@ -96,19 +106,25 @@ impl Cluster {
             anyhow::bail!("cluster.nats_url is not set");
         };
         let node = settings.server.instance_id.clone();
+        let log_node = node.clone();
         let client = async_nats::ConnectOptions::new()
             .name(format!("callsignal-{node}"))
             .max_reconnects(None)
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis(100 * attempts as u64).min(MAX_RECONNECT_DELAY)
             })
-            .event_callback(move |event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("NATS connection up"),
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("NATS connection lost; reconnecting")
+            .event_callback(move |event| {
+                let node = log_node.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!(node = %node, "NATS connection up")
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!(node = %node, "NATS connection lost; reconnecting")
+                        }
+                        other => tracing::info!(node = %node, event = %other, "NATS event"),
                     }
-                    other => tracing::info!(event = %other, "NATS event"),
                 }
             })
             .connect(url.expose())
@@ -124,6 +140,8 @@ impl Cluster {
             kv,
             node_timeout,
             resume_grace: settings.ws.resume_grace(),
+            boot: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            started: Instant::now(),
             seen: Mutex::new(HashMap::new()),
             presence: kv::PresenceQueue::default(),
         })))
@@ -168,17 +186,6 @@ impl Cluster {
         let mut nodes: Vec<String> = seen.keys().cloned().collect();
         nodes.sort();
         nodes
-    }
-
-    /// Whether `node` is this node or was heard within the node timeout.
-    pub fn is_live(&self, node: &str) -> bool {
-        node == self.0.node
-            || self
-                .0
-                .seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(node)
     }
 
     /// For `/readyz`.
@@ -264,13 +271,41 @@ impl Cluster {
         self.0.presence.set(user, count);
     }
 
-    /// Connections of `user` on other live nodes, per node.
+    /// Connections of `user` on other live nodes (in their current run), per node.
     pub async fn presence_of(&self, user: UserId) -> anyhow::Result<Vec<(String, usize)>> {
         let counts = self.0.kv.presence(user).await?;
+        let seen = self.0.seen.lock().unwrap_or_else(|p| p.into_inner());
         Ok(counts
             .into_iter()
-            .filter(|(node, n)| *n > 0 && node != &self.0.node && self.is_live(node))
+            .filter_map(|(key, n)| {
+                let (node, boot) = key.split_once('/')?;
+                let live = seen.get(node).is_some_and(|p| p.boot == boot);
+                (n > 0 && live).then(|| (node.to_owned(), n))
+            })
             .collect())
+    }
+
+    /// Which presence entries a write may drop: this node's earlier runs, and (once this node
+    /// has been up long enough to have heard every live node) nodes not heard from.
+    fn presence_stale(&self) -> impl Fn(&str) -> bool + Send + Sync + '_ {
+        let settled = self.0.started.elapsed() > self.0.node_timeout * 2;
+        let live: HashMap<String, String> = self
+            .0
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, p)| (n.clone(), p.boot.clone()))
+            .collect();
+        move |key: &str| {
+            let Some((node, boot)) = key.split_once('/') else {
+                return true;
+            };
+            if node == self.0.node {
+                return boot != self.0.boot;
+            }
+            settled && live.get(node).is_none_or(|b| b != boot)
+        }
     }
 
     /// Leaving the cluster at shutdown: the claim is dropped and every node told.
@@ -339,13 +374,17 @@ impl Cluster {
                 continue;
             }
             let event = match env.body {
-                Broadcast::Heartbeat => {
+                Broadcast::Heartbeat { boot } => {
+                    let peer = Peer {
+                        at: Instant::now(),
+                        boot,
+                    };
                     let fresh = self
                         .0
                         .seen
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert(env.from.clone(), Instant::now())
+                        .insert(env.from.clone(), peer)
                         .is_none();
                     if fresh {
                         tracing::info!(node = %self.0.node, peer = %env.from, "cluster node seen");
@@ -380,7 +419,8 @@ impl Cluster {
             if !self.connected() {
                 continue;
             }
-            self.broadcast(Broadcast::Heartbeat).await;
+            let boot = self.0.boot.clone();
+            self.broadcast(Broadcast::Heartbeat { boot }).await;
             self.0.kv.refresh_node(&self.0.node).await;
         }
     }
@@ -401,13 +441,13 @@ impl Cluster {
                     (true, Some(_)) => {
                         // Back: everyone gets a fresh chance to be heard.
                         down_since = None;
-                        seen.values_mut().for_each(|t| *t = now);
+                        seen.values_mut().for_each(|p| p.at = now);
                         vec![]
                     }
                     (true, None) => {
                         let dead: Vec<String> = seen
                             .iter()
-                            .filter(|(_, t)| now.duration_since(**t) > self.0.node_timeout)
+                            .filter(|(_, p)| now.duration_since(p.at) > self.0.node_timeout)
                             .map(|(n, _)| n.clone())
                             .collect();
                         dead.iter().for_each(|n| {
@@ -444,7 +484,9 @@ impl Cluster {
                 tokio::time::sleep(MONITOR_EVERY).await;
             }
             for (user, count) in self.0.presence.take() {
-                if let Err(e) = self.0.kv.write_presence(&self.0.node, user, count).await {
+                let me = format!("{}/{}", self.0.node, self.0.boot);
+                let stale = self.presence_stale();
+                if let Err(e) = self.0.kv.write_presence(&me, user, count, &stale).await {
                     tracing::warn!(user_id = %user, error = %e, "presence not written; retrying");
                     self.0.presence.retry(user, count);
                     tokio::time::sleep(MONITOR_EVERY).await;

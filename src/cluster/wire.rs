@@ -392,8 +392,11 @@ pub enum NodeMsg {
 /// Published to every node (`callsignal.all`).
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Broadcast {
-    /// A node is alive (every second).
-    Heartbeat,
+    /// A node is alive (every second); `boot` tells this run of it from an earlier one.
+    Heartbeat {
+        /// Random per process start.
+        boot: String,
+    },
     /// Close every socket of this session (`session_revoked`).
     Revoke(SessionId),
     /// A connection of the sending node ended: drop its stand-ins.

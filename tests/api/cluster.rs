@@ -786,3 +786,91 @@ async fn cluster_node_refuses_to_start_with_the_id_of_a_live_node() {
     // The live `b` is untouched.
     c.wait_sees(1, 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_resume_on_another_node_is_a_new_connection_and_the_call_ends_after_the_grace() {
+    let Some(c) = cluster(&[("CALLSIGNAL_WS__RESUME_GRACE_SECS", "2")]).await else {
+        return;
+    };
+    let mut alice = c.user_on(0, "alice").await;
+    c.register(1, "bob").await;
+    let (token, _, _) = c.login(1, "bob").await;
+    let mut bob = c.ws(1, &token).await;
+    let call = connect(&mut alice, &mut bob, "bob").await;
+    let (old_id, resume) = (
+        bob.connection_id().to_owned(),
+        bob.welcome["resume_token"].as_str().unwrap().to_owned(),
+    );
+    // bob's network drops (no close frame); he comes back through node c.
+    drop(bob);
+    assert_eq!(
+        alice.expect("peer.reconnecting").await["call_id"],
+        call.as_str()
+    );
+    let mut again = ws_raw_at(c.nodes[2].addr).await;
+    again
+        .send(json!({"type": "hello", "token": token, "resume_token": resume, "last_seq": 0}))
+        .await;
+    let welcome = again.expect("welcome").await;
+    assert_eq!(welcome["resumed"], false, "{welcome}");
+    assert_ne!(welcome["connection_id"], old_id.as_str());
+    // The connection on node b waits out its grace; then the call ends for alice.
+    let ended = alice.expect("call.ended").await;
+    assert_eq!(ended["reason"], "connection_lost", "{ended}");
+    let (_, reason, _, _) = c.ended_row(&call).await;
+    assert_eq!(reason, "connection_lost");
+}
+
+/// A browser on node `a` calls a browser on node `b` through NATS: real audio both ways, the
+/// same verification code, a clean hangup. In a network namespace of its own (like
+/// `browser::browser_calls_in_chromium`), with its own nats-server and a SQLite database shared
+/// by the two nodes (the namespace has no route to a PostgreSQL server).
+#[test]
+fn cluster_browsers_on_two_nodes_call_through_nats() {
+    crate::browser::run_in_netns(
+        "cluster::cluster_browser_scenario",
+        "two-node Chromium test",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "started inside its own network namespace by cluster_browsers_on_two_nodes_call_through_nats"]
+async fn cluster_browser_scenario() {
+    use crate::browser::{Driver, audio_flows_both_ways, codes, connected_call, end_call};
+    if std::env::var(crate::browser::INNER_ENV).is_err() {
+        eprintln!(
+            "runs only inside the namespace made by cluster_browsers_on_two_nodes_call_through_nats"
+        );
+        return;
+    }
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let db = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("cluster.db").display()
+    );
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    for d in [&dir_a, &dir_b] {
+        std::fs::create_dir_all(d).expect("data dir");
+    }
+    let a = start_node(&nats.url(), &db, &dir_a, "a", &[]).expect("node a starts");
+    let b = start_node(&nats.url(), &db, &dir_b, "b", &[]).expect("node b starts");
+    let driver = Driver::start().await;
+    let alice = driver.browser("alice-a", 1280, 800).await;
+    let bob = driver.browser("bob-b", 390, 844).await;
+    alice
+        .register(&format!("http://{}/", a.addr), "alice")
+        .await;
+    bob.register(&format!("http://{}/", b.addr), "bob").await;
+
+    connected_call(&alice, &bob, "bob").await;
+    audio_flows_both_ways(&alice, &bob).await;
+    let (ca, cb) = codes(&alice, &bob).await;
+    assert_eq!(ca, cb, "both sides show the same verification code");
+    alice.screenshot("cluster-call-alice-node-a").await;
+    end_call(&alice, &bob).await;
+    assert!(
+        a.logs().contains("cluster node seen") && b.logs().contains("cluster node seen"),
+        "the nodes saw each other"
+    );
+}
