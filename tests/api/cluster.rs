@@ -560,6 +560,65 @@ async fn cluster_two_devices_on_two_nodes_ring_and_first_accept_wins() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_reject_and_cancel_reach_every_device_on_every_node() {
+    let Some(c) = cluster(&[]).await else { return };
+    let mut alice = c.user_on(0, "alice").await;
+    c.register(1, "bob").await;
+    let (token, _, _) = c.login(1, "bob").await;
+    let mut bob_b = c.ws(1, &token).await;
+    let mut bob_c = c.ws(2, &token).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // bob declines on node b: everyone hears `rejected`, the decliner with its ref.
+    let call = ring(&mut alice, &mut bob_b, "bob").await;
+    assert_eq!(
+        bob_c.expect("call.incoming").await["call_id"],
+        call.as_str()
+    );
+    bob_b
+        .send(json!({"type": "call.reject", "call_id": call, "ref": "no"}))
+        .await;
+    let ack = bob_b.expect("call.ended").await;
+    assert_eq!(
+        (&ack["reason"], &ack["ref"]),
+        (&json!("rejected"), &json!("no"))
+    );
+    assert_eq!(bob_c.expect("call.ended").await["reason"], "rejected");
+    assert_eq!(alice.expect("call.ended").await["reason"], "rejected");
+    assert_eq!(c.ended_row(&call).await.1, "rejected");
+
+    // alice cancels while both devices ring.
+    let call = ring(&mut alice, &mut bob_b, "bob").await;
+    bob_c.expect("call.incoming").await;
+    alice
+        .send(json!({"type": "call.hangup", "call_id": call}))
+        .await;
+    assert_eq!(alice.expect("call.ended").await["reason"], "cancelled");
+    assert_eq!(bob_b.expect("call.ended").await["reason"], "cancelled");
+    assert_eq!(bob_c.expect("call.ended").await["reason"], "cancelled");
+    assert_eq!(c.ended_row(&call).await.1, "cancelled");
+
+    // A device that is not a party cannot act on the answered call of another node's user.
+    let call = connect(&mut alice, &mut bob_b, "bob").await;
+    bob_c.expect("call.incoming").await;
+    assert_eq!(
+        bob_c.expect("call.ended").await["reason"],
+        "answered_elsewhere"
+    );
+    let mut carol = c.user_on(2, "carol").await;
+    carol
+        .send(json!({"type": "call.hangup", "call_id": call, "ref": "x"}))
+        .await;
+    carol.expect_error("not_participant").await;
+    // The callee hangs up from node b.
+    bob_b
+        .send(json!({"type": "call.hangup", "call_id": call}))
+        .await;
+    assert_eq!(bob_b.expect("call.ended").await["reason"], "hangup");
+    assert_eq!(alice.expect("call.ended").await["reason"], "hangup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_busy_busy_self_glare_and_unavailable_hold_across_nodes() {
     let Some(c) = cluster(&[]).await else { return };
     let mut alice = c.user_on(0, "alice").await;

@@ -8,7 +8,7 @@
 //! claims in the `callsignal_calls` bucket; the first accept wins because only the owner's one
 //! call actor decides it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef, RpcReplyPort};
@@ -53,6 +53,9 @@ pub enum ClusterEvent {
     CallLive(CallId, RpcReplyPort<bool>),
     /// An invite decided by the claims; ring now.
     InviteReady(Box<InviteReady>),
+    /// The invite of this call id is decided (rung, ended at once, or refused): its claims no
+    /// longer need to be reported live while pending.
+    InviteSettled(CallId),
     /// An invite that ends at once (glare, busy, unavailable).
     EndedAtOnce {
         /// The inviting connection.
@@ -91,6 +94,8 @@ pub(super) struct ClusterState {
     remote_calls: HashMap<CallId, String>,
     /// Calls owned here → the other nodes told of them.
     told: HashMap<CallId, Vec<String>>,
+    /// Invites of this node being decided: their claims are live although no call exists yet.
+    pending: HashSet<CallId>,
 }
 
 impl ClusterState {
@@ -100,6 +105,7 @@ impl ClusterState {
             proxies: HashMap::new(),
             remote_calls: HashMap::new(),
             told: HashMap::new(),
+            pending: HashSet::new(),
         }
     }
 }
@@ -193,41 +199,24 @@ impl RegistryState {
     /// The invite path in a cluster: claims, presence and other nodes' devices are gathered
     /// off the registry's loop, then [`ClusterEvent::InviteReady`] rings.
     pub(super) fn cluster_invite(
-        &self,
+        &mut self,
         me: &ActorRef<RegistryMsg>,
         from: ConnRef,
         to: Username,
         reference: Option<String>,
     ) {
         let Some(link) = self.link() else { return };
+        let call_id = CallId::new();
+        if let Some(c) = self.cluster.as_mut() {
+            c.pending.insert(call_id);
+        }
         let known = self.names.get(&to).copied();
         let db = self.args.db.clone();
         let me = me.clone();
         tokio::spawn(async move {
-            let callee = match known {
-                Some(id) => UserRef { id, username: to },
-                None => match crate::store::users::find_by_username(&db, &to).await {
-                    Ok(Some(u)) => u.user,
-                    Ok(None) => {
-                        return from.send(ServerMessage::error(
-                            ErrorCode::UserNotFound,
-                            "no such user",
-                            reference,
-                            None,
-                        ));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "callee lookup failed");
-                        return from.send(ServerMessage::error(
-                            ErrorCode::InternalError,
-                            "could not look up the user; retry",
-                            reference,
-                            None,
-                        ));
-                    }
-                },
-            };
-            claim_and_gather(link, me, from, callee, reference).await;
+            let settled = me.clone();
+            invite_task(link, db, me, from, to, known, call_id, reference).await;
+            let _ = settled.cast(RegistryMsg::Cluster(ClusterEvent::InviteSettled(call_id)));
         });
     }
 
@@ -259,12 +248,17 @@ impl RegistryState {
                 let _ = reply.send(conns);
             }
             ClusterEvent::CallLive(call, reply) => {
-                let owned = self.calls.contains_key(&call)
-                    && !self
-                        .cluster
-                        .as_ref()
-                        .is_some_and(|c| c.remote_calls.contains_key(&call));
-                let _ = reply.send(owned);
+                let owned = self.calls.contains_key(&call) && !self.is_remote_call(call);
+                let pending = self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.pending.contains(&call));
+                let _ = reply.send(owned || pending);
+            }
+            ClusterEvent::InviteSettled(call) => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.pending.remove(&call);
+                }
             }
             ClusterEvent::InviteReady(ready) => self.ring(*ready).await,
             ClusterEvent::EndedAtOnce {
@@ -339,8 +333,8 @@ impl RegistryState {
 
     async fn on_node_msg(&mut self, msg: NodeMsg) {
         match msg {
-            NodeMsg::ToConn { conn, op } => self.to_conn(conn, op).await,
-            NodeMsg::ToCall { call, op } => self.to_call(call, op).await,
+            NodeMsg::ToConn { conn, op } => self.deliver_to_conn(conn, op).await,
+            NodeMsg::ToCall { call, op } => self.deliver_to_call(call, op).await,
             NodeMsg::CallInfo(info) => self.remote_call_info(info).await,
             NodeMsg::CallGone(id) => {
                 if self
@@ -354,7 +348,7 @@ impl RegistryState {
         }
     }
 
-    async fn to_conn(&mut self, conn: ConnectionId, op: ConnOp) {
+    async fn deliver_to_conn(&mut self, conn: ConnectionId, op: ConnOp) {
         let Some(actor) = self.conns.get(&conn).map(|e| e.conn.actor.clone()) else {
             return;
         };
@@ -388,7 +382,7 @@ impl RegistryState {
             .is_some_and(|c| c.remote_calls.contains_key(&id))
     }
 
-    async fn to_call(&mut self, call: CallId, op: CallOp) {
+    async fn deliver_to_call(&mut self, call: CallId, op: CallOp) {
         let msg = match op {
             CallOp::Client {
                 from,
@@ -661,6 +655,44 @@ impl RegistryState {
     }
 }
 
+/// Looks the callee up (unless connected here), then claims and gathers.
+#[allow(clippy::too_many_arguments)]
+async fn invite_task(
+    link: Cluster,
+    db: sea_orm::DatabaseConnection,
+    me: ActorRef<RegistryMsg>,
+    from: ConnRef,
+    to: Username,
+    known: Option<UserId>,
+    call_id: CallId,
+    reference: Option<String>,
+) {
+    let callee = match known {
+        Some(id) => UserRef { id, username: to },
+        None => match crate::store::users::find_by_username(&db, &to).await {
+            Ok(Some(u)) => u.user,
+            Ok(None) => {
+                return from.send(ServerMessage::error(
+                    ErrorCode::UserNotFound,
+                    "no such user",
+                    reference,
+                    None,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "callee lookup failed");
+                return from.send(ServerMessage::error(
+                    ErrorCode::InternalError,
+                    "could not look up the user; retry",
+                    reference,
+                    None,
+                ));
+            }
+        },
+    };
+    claim_and_gather(link, me, from, callee, call_id, reference).await;
+}
+
 /// Claims caller and callee in the `callsignal_calls` bucket (glare, busy_self and busy are
 /// decided there, cluster-wide), then gathers the callee's devices on other nodes.
 async fn claim_and_gather(
@@ -668,11 +700,11 @@ async fn claim_and_gather(
     me: ActorRef<RegistryMsg>,
     from: ConnRef,
     callee: UserRef,
+    call_id: CallId,
     reference: Option<String>,
 ) {
     let fail =
         |code, text: &str, reference| from.send(ServerMessage::error(code, text, reference, None));
-    let call_id = CallId::new();
     let claim = CallClaim {
         call_id,
         owner: link.node().to_owned(),
