@@ -274,6 +274,15 @@ impl Buckets {
         anyhow::bail!("claim of {key} kept changing")
     }
 
+    /// The call `user` is claimed for, if any.
+    pub async fn claim_of(&self, user: UserId) -> anyhow::Result<Option<CallClaim>> {
+        Ok(self
+            .calls
+            .get(user_key(user))
+            .await?
+            .and_then(|v| serde_json::from_slice(&v).ok()))
+    }
+
     /// Removes a stale claim (revision-guarded: a newer claim is never removed).
     pub async fn drop_stale(&self, user: UserId, revision: u64) {
         let _ = self

@@ -619,6 +619,32 @@ async fn cluster_reject_and_cancel_reach_every_device_on_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_device_connecting_on_another_node_while_ringing_rings_and_can_answer() {
+    let Some(c) = cluster(&[]).await else { return };
+    let mut alice = c.user_on(0, "alice").await;
+    c.register(1, "bob").await;
+    let (token, _, _) = c.login(1, "bob").await;
+    let mut bob_b = c.ws(1, &token).await;
+    let call = ring(&mut alice, &mut bob_b, "bob").await;
+
+    // bob opens the app on a device served by node c, which was never told of the call.
+    let mut bob_c = c.ws(2, &token).await;
+    let incoming = bob_c.expect("call.incoming").await;
+    assert_eq!(incoming["call_id"], call.as_str());
+    assert_eq!(incoming["from"]["username"], "alice");
+    bob_c
+        .send(json!({"type": "call.accept", "call_id": call, "ref": "c"}))
+        .await;
+    assert_eq!(bob_c.expect("call.accepted").await["ref"], "c");
+    alice.expect("call.accepted").await;
+    assert_eq!(
+        bob_b.expect("call.ended").await["reason"],
+        "answered_elsewhere"
+    );
+    assert!(ice_arrives(&mut alice, &mut bob_c, &call, 2000).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_busy_busy_self_glare_and_unavailable_hold_across_nodes() {
     let Some(c) = cluster(&[]).await else { return };
     let mut alice = c.user_on(0, "alice").await;

@@ -139,6 +139,26 @@ impl RegistryState {
         }
     }
 
+    /// A device of a user with no call known here appeared: if a call rings the user from
+    /// another node (its claim says so), that node is asked to ring this device too.
+    pub(super) fn cluster_device_joined(&self, conn: &ConnRef) {
+        let Some(link) = self.link() else { return };
+        let (user, wire) = (conn.user.id, link.wire_conn(conn));
+        tokio::spawn(async move {
+            let Ok(Some(claim)) = link.kv().claim_of(user).await else {
+                return;
+            };
+            if claim.ringing && claim.callee == user && claim.owner != link.node() {
+                let op = CallOp::DeviceJoined(wire);
+                let msg = NodeMsg::ToCall {
+                    call: claim.call_id,
+                    op,
+                };
+                link.send_node(&claim.owner, &msg).await;
+            }
+        });
+    }
+
     /// Connections of `user` on other nodes (for the per-user cap).
     pub(super) async fn cluster_conns_elsewhere(&self, user: UserId) -> usize {
         let Some(link) = self.link() else { return 0 };
@@ -409,14 +429,44 @@ impl RegistryState {
             CallOp::PartyDetached(c) => CallMsg::PartyDetached(c),
             CallOp::PartyAttached(c) => CallMsg::PartyAttached(c),
             CallOp::PartyGone(c, reason) => CallMsg::PartyGone(c, reason),
-            CallOp::DeviceJoined(w) => match self.resolve(&w).await {
-                Some(conn) => CallMsg::DeviceJoined(conn),
-                None => return,
-            },
+            CallOp::DeviceJoined(w) => {
+                self.tell_node_of_call(call, &w.node).await;
+                match self.resolve(&w).await {
+                    Some(conn) => CallMsg::DeviceJoined(conn),
+                    None => return,
+                }
+            }
         };
         if let Some(c) = self.calls.get(&call) {
             let _ = c.actor.cast(msg);
         }
+    }
+
+    /// Makes sure node `node` knows call `call` (owned here) before the call's messages reach
+    /// a device there.
+    async fn tell_node_of_call(&mut self, call: CallId, node: &str) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some(told) = c.told.get_mut(&call) else {
+            return;
+        };
+        if told.iter().any(|n| n == node) {
+            return;
+        }
+        told.push(node.to_owned());
+        let link = c.link.clone();
+        let Some(entry) = self.calls.get(&call) else {
+            return;
+        };
+        let info = WireCallInfo {
+            call_id: call,
+            owner: link.node().to_owned(),
+            caller: link.wire_conn(&entry.info.caller),
+            callee: (&entry.info.callee).into(),
+            callee_conn: entry.info.callee_conn.and_then(|id| self.wire_of(id)),
+        };
+        link.send_node(node, &NodeMsg::CallInfo(info)).await;
     }
 
     /// A call owned elsewhere involves users here: a stand-in takes its place in the tables, so

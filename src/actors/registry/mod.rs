@@ -641,6 +641,9 @@ impl RegistryState {
             && c.info.callee.id == e.conn.user.id
         {
             let _ = c.actor.cast(CallMsg::DeviceJoined(e.conn.clone()));
+        } else if call.is_none() {
+            // A call ringing this user from a node that never told this one of it.
+            self.cluster_device_joined(&e.conn);
         }
     }
 
