@@ -284,8 +284,10 @@ pub struct IceServerConfig {
 /// `[persistence]`
 #[derive(Debug, Clone, Deserialize)]
 pub struct PersistenceSettings {
-    /// Record sdp/ice metadata rows.
+    /// Record one `signaling_messages` row per relayed sdp/ice (opt-in debugging aid).
     pub log_signaling: bool,
+    /// Age in seconds after which `signaling_messages` rows are deleted; 0 keeps them.
+    pub signaling_retention_secs: u64,
     /// Events per transaction.
     pub batch_size: usize,
     /// Batch wait in milliseconds.

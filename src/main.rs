@@ -15,12 +15,12 @@ use migration::{Migrator, MigratorTrait};
 /// mimalloc instead of the system allocator: each connection interleaves small long-lived and
 /// short-lived allocations, and mimalloc keeps the resident size per connection lower (see
 /// docs/benchmarks.md for the measurement).
-#[cfg(not(feature = "heap-stats"))]
+#[cfg(not(any(feature = "heap-stats", feature = "system-allocator")))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The same allocator, counting live bytes for `/metrics` (feature `heap-stats`).
-#[cfg(feature = "heap-stats")]
+#[cfg(all(feature = "heap-stats", not(feature = "system-allocator")))]
 #[global_allocator]
 static ALLOC: callsignal::heap::Counting<mimalloc::MiMalloc> =
     callsignal::heap::Counting(mimalloc::MiMalloc);

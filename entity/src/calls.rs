@@ -41,6 +41,18 @@ pub struct Model {
     pub ended_at: Option<DateTimeUtc>,
     /// The server instance that owns the call; crash recovery only ends its own calls.
     pub instance_id: String,
+    /// `sdp` messages the caller sent (relayed) in this call.
+    pub caller_sdp_messages: i32,
+    /// `ice` messages the caller sent.
+    pub caller_ice_messages: i32,
+    /// `sdp` messages the callee sent.
+    pub callee_sdp_messages: i32,
+    /// `ice` messages the callee sent.
+    pub callee_ice_messages: i32,
+    /// When the first `sdp`/`ice` of the call was relayed; null if none was.
+    pub first_signal_at: Option<DateTimeUtc>,
+    /// When the last one was relayed.
+    pub last_signal_at: Option<DateTimeUtc>,
 }
 
 /// Relations of `calls`.

@@ -9,6 +9,7 @@ mod m20261125_000002_create_sessions;
 mod m20261125_000003_create_calls;
 mod m20261125_000004_create_signaling_messages;
 mod m20261130_000005_add_sessions_last_ip;
+mod m20261130_000006_add_calls_signaling_counts;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000003_create_calls::Migration),
             Box::new(m20261125_000004_create_signaling_messages::Migration),
             Box::new(m20261130_000005_add_sessions_last_ip::Migration),
+            Box::new(m20261130_000006_add_calls_signaling_counts::Migration),
         ]
     }
 }

@@ -6,6 +6,8 @@
 //! party connections only (with `from` set by the server, content untouched), then stops.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -18,9 +20,54 @@ use super::persistence::PersistenceHandle;
 use super::registry::{self, CallEntryInfo, RegistryMsg};
 use crate::domain::{CallId, ConnectionId, UserRef};
 use crate::metrics::Metrics;
-use crate::store::calls::CallEvent;
+use crate::store::calls::{CallEvent, SignalSummary};
 use crate::ws::protocol::{EndCause, EndReason, ErrorCode, ServerMessage};
 use entity::signaling_messages::SignalingKind;
+
+/// Signaling counters of one call, shared by its call actor and, once it is answered, its two
+/// paired connections (which relay directly): one atomic add and one clock read per relayed
+/// message, no allocation, no lock. Read once when the call ends and recorded on its `calls`
+/// row ([`CallEvent::Signals`]).
+#[derive(Debug, Default)]
+pub struct SignalCounts {
+    /// caller sdp, caller ice, callee sdp, callee ice.
+    counts: [AtomicU32; 4],
+    /// Unix milliseconds of the first relayed message; 0 = none yet.
+    first_ms: AtomicI64,
+    /// Unix milliseconds of the last relayed message.
+    last_ms: AtomicI64,
+}
+
+impl SignalCounts {
+    /// Counts one relayed message of `kind`, sent by the caller (`from_caller`) or the callee.
+    pub fn count(&self, from_caller: bool, kind: SignalingKind) {
+        let i = usize::from(!from_caller) * 2 + usize::from(kind == SignalingKind::Ice);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let now = Utc::now().timestamp_millis();
+        let _ = self
+            .first_ms
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        self.last_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// The counters now; `None` when nothing was relayed.
+    pub fn summary(&self) -> Option<SignalSummary> {
+        let at = |ms: i64| chrono::DateTime::<Utc>::from_timestamp_millis(ms);
+        let first = self.first_ms.load(Ordering::Relaxed);
+        if first == 0 {
+            return None;
+        }
+        let n = |i: usize| self.counts[i].load(Ordering::Relaxed);
+        Some(SignalSummary {
+            caller_sdp: n(0),
+            caller_ice: n(1),
+            callee_sdp: n(2),
+            callee_ice: n(3),
+            first_at: at(first),
+            last_at: at(self.last_ms.load(Ordering::Relaxed)),
+        })
+    }
+}
 
 /// What a party asks of the call.
 #[derive(Debug)]
@@ -113,6 +160,7 @@ pub struct CallState {
     system_id: String,
     persistence: PersistenceHandle,
     metrics: std::sync::Arc<Metrics>,
+    counts: Arc<SignalCounts>,
     #[cfg(feature = "test-hooks")]
     tamper_fingerprint_to: Option<String>,
 }
@@ -217,6 +265,13 @@ impl CallState {
             acker.send(ended(&acker));
         }
         self.metrics.call_ended(reason.as_str());
+        // The parties were unpaired above; what they relayed up to now is counted.
+        if let Some(summary) = self.counts.summary() {
+            self.persistence.record(CallEvent::Signals {
+                call_id: self.id,
+                summary,
+            });
+        }
         self.persistence.record(CallEvent::Ended {
             call_id: self.id,
             reason: reason.as_str(),
@@ -269,6 +324,7 @@ impl Actor for Call {
             system_id: a.system_id,
             persistence: a.persistence,
             metrics: a.metrics,
+            counts: Arc::default(),
             #[cfg(feature = "test-hooks")]
             tamper_fingerprint_to: a.tamper_fingerprint_to,
         })
@@ -390,6 +446,8 @@ fn on_action(
                     let _ = conn.actor.cast(ConnectionMsg::Paired(Pairing {
                         call_id: s.id,
                         peer: peer.clone(),
+                        counts: s.counts.clone(),
+                        caller: conn.id == s.caller.id,
                     }));
                 }
             }
@@ -490,6 +548,7 @@ fn relay(
         SignalingKind::Sdp => "sdp",
         SignalingKind::Ice => "ice",
     });
+    s.counts.count(from.id == s.caller.id, kind);
     s.persistence.record_signal(s.id, from.user.id, kind);
 }
 

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::mpsc;
+use crate::ws::outbox;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::ConnRef;
@@ -97,7 +97,7 @@ pub struct SocketLink {
     /// Unique per socket, so a stale socket's "closed" notice is ignored after a resume.
     pub socket_id: u64,
     /// Queue to the socket task (bounded; the actor also bounds what it holds in bytes).
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: outbox::Sender<Outbound>,
     /// Written progress and the kill switch.
     pub control: SocketControl,
 }
@@ -196,6 +196,10 @@ pub struct Pairing {
     pub call_id: CallId,
     /// The other party's connection.
     pub peer: ConnRef,
+    /// The call's signaling counters.
+    pub counts: Arc<super::call::SignalCounts>,
+    /// Whether this connection is the caller's.
+    pub caller: bool,
 }
 
 /// Fixed configuration of a connection actor.
@@ -328,7 +332,7 @@ impl ConnectionState {
             None => Outbound::Text(seq, text),
         };
         if let Some(s) = &self.socket
-            && let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(out)
+            && let Err(outbox::TrySendError::Full(_)) = s.tx.try_send(out)
         {
             return Err(Overflow);
         }
@@ -646,6 +650,7 @@ impl Connection {
             SignalingKind::Sdp => "sdp",
             SignalingKind::Ice => "ice",
         });
+        p.counts.count(p.caller, kind);
         state
             .links
             .persistence

@@ -75,6 +75,12 @@ pub struct ActorSystem {
 }
 
 impl ActorSystem {
+    /// The current persistence actor (it may have been restarted).
+    pub fn persistence_actor(&self) -> Option<ActorRef<persistence::PersistenceMsg>> {
+        ractor::registry::where_is(format!("callsignal-{}-persistence", self.system_id))
+            .map(Into::into)
+    }
+
     /// The current registry (it may have been restarted).
     pub fn registry(&self) -> Option<ActorRef<registry::RegistryMsg>> {
         registry::lookup(&self.system_id)

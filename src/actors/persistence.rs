@@ -184,7 +184,13 @@ pub struct Persistence;
 pub enum PersistenceMsg {
     /// Write what is queued (sent by producers and by the retry timer).
     Flush,
+    /// Delete `signaling_messages` rows older than `persistence.signaling_retention_secs`
+    /// (sent at start and every [`PRUNE_INTERVAL`]; tests may send it).
+    Prune,
 }
+
+/// How often old signaling-metadata rows are swept.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Fixed configuration of the persistence actor.
 pub struct PersistenceArgs {
@@ -230,15 +236,56 @@ impl Actor for Persistence {
         // Carry on with whatever a previous incarnation left in the queue.
         state.handle.0.flush_pending.store(true, Ordering::Release);
         myself.cast(PersistenceMsg::Flush)?;
+        if state.settings.signaling_retention_secs > 0 {
+            myself.cast(PersistenceMsg::Prune)?;
+            myself.send_interval(PRUNE_INTERVAL, || PersistenceMsg::Prune);
+        }
         Ok(())
     }
 
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
-        PersistenceMsg::Flush: PersistenceMsg,
+        msg: PersistenceMsg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PersistenceMsg::Flush => flush(myself, state).await,
+            PersistenceMsg::Prune => {
+                prune(state).await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Deletes expired signaling-metadata rows. A failure is logged and retried at the next sweep.
+async fn prune(state: &PersistenceState) {
+    let keep = state.settings.signaling_retention_secs;
+    let Some(before) = i64::try_from(keep)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+    else {
+        return;
+    };
+    match calls::prune_signals(&state.db, before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            deleted = n,
+            retention_secs = keep,
+            "deleted expired signaling metadata rows"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot delete expired signaling metadata rows"),
+    }
+}
+
+/// Writes what is queued, batch after batch, until the queue is empty or a write fails.
+async fn flush(
+    myself: ActorRef<PersistenceMsg>,
+    state: &mut PersistenceState,
+) -> Result<(), ActorProcessingErr> {
+    {
         let h = state.handle.clone();
         if h.backlog() < state.settings.batch_size {
             tokio::time::sleep(Duration::from_millis(state.settings.batch_interval_ms)).await;

@@ -8,6 +8,7 @@ pub mod socket;
 
 pub mod coalesce;
 pub mod limit;
+pub mod outbox;
 
 /// Close codes are part of the wire contract; they live beside the wire types.
 pub use protocol::close;

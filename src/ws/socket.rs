@@ -20,7 +20,6 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -32,6 +31,7 @@ use super::limit::Verdict;
 use super::protocol::{self, ClientMessage, ErrorCode, ServerMessage, close};
 use crate::actors::ask;
 use crate::actors::connection::{ConnectionMsg, Outbound, SocketControl, SocketEnd, SocketLink};
+use crate::ws::outbox;
 use crate::actors::registry::{ConnectRequest, Connected, RegistryMsg};
 use crate::domain::{SessionId, UserRef};
 use crate::http::request::{AuthFailure, verify_token};
@@ -148,7 +148,7 @@ struct Admitted {
     connected: Connected,
     socket_id: u64,
     session_id: SessionId,
-    rx: mpsc::Receiver<Outbound>,
+    rx: outbox::Receiver<Outbound>,
     control: SocketControl,
 }
 
@@ -318,7 +318,7 @@ async fn handshake(state: &Arc<AppState>, ws: &mut Ws, client: Option<IpAddr>) -
     };
     // The actor bounds what it holds (count and bytes); the queue only needs room for that
     // plus the unsequenced per-socket messages.
-    let (tx, rx) = mpsc::channel(settings.outbound_queue + 8);
+    let (tx, rx) = outbox::channel(settings.outbound_queue + 8);
     let control = SocketControl::default();
     let socket_id = SOCKET_IDS.fetch_add(1, Ordering::Relaxed);
     let request = ConnectRequest {
@@ -419,22 +419,24 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                         }
                         for _ in 1..MAX_BATCH {
                             match a.rx.try_recv() {
-                                Ok(Outbound::Close(code, reason)) => {
+                                Some(Outbound::Close(code, reason)) => {
                                     then_close = Some((code, reason));
                                     break;
                                 }
-                                Ok(out) => {
+                                Some(out) => {
                                     if let Some(text) = frame(out) {
                                         ws.feed(Message::Text(text)).await?;
                                     }
                                 }
-                                Err(_) => break,
+                                None => break,
                             }
                         }
                         ws.flush().await
                     };
                     let sent = tokio::select! {
-                        r = tokio::time::timeout(WRITE_TIMEOUT, batch) => matches!(r, Ok(Ok(()))),
+                        // Boxed, as every write below: an idle socket task then keeps no room for
+                        // a write's state (and its timer), only for the waits of `select!`.
+                        r = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, batch)) => matches!(r, Ok(Ok(()))),
                         code = a.control.killed() => return Exit::Close(code, "closed by the server"),
                     };
                     if !sent {
@@ -479,7 +481,7 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                     Verdict::Pass => {}
                     Verdict::Limited => {
                         state.metrics.rate_limited.inc();
-                        if !reply_error(ws, ErrorCode::RateLimited, "too many messages; slow down".into(), None).await {
+                        if !Box::pin(reply_error(ws, ErrorCode::RateLimited, "too many messages; slow down".into(), None)).await {
                             return Exit::Dropped;
                         }
                         continue;
@@ -492,7 +494,7 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                 let text = match msg {
                     Message::Text(t) => t,
                     Message::Binary(_) => {
-                        if !reply_error(ws, ErrorCode::BadMessage, "binary frames are not accepted".into(), None).await {
+                        if !Box::pin(reply_error(ws, ErrorCode::BadMessage, "binary frames are not accepted".into(), None)).await {
                             return Exit::Dropped;
                         }
                         continue;
@@ -518,7 +520,7 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                         }
                     }
                     Err(bad) => {
-                        if !reply_error(ws, ErrorCode::BadMessage, bad.message, bad.reference).await {
+                        if !Box::pin(reply_error(ws, ErrorCode::BadMessage, bad.message, bad.reference)).await {
                             return Exit::Dropped;
                         }
                     }
@@ -530,7 +532,7 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                     return Exit::Dropped;
                 }
                 let mark = a.control.written().to_be_bytes();
-                let ping = tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(mark.to_vec().into())));
+                let ping = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(mark.to_vec().into()))));
                 if !matches!(ping.await, Ok(Ok(()))) {
                     return Exit::Dropped;
                 }

@@ -13,14 +13,13 @@ use callsignal::actors::registry::{ConnectRequest, RegistryMsg};
 use callsignal::domain::{CallId, SessionId, UserId, UserRef, Username};
 use ractor::ActorRef;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use crate::helpers::{Backend, TestApp, spawn_app_with};
 
 /// A device: a connection actor with a channel in place of its socket.
 struct Device {
     actor: ActorRef<ConnectionMsg>,
-    rx: mpsc::Receiver<Outbound>,
+    rx: callsignal::ws::outbox::Receiver<Outbound>,
     socket_id: u64,
     control: SocketControl,
     user: UserRef,
@@ -62,7 +61,7 @@ impl Device {
         last_seq: Option<u64>,
         queue: usize,
     ) -> Device {
-        let (tx, rx) = mpsc::channel(queue);
+        let (tx, rx) = callsignal::ws::outbox::channel(queue);
         let socket_id = rand_id();
         let control = SocketControl::default();
         let req = ConnectRequest {

@@ -108,13 +108,14 @@ async fn full_call_relays_sdp_and_ice_untouched(app: TestApp) {
     assert!(row.answered_at.is_some() && row.ended_at.is_some());
     assert_eq!(row.caller_id.to_string(), ua.id);
     assert_eq!(
-        app.count("SELECT COUNT(*) FROM signaling_messages").await,
-        4
-    );
-    assert_eq!(
-        app.count("SELECT COUNT(*) FROM signaling_messages WHERE type = 'SDP'")
-            .await,
-        2
+        (
+            row.caller_sdp_messages,
+            row.caller_ice_messages,
+            row.callee_sdp_messages,
+            row.callee_ice_messages
+        ),
+        (1, 1, 1, 1),
+        "per-call signaling counters"
     );
     // The ended call is gone: further messages are unknown_call.
     a.send(

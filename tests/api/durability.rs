@@ -152,6 +152,7 @@ async fn outage_app(pg: &OwnPostgres) -> TestApp {
         f.merge(("database.url", url))
             .merge(("database.connect_timeout_secs", 1))
             .merge(("persistence.buffer_capacity", 40))
+            .merge(("persistence.log_signaling", true))
             .merge(("persistence.retry_max_backoff_ms", 300))
             .merge(("calls.invites_per_pair_per_minute", 100))
             .merge(("calls.invites_per_callee_per_minute", 100))
@@ -451,6 +452,12 @@ async fn a_killed_server_ends_its_calls_server_restart_on_restart() {
                 answered_at: Set(Some(chrono::Utc::now())),
                 ended_at: Set(None),
                 instance_id: Set("node-b".into()),
+                caller_sdp_messages: Set(0),
+                caller_ice_messages: Set(0),
+                callee_sdp_messages: Set(0),
+                callee_ice_messages: Set(0),
+                first_signal_at: Set(None),
+                last_signal_at: Set(None),
             }
             .insert(&db)
             .await
@@ -606,7 +613,152 @@ async fn the_same_batch_twice_leaves_one_row_per_event(app: TestApp) {
 
 crate::db_tests!(the_same_batch_twice_leaves_one_row_per_event);
 
-async fn signaling_metadata_can_be_switched_off(app: TestApp) {
+/// A batch whose commit answer was lost is retried, possibly with more events behind it (the
+/// queue grew meanwhile): the calls it creates already exist, and their answers, ends and
+/// counters must still land. Many calls in one batch are folded into a few multi-row statements.
+async fn a_retried_batch_with_more_events_still_moves_every_call_forward(app: TestApp) {
+    use callsignal::domain::{CallId, UserId};
+    use callsignal::store::calls::{CallEvent, SignalSummary, apply_all};
+    let (ua, ub) = (app.user("alice").await, app.user("bob").await);
+    let (a, b) = (
+        UserId(ua.id.parse().unwrap()),
+        UserId(ub.id.parse().unwrap()),
+    );
+    let now = chrono::Utc::now();
+    let ids: Vec<CallId> = (0..1200).map(|_| CallId::new()).collect();
+    let created: Vec<CallEvent> = ids
+        .iter()
+        .map(|&call_id| CallEvent::Created {
+            call_id,
+            caller: a,
+            callee: b,
+            instance_id: "local".into(),
+            at: now,
+        })
+        .collect();
+    let db = app.db().await;
+    // The first attempt committed only the creations of the first 700 calls.
+    apply_all(&db, &created[..700]).await.unwrap();
+    // The retry carries every creation, then answers (all but call 0), counters and ends.
+    let mut retry = created.clone();
+    for (i, &call_id) in ids.iter().enumerate() {
+        if i != 0 {
+            retry.push(CallEvent::Accepted { call_id, at: now });
+        }
+        retry.push(CallEvent::Signals {
+            call_id,
+            summary: SignalSummary {
+                caller_sdp: 1,
+                caller_ice: i as u32,
+                callee_sdp: 1,
+                callee_ice: 2,
+                first_at: Some(now),
+                last_at: Some(now + chrono::Duration::seconds(1)),
+            },
+        });
+        retry.push(CallEvent::Ended {
+            call_id,
+            reason: if i == 0 { "cancelled" } else { "hangup" },
+            at: now + chrono::Duration::seconds(2),
+        });
+        // Stale after the end: must not move the call back.
+        retry.push(CallEvent::Accepted {
+            call_id,
+            at: now + chrono::Duration::seconds(9),
+        });
+    }
+    apply_all(&db, &retry).await.unwrap();
+    apply_all(&db, &retry).await.unwrap();
+    assert_eq!(app.count("SELECT COUNT(*) FROM calls").await, 1200);
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM calls WHERE status = 'ended' AND end_reason = 'hangup' AND answered_at IS NOT NULL AND ended_at IS NOT NULL AND callee_ice_messages = 2 AND last_signal_at IS NOT NULL").await,
+        1199
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM calls WHERE status = 'ended' AND end_reason = 'cancelled' AND answered_at IS NULL").await,
+        1
+    );
+    assert_eq!(
+        app.count("SELECT SUM(caller_ice_messages) FROM calls")
+            .await,
+        (0..1200).sum::<i64>()
+    );
+    use sea_orm::EntityTrait;
+    let row = entity::calls::Entity::find_by_id(ids[5].0)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.answered_at.map(|t| t.timestamp()),
+        Some(now.timestamp())
+    );
+    assert_eq!(
+        row.ended_at.map(|t| t.timestamp()),
+        Some((now + chrono::Duration::seconds(2)).timestamp())
+    );
+}
+
+crate::db_tests!(a_retried_batch_with_more_events_still_moves_every_call_forward);
+
+async fn signaling_metadata_rows_are_off_by_default_and_counted_per_call(app: TestApp) {
+    let (ua, ub) = (app.user("alice").await, app.user("bob").await);
+    let (mut a, mut b) = (app.ws(&ua).await, app.ws(&ub).await);
+    let id = active_call(&mut a, &mut b, "bob").await;
+    a.send(json!({"type": "sdp", "call_id": id, "description": {"type": "offer", "sdp": "x"}}))
+        .await;
+    b.expect("sdp").await;
+    for _ in 0..3 {
+        b.send(
+            json!({"type": "ice", "call_id": id, "candidate": {"candidate": "c", "sdpMid": "0"}}),
+        )
+        .await;
+        a.expect("ice").await;
+    }
+    b.send(json!({"type": "sdp", "call_id": id, "description": {"type": "answer", "sdp": "y"}}))
+        .await;
+    a.expect("sdp").await;
+    a.send(json!({"type": "call.hangup", "call_id": id})).await;
+    a.expect("call.ended").await;
+    app.flushed().await;
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM signaling_messages").await,
+        0,
+        "no per-message rows unless persistence.log_signaling is on"
+    );
+    use sea_orm::EntityTrait;
+    let row = entity::calls::Entity::find_by_id(id.parse::<uuid::Uuid>().unwrap())
+        .one(&app.db().await)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            row.caller_sdp_messages,
+            row.caller_ice_messages,
+            row.callee_sdp_messages,
+            row.callee_ice_messages
+        ),
+        (1, 0, 1, 3)
+    );
+    let (first, last) = (row.first_signal_at.unwrap(), row.last_signal_at.unwrap());
+    assert!(first <= last && last <= row.ended_at.unwrap(), "{row:?}");
+    // Call history shows the counters.
+    let h = app
+        .get(&format!("/api/calls/{id}"), Some(&ua.access))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(h["signaling"]["caller"], json!({"sdp": 1, "ice": 0}), "{h}");
+    assert_eq!(h["signaling"]["callee"], json!({"sdp": 1, "ice": 3}), "{h}");
+    assert!(h["signaling"]["first_at"].is_string(), "{h}");
+}
+
+crate::db_tests!(signaling_metadata_rows_are_off_by_default_and_counted_per_call);
+
+async fn signaling_rows_older_than_the_retention_are_deleted(app: TestApp) {
+    use callsignal::actors::persistence::PersistenceMsg;
     let (ua, ub) = (app.user("alice").await, app.user("bob").await);
     let (mut a, mut b) = (app.ws(&ua).await, app.ws(&ub).await);
     let id = active_call(&mut a, &mut b, "bob").await;
@@ -616,12 +768,54 @@ async fn signaling_metadata_can_be_switched_off(app: TestApp) {
     app.flushed().await;
     assert_eq!(
         app.count("SELECT COUNT(*) FROM signaling_messages").await,
-        0
+        1,
+        "opted in: the row is written"
     );
-    assert_eq!(app.count("SELECT COUNT(*) FROM calls").await, 1);
+    // A row from two hours ago, past the one-hour retention.
+    let db = app.db().await;
+    let call_id = callsignal::domain::CallId(id.parse().unwrap());
+    let sender = callsignal::domain::UserId(ua.id.parse().unwrap());
+    callsignal::store::calls::apply(
+        &db,
+        &callsignal::store::calls::CallEvent::Signal {
+            id: uuid::Uuid::now_v7(),
+            call_id,
+            sender,
+            kind: entity::signaling_messages::SignalingKind::Ice,
+            at: chrono::Utc::now() - chrono::Duration::hours(2),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM signaling_messages").await,
+        2
+    );
+    let persistence = app
+        .state
+        .actors
+        .persistence_actor()
+        .expect("persistence actor");
+    persistence.cast(PersistenceMsg::Prune).unwrap();
+    for _ in 0..100 {
+        if app.count("SELECT COUNT(*) FROM signaling_messages").await == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM signaling_messages WHERE type = 'SDP'")
+            .await,
+        1,
+        "the recent row stays, the expired one is gone"
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM signaling_messages").await,
+        1
+    );
 }
 
-crate::db_tests_with!(|f| f.merge(("persistence.log_signaling", false)); signaling_metadata_can_be_switched_off);
+crate::db_tests_with!(|f| f.merge(("persistence.log_signaling", true)).merge(("persistence.signaling_retention_secs", 3600)); signaling_rows_older_than_the_retention_are_deleted);
 
 async fn sdp_and_candidate_text_never_reach_the_database(app: TestApp) {
     let marker = format!("MARKER{}", uuid::Uuid::new_v4().simple());
@@ -670,4 +864,4 @@ async fn sdp_and_candidate_text_never_reach_the_database(app: TestApp) {
     assert!(!found, "SDP/candidate text was stored");
 }
 
-crate::db_tests!(sdp_and_candidate_text_never_reach_the_database);
+crate::db_tests_with!(|f| f.merge(("persistence.log_signaling", true)); sdp_and_candidate_text_never_reach_the_database);

@@ -1,0 +1,120 @@
+//! `idle N`: resident memory per idle connection. For callsignal each connection is authenticated
+//! (WebSocket upgrade, `hello`, `welcome`) as one user with many devices; for the bare relay it
+//! is a WebSocket upgrade naming its id. Every socket keeps being read (so heartbeat pings are
+//! answered) until the figures are taken.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+
+use crate::client::{self, Conn};
+use crate::target::{Kind, Target};
+use crate::{Opts, Stats};
+
+const WARM_UP: usize = 50;
+
+/// Opens connection number `i` and keeps reading it in a task of its own.
+async fn open(target: &Target, token: &str, i: usize) {
+    let ws = match target.kind {
+        Kind::Callsignal => Conn::hello(&target.addr, token).await.ws,
+        Kind::Bare => client::open(&format!("ws://{}/idle{i}/nobody", target.addr)).await,
+        Kind::PeerJs => crate::relay::peerjs_open(&target.addr, &format!("idle{i}")).await,
+    };
+    tokio::spawn(async move {
+        let (_sink, mut stream) = ws.split();
+        while let Some(Ok(_)) = stream.next().await {}
+    });
+}
+
+/// RSS per connection in bytes, for one target.
+async fn measure(opts: &Opts, kind: Kind, n: usize) -> f64 {
+    let target = Target::start(kind, opts, &[]);
+    let token = match kind {
+        Kind::Callsignal => client::users(&target.addr, vec!["idle".into()], 1)
+            .await
+            .remove(0),
+        Kind::Bare | Kind::PeerJs => String::new(),
+    };
+    for i in 0..WARM_UP {
+        open(&target, &token, i).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = target.rss();
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(opts.inflight));
+    let target = Arc::new(target);
+    let token: Arc<str> = token.into();
+    let mut tasks = vec![];
+    for i in WARM_UP..n {
+        let permit = gate.clone().acquire_owned().await.expect("gate");
+        let (target, token) = (target.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            open(&target, &token, i).await;
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        t.await.expect("open");
+    }
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = target.rss();
+    let per = after.saturating_sub(before) as f64 / (n - WARM_UP) as f64;
+    println!(
+        "idle {n} [{}]: opened in {:.1}s ({} in flight); server RSS {:.1} -> {:.1} MiB; {:.0} bytes = {:.2} KiB per idle connection",
+        kind.name(),
+        took.as_secs_f64(),
+        opts.inflight,
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        per,
+        per / 1024.0
+    );
+    if let Some(secs) = std::env::var("LOADGEN_HOLD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        // Keep the connections open (e.g. to take a heap profile of the server meanwhile).
+        eprintln!("  holding for {secs}s (LOADGEN_HOLD_SECS), server pid in /proc");
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+    per
+}
+
+pub(crate) async fn idle(opts: &Opts, n: usize) -> Stats {
+    assert!(n > WARM_UP, "idle needs more than {WARM_UP} connections");
+    let limit = open_files_limit();
+    assert!(
+        limit > n as u64 + 1000,
+        "the open-files limit ({limit}) is too low for {n} connections: raise it (`ulimit -n 20000` or more)"
+    );
+    let mut per = vec![];
+    for &kind in &opts.targets {
+        per.push((kind, measure(opts, kind, n).await));
+    }
+    if let Some((_, bare)) = per.iter().find(|(k, _)| *k == Kind::Bare) {
+        for (kind, x) in per.iter().filter(|(k, _)| *k != Kind::Bare) {
+            println!(
+                "idle {n}, {} vs bare relay: {:.2} vs {:.2} KiB per connection ({:.2}x)",
+                kind.name(),
+                x / 1024.0,
+                bare / 1024.0,
+                x / bare.max(1e-9)
+            );
+        }
+    }
+    Stats::default()
+}
+
+/// The soft limit on open files (`/proc/self/limits`).
+fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX)
+}

@@ -1,0 +1,595 @@
+//! Relay and flood: answered calls exchanging `sdp`/`ice`, through callsignal or the bare relay.
+//!
+//! Relay is **open-loop**: a schedule fixed up front sends message `j` (of all calls together) at
+//! `t0 + j / RATE`; message `j` belongs to call `j % CALLS` as its message number
+//! `k = j / CALLS`. A call's messages are the caller's ~3 KB SDP offer (`k` = 0), the callee's
+//! answer (1), then candidate-sized messages, the caller's at even `k` and the callee's at odd `k`
+//! (the first 16 are the ~8 ICE candidates each way of a real call setup). Latency runs from the
+//! message's **intended** send time to its receipt, so a stall of the server (or of the load
+//! generator) shows in the figures instead of silently delaying the schedule. The scheduler sleeps
+//! on tokio's timer until ~2 ms before a send and then spins (yielding to the receivers) on the
+//! load generator's own core, so sends are not quantised to the timer wheel's 1 ms.
+//!
+//! Flood is closed-loop: callers send candidate-sized messages as fast as the peer receives them
+//! (one write per message, as a browser sends them; at most `window` in flight per call); the
+//! figure is messages per server CPU-second.
+//!
+//! Every receiver checks that its call's messages arrive exactly once and in order (the message
+//! number), and for callsignal that every message carries the next `seq`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Conn, Frames, Sink, Stream};
+use crate::target::{Kind, Meter, NO_RATE_LIMITS, Target, Used};
+use crate::{Opts, Stats};
+
+/// One answered call, ready for a measured phase.
+pub(crate) struct Call {
+    pub(crate) call_id: String,
+    pub(crate) frames: Frames,
+    a: (Sink, Stream, u64),
+    b: (Sink, Stream, u64),
+}
+
+/// Sets up `n` answered calls on `target` (for callsignal: `2n` users, registered and logged
+/// in, each with one signaling connection; the caller invites, the callee accepts).
+pub(crate) async fn calls(target: &Target, n: usize, tag: &str) -> Vec<Call> {
+    let began = Instant::now();
+    let out = match target.kind {
+        Kind::Bare => {
+            let mut out = vec![];
+            for i in 0..n {
+                let call_id = uuid::Uuid::new_v4().to_string();
+                let a = client::open(&format!("ws://{}/{tag}{i}a/{tag}{i}b", target.addr)).await;
+                let b = client::open(&format!("ws://{}/{tag}{i}b/{tag}{i}a", target.addr)).await;
+                let (a, b) = (
+                    Conn { ws: a, last_seq: 0 }.split(),
+                    Conn { ws: b, last_seq: 0 }.split(),
+                );
+                out.push(Call {
+                    frames: Frames::new(&call_id),
+                    call_id,
+                    a,
+                    b,
+                });
+            }
+            out
+        }
+        Kind::PeerJs => {
+            let mut out = vec![];
+            for i in 0..n {
+                let call_id = uuid::Uuid::new_v4().to_string();
+                let (a_id, b_id) = (format!("{tag}{i}a"), format!("{tag}{i}b"));
+                let a = peerjs_open(&target.addr, &a_id).await;
+                let b = peerjs_open(&target.addr, &b_id).await;
+                out.push(Call {
+                    frames: Frames::peerjs(&call_id, &a_id, &b_id),
+                    call_id,
+                    a: Conn { ws: a, last_seq: 0 }.split(),
+                    b: Conn { ws: b, last_seq: 0 }.split(),
+                });
+            }
+            out
+        }
+        Kind::Callsignal => {
+            let names: Vec<String> = (0..n)
+                .flat_map(|i| [format!("{tag}{i}a"), format!("{tag}{i}b")])
+                .collect();
+            let tokens = client::users(&target.addr, names.clone(), 16).await;
+            let gate = Arc::new(Semaphore::new(32));
+            let mut tasks = vec![];
+            for i in 0..n {
+                let (addr, gate) = (target.addr.clone(), gate.clone());
+                let (ta, tb, bn) = (
+                    tokens[2 * i].clone(),
+                    tokens[2 * i + 1].clone(),
+                    names[2 * i + 1].clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    let _permit = gate.acquire_owned().await.expect("gate");
+                    let mut a = Conn::hello(&addr, &ta).await;
+                    let mut b = Conn::hello(&addr, &tb).await;
+                    let call_id = client::set_up_call(&mut a, &mut b, &bn).await;
+                    Call {
+                        frames: Frames::new(&call_id),
+                        call_id,
+                        a: a.split(),
+                        b: b.split(),
+                    }
+                }));
+            }
+            let mut out = vec![];
+            for t in tasks {
+                out.push(t.await.expect("call setup"));
+            }
+            out
+        }
+    };
+    eprintln!(
+        "  {}: {n} answered calls set up in {:.1}s",
+        target.kind.name(),
+        began.elapsed().as_secs_f64()
+    );
+    out
+}
+
+/// Connects to PeerJS as `id` and waits for its `OPEN`.
+pub(crate) async fn peerjs_open(addr: &str, id: &str) -> client::Ws {
+    let mut ws = client::open(&format!(
+        "ws://{addr}/peerjs?key=peerjs&id={id}&token=t{id}"
+    ))
+    .await;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                assert!(t.as_str().contains("\"OPEN\""), "PeerJS said {t}");
+                return ws;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("PeerJS socket ended: {other:?}"),
+        }
+    }
+}
+
+/// What one receiving connection expects: message numbers `start, start + step, …`, `count` of
+/// them.
+#[derive(Clone, Copy)]
+struct Expect {
+    start: u64,
+    step: u64,
+    count: u64,
+}
+
+/// What a receiver saw.
+#[derive(Default)]
+pub(crate) struct Received {
+    pub(crate) got: u64,
+    pub(crate) expected: u64,
+    /// Microseconds from intended send to receipt.
+    pub(crate) latencies: Vec<u32>,
+    pub(crate) violations: Vec<String>,
+}
+
+impl Received {
+    fn merge(&mut self, o: Received) {
+        self.got += o.got;
+        self.expected += o.expected;
+        self.latencies.extend(o.latencies);
+        self.violations.extend(o.violations);
+    }
+}
+
+/// The relay schedule: when message `k` of call `i` is meant to be sent.
+#[derive(Clone, Copy)]
+struct Schedule {
+    t0: Instant,
+    calls: u64,
+    rate: f64,
+}
+
+impl Schedule {
+    fn at(&self, j: u64) -> Instant {
+        self.t0 + Duration::from_secs_f64(j as f64 / self.rate)
+    }
+    fn of(&self, call: u64, k: u64) -> Instant {
+        self.at(k * self.calls + call)
+    }
+}
+
+/// Reads one connection's relayed messages until it has `expect.count` of them or `deadline`.
+/// Checks order and exactly-once delivery by message number, and callsignal's `seq`; acks the
+/// highest `seq` about once a second, as the browser client does (`ack_to`).
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    call: u64,
+    mut stream: Stream,
+    mut last_seq: Option<u64>,
+    ack_to: Option<Sink>,
+    expect: Expect,
+    schedule: Option<Schedule>,
+    credit: Option<Arc<Semaphore>>,
+    deadline: Instant,
+) -> Received {
+    let mut r = Received {
+        expected: expect.count,
+        latencies: Vec::with_capacity(usize::try_from(expect.count).unwrap_or(0)),
+        ..Received::default()
+    };
+    let mut next = expect.start;
+    let mut last_ack = Instant::now();
+    let mut acked = last_seq.unwrap_or(0);
+    while r.got < expect.count {
+        let frame = match tokio::time::timeout_at(deadline.into(), stream.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => t,
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => {
+                r.violations
+                    .push(format!("call {call}: socket ended: {other:?}"));
+                break;
+            }
+            Err(_) => break,
+        };
+        let now = Instant::now();
+        let text = frame.as_str();
+        if let Some(last) = last_seq.as_mut() {
+            match client::num_after(text, "\"seq\":") {
+                Some(seq) if seq == *last + 1 => *last = seq,
+                other => {
+                    r.violations.push(format!(
+                        "call {call}: seq {other:?} after {last}: {}",
+                        &text[..text.len().min(200)]
+                    ));
+                    if let Some(seq) = other {
+                        *last = seq;
+                    }
+                }
+            }
+        }
+        let Some(k) = client::frame_number(text) else {
+            r.violations.push(format!(
+                "call {call}: unexpected message {}",
+                &text[..text.len().min(200)]
+            ));
+            continue;
+        };
+        if k != next {
+            r.violations
+                .push(format!("call {call}: message {k} where {next} was due"));
+        }
+        next = k + expect.step;
+        r.got += 1;
+        if let Some(s) = &schedule {
+            let lat = now.saturating_duration_since(s.of(call, k));
+            r.latencies
+                .push(u32::try_from(lat.as_micros()).unwrap_or(u32::MAX));
+        }
+        if let Some(c) = &credit {
+            c.add_permits(1);
+        }
+        if let (Some(sink), Some(last)) = (&ack_to, last_seq)
+            && last > acked
+            && now.duration_since(last_ack) >= Duration::from_secs(1)
+        {
+            let ack = json!({"type": "ack", "seq": last}).to_string();
+            if sink.lock().await.send(Message::text(ack)).await.is_err() {
+                r.violations.push(format!("call {call}: ack failed"));
+            }
+            acked = last;
+            last_ack = now;
+        }
+    }
+    if r.got < expect.count {
+        r.violations.push(format!(
+            "call {call}: {} of {} messages arrived",
+            r.got, expect.count
+        ));
+    }
+    r
+}
+
+/// Waits until `t`: tokio's timer to ~2 ms before, then spinning (yielding to the other tasks).
+async fn wait_until(t: Instant) {
+    let margin = Duration::from_millis(2);
+    if t > Instant::now() + margin + Duration::from_millis(1) {
+        tokio::time::sleep_until((t - margin).into()).await;
+    }
+    while Instant::now() < t {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The result of one measured relay run.
+pub(crate) struct RelayRun {
+    pub(crate) received: Received,
+    pub(crate) used: Used,
+    /// Microseconds each send started after its intended time (the load generator's own lag).
+    pub(crate) send_lag: Vec<u32>,
+    pub(crate) sent: u64,
+    /// Each call's id, its caller's sink and how many messages it relayed.
+    pub(crate) calls: Vec<(String, Sink, u64)>,
+}
+
+/// Runs the open-loop schedule: `rate` messages per second over all `calls` for `secs`.
+pub(crate) async fn run_schedule(
+    target: &Target,
+    calls: Vec<Call>,
+    rate: f64,
+    secs: f64,
+    ack: bool,
+) -> RelayRun {
+    let n = calls.len() as u64;
+    let total = (rate * secs).round() as u64;
+    let schedule = Schedule {
+        t0: Instant::now() + Duration::from_millis(300),
+        calls: n,
+        rate,
+    };
+    let deadline = schedule.at(total) + Duration::from_secs(15);
+    let callsignal = target.kind == Kind::Callsignal;
+    let mut receivers = vec![];
+    let mut senders = vec![];
+    for (i, c) in calls.into_iter().enumerate() {
+        let i = i as u64;
+        // Messages of call i: j = k * n + i < total.
+        let msgs = total / n + u64::from(i < total % n);
+        let (a_sink, a_stream, a_seq) = c.a;
+        let (b_sink, b_stream, b_seq) = c.b;
+        // The callee receives the caller's (even k), the caller the callee's (odd k).
+        for (stream, seq, start, ack_sink) in [
+            (b_stream, b_seq, 0, b_sink.clone()),
+            (a_stream, a_seq, 1, a_sink.clone()),
+        ] {
+            let expect = Expect {
+                start,
+                step: 2,
+                count: msgs.saturating_sub(start).div_ceil(2),
+            };
+            receivers.push(tokio::spawn(receive(
+                i,
+                stream,
+                callsignal.then_some(seq),
+                (callsignal && ack).then_some(ack_sink),
+                expect,
+                Some(schedule),
+                None,
+                deadline,
+            )));
+        }
+        senders.push((a_sink, b_sink, c.frames, c.call_id, msgs));
+    }
+    wait_until(schedule.t0).await;
+    let meter = Meter::start(target);
+    let mut send_lag = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut failed = vec![];
+    for j in 0..total {
+        let (i, k) = (j % n, j / n);
+        let at = schedule.at(j);
+        wait_until(at).await;
+        let (a, b, frames, _, _) = &senders[usize::try_from(i).expect("call index")];
+        let sink = if k.is_multiple_of(2) { a } else { b };
+        let frame = frames.scheduled(k);
+        send_lag.push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
+        if sink.lock().await.send(Message::text(frame)).await.is_err() {
+            failed.push(format!("call {i}: send of message {k} failed"));
+        }
+    }
+    let mut received = Received::default();
+    for r in receivers {
+        received.merge(r.await.expect("receiver"));
+    }
+    let used = meter.stop(target);
+    received.violations.extend(failed);
+    RelayRun {
+        received,
+        used,
+        send_lag,
+        sent: total,
+        calls: senders
+            .into_iter()
+            .map(|(a, _, _, id, msgs)| (id, a, msgs))
+            .collect(),
+    }
+}
+
+/// Closed-loop flood: every caller sends `msgs` candidate-sized messages to its callee, at most
+/// `window` in flight.
+pub(crate) async fn run_flood(
+    target: &Target,
+    calls: Vec<Call>,
+    msgs: u64,
+    window: usize,
+    ack: bool,
+) -> (Received, Used) {
+    let callsignal = target.kind == Kind::Callsignal;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut receivers = vec![];
+    let mut senders = vec![];
+    let start = Arc::new(tokio::sync::Notify::new());
+    for (i, c) in calls.into_iter().enumerate() {
+        let credit = Arc::new(Semaphore::new(window));
+        let (a_sink, a_stream, _) = c.a;
+        let (b_sink, b_stream, b_seq) = c.b;
+        drop(a_stream);
+        receivers.push(tokio::spawn(receive(
+            i as u64,
+            b_stream,
+            callsignal.then_some(b_seq),
+            (callsignal && ack).then_some(b_sink),
+            Expect {
+                start: 0,
+                step: 1,
+                count: msgs,
+            },
+            None,
+            Some(credit.clone()),
+            deadline,
+        )));
+        let start = start.clone();
+        let frames = c.frames;
+        senders.push(tokio::spawn(async move {
+            start.notified().await;
+            let mut sink = a_sink.lock().await;
+            for k in 0..msgs {
+                // One write per message, as a browser's WebSocket sends them; at most `window`
+                // not yet received.
+                credit.acquire().await.expect("credit").forget();
+                if sink.send(Message::text(frames.ice(k))).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let meter = Meter::start(target);
+    start.notify_waiters();
+    let mut received = Received::default();
+    for r in receivers {
+        received.merge(r.await.expect("receiver"));
+    }
+    let used = meter.stop(target);
+    for s in senders {
+        let _ = s.await;
+    }
+    (received, used)
+}
+
+/// Percentiles of microsecond samples, in milliseconds.
+fn ms(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted[i]) / 1000.0
+}
+
+/// `relay CALLS RATE`: the open-loop relay on each target; prints figures and ratios.
+pub(crate) async fn relay(opts: &Opts, n_calls: usize, rate: f64) -> Stats {
+    let mut stats = Stats::default();
+    let mut results: Vec<(Kind, RelayRun)> = vec![];
+    for &kind in &opts.targets {
+        let target = Target::start(kind, opts, &[]);
+        let calls = calls(&target, n_calls, "r").await;
+        if kind == Kind::Callsignal {
+            let f = &calls[0].frames;
+            eprintln!(
+                "  frames: offer/answer {} bytes, candidate {} bytes",
+                f.offer_len(),
+                f.ice_len()
+            );
+        }
+        let run = run_schedule(&target, calls, rate, opts.secs, !opts.no_ack).await;
+        report_relay(kind, n_calls, rate, &run);
+        if kind == Kind::Callsignal {
+            let drained = target.drained(Duration::from_secs(60)).await;
+            println!(
+                "  callsignal: events written {} (call events and signaling rows), signaling rows skipped {} (metrics); backlog drained: {drained}; RSS {:.1} MiB",
+                target
+                    .metric("callsignal_events_written_total")
+                    .await
+                    .unwrap_or(0.0),
+                target
+                    .metric("callsignal_signal_rows_skipped_total")
+                    .await
+                    .unwrap_or(0.0),
+                target.rss() as f64 / 1048576.0
+            );
+        }
+        stats.violations += run.received.violations.len();
+        results.push((kind, run));
+    }
+    if let Some((_, bare)) = results.iter().find(|(k, _)| *k == Kind::Bare) {
+        let mut b = bare.received.latencies.clone();
+        b.sort_unstable();
+        for (kind, run) in results.iter().filter(|(k, _)| *k != Kind::Bare) {
+            let mut a = run.received.latencies.clone();
+            a.sort_unstable();
+            println!(
+                "relay {n_calls} calls {rate:.0} msg/s, {} vs bare relay: p99 {:.2} vs {:.2} ms ({:.1}x), p99.9 {:.2} vs {:.2} ms ({:.1}x), server CPU {:.0} % vs {:.0} % ({:.1}x), msg per CPU-s {:.0} vs {:.0} ({:.2}x of bare)",
+                kind.name(),
+                ms(&a, 0.99),
+                ms(&b, 0.99),
+                ms(&a, 0.99) / ms(&b, 0.99).max(1e-9),
+                ms(&a, 0.999),
+                ms(&b, 0.999),
+                ms(&a, 0.999) / ms(&b, 0.999).max(1e-9),
+                run.used.percent(),
+                bare.used.percent(),
+                run.used.percent() / bare.used.percent().max(1e-9),
+                run.used.per_cpu_sec(run.received.got),
+                bare.used.per_cpu_sec(bare.received.got),
+                run.used.per_cpu_sec(run.received.got)
+                    / bare.used.per_cpu_sec(bare.received.got).max(1e-9),
+            );
+        }
+    }
+    stats
+}
+
+fn report_relay(kind: Kind, n_calls: usize, rate: f64, run: &RelayRun) {
+    let mut lat = run.received.latencies.clone();
+    lat.sort_unstable();
+    let mut lag = run.send_lag.clone();
+    lag.sort_unstable();
+    let r = &run.received;
+    println!(
+        "relay {n_calls} calls {rate:.0} msg/s [{}]: {}/{} delivered ({} sent) in {:.2}s; latency from intended send p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms; server CPU {:.2}s = {:.1} % of a core, {:.0} msg per CPU-s; loadgen send lag p99 {:.2} max {:.2} ms; violations {}",
+        kind.name(),
+        r.got,
+        r.expected,
+        run.sent,
+        run.used.wall.as_secs_f64(),
+        ms(&lat, 0.5),
+        ms(&lat, 0.9),
+        ms(&lat, 0.99),
+        ms(&lat, 0.999),
+        ms(&lat, 1.0),
+        run.used.cpu.as_secs_f64(),
+        run.used.percent(),
+        run.used.per_cpu_sec(r.got),
+        ms(&lag, 0.99),
+        ms(&lag, 1.0),
+        r.violations.len()
+    );
+    for v in r.violations.iter().take(10) {
+        println!("  violation: {v}");
+    }
+}
+
+/// `flood CALLS MSGS`: messages per server CPU-second on each target.
+pub(crate) async fn flood(opts: &Opts, n_calls: usize, msgs: u64) -> Stats {
+    let mut stats = Stats::default();
+    let mut per_cpu = vec![];
+    for &kind in &opts.targets {
+        let target = Target::start(kind, opts, NO_RATE_LIMITS);
+        let calls = calls(&target, n_calls, "f").await;
+        let (r, used) = run_flood(&target, calls, msgs, opts.window, !opts.no_ack).await;
+        println!(
+            "flood {n_calls} calls x {msgs} msgs, window {} [{}]: {}/{} delivered in {:.2}s = {:.0} msg/s; server CPU {:.2}s = {:.0} % of a core; {:.0} msg per server CPU-s; violations {}",
+            opts.window,
+            kind.name(),
+            r.got,
+            r.expected,
+            used.wall.as_secs_f64(),
+            r.got as f64 / used.wall.as_secs_f64(),
+            used.cpu.as_secs_f64(),
+            used.percent(),
+            used.per_cpu_sec(r.got),
+            r.violations.len()
+        );
+        for v in r.violations.iter().take(10) {
+            println!("  violation: {v}");
+        }
+        if kind == Kind::Callsignal {
+            let drained = target.drained(Duration::from_secs(60)).await;
+            println!(
+                "  callsignal: events written {} (call events and signaling rows), signaling rows skipped {} (metrics); backlog drained: {drained}",
+                target
+                    .metric("callsignal_events_written_total")
+                    .await
+                    .unwrap_or(0.0),
+                target
+                    .metric("callsignal_signal_rows_skipped_total")
+                    .await
+                    .unwrap_or(0.0),
+            );
+        }
+        stats.violations += r.violations.len();
+        per_cpu.push((kind, used.per_cpu_sec(r.got)));
+    }
+    if let Some((_, bare)) = per_cpu.iter().find(|(k, _)| *k == Kind::Bare) {
+        for (kind, x) in per_cpu.iter().filter(|(k, _)| *k != Kind::Bare) {
+            println!(
+                "flood, {} vs bare relay: {x:.0} vs {bare:.0} msg per server CPU-s ({:.2}x of bare)",
+                kind.name(),
+                x / bare.max(1e-9)
+            );
+        }
+    }
+    stats
+}
