@@ -68,6 +68,7 @@ impl Actor for RemoteConn {
             ConnectionMsg::Paired(p) => Some(ConnOp::Paired {
                 call_id: p.call_id,
                 peer: s.cluster.wire_conn(&p.peer),
+                caller: p.caller,
             }),
             ConnectionMsg::Unpaired(call_id) => Some(ConnOp::Unpaired(call_id)),
             // Socket, session and lifecycle messages concern the connection's own node.

@@ -324,6 +324,8 @@ pub enum ConnOp {
         call_id: CallId,
         /// The other party.
         peer: WireConn,
+        /// Whether this connection is the caller's.
+        caller: bool,
     },
     /// Stop relaying directly for this call.
     Unpaired(CallId),

@@ -27,6 +27,7 @@ use crate::cluster::wire::{
 };
 use crate::domain::{CallId, ConnectionId, SessionId, UserId, UserRef, Username};
 use crate::ws::protocol::{EndReason, ErrorCode, ServerMessage};
+use entity::signaling_messages::SignalingKind;
 
 /// How long a connection admission waits for the presence bucket before counting only the
 /// connections of this node.
@@ -386,9 +387,26 @@ impl RegistryState {
                 }
                 ConnectionMsg::Deliver(w.into_msg())
             }
-            ConnOp::Relayed(w) => ConnectionMsg::Relayed(w.into_msg(), std::time::Instant::now()),
-            ConnOp::Paired { call_id, peer } => match self.resolve(&peer).await {
-                Some(peer) => ConnectionMsg::Paired(Pairing { call_id, peer }),
+            ConnOp::Relayed(w) => {
+                let kind = match &w {
+                    WireServerMsg::Ice { .. } => SignalingKind::Ice,
+                    _ => SignalingKind::Sdp,
+                };
+                ConnectionMsg::RelayedFromNode(w.into_msg(), kind)
+            }
+            ConnOp::Paired {
+                call_id,
+                peer,
+                caller,
+            } => match self.resolve(&peer).await {
+                // The call's counters live on its owner: what this side relays is counted
+                // there, on arrival (`RelayedFromNode`), so these stay unread.
+                Some(peer) => ConnectionMsg::Paired(Pairing {
+                    call_id,
+                    peer,
+                    counts: Default::default(),
+                    caller,
+                }),
                 None => return,
             },
             ConnOp::Unpaired(call_id) => ConnectionMsg::Unpaired(call_id),
