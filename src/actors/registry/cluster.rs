@@ -808,9 +808,16 @@ async fn claim_and_gather(
     }
     match claim_fresh(&link, &me, callee.id, &claim).await {
         Ok(None) => {}
-        Ok(Some(_)) => {
+        Ok(Some(held)) => {
             link.kv().release_user(from.user.id, call_id).await;
-            return end_at_once(EndReason::Busy, reference);
+            // The callee's invite to us, crossing ours between nodes: glare, not busy.
+            let glare = held.ringing && held.caller == callee.id && held.callee == from.user.id;
+            let reason = if glare {
+                EndReason::Glare
+            } else {
+                EndReason::Busy
+            };
+            return end_at_once(reason, reference);
         }
         Err(e) => {
             tracing::warn!(error = %e, "cluster claim failed");
