@@ -57,6 +57,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// `[log]`
     pub log: LogSettings,
+    /// `[cluster]`
+    pub cluster: ClusterSettings,
     /// `[test_hooks]`: fault injection for tests; exists only in `test-hooks` builds.
     #[cfg(feature = "test-hooks")]
     #[serde(default)]
@@ -306,6 +308,24 @@ pub struct MetricsSettings {
     pub allowed: Vec<String>,
 }
 
+/// `[cluster]`: several nodes sharing one database and one NATS server (docs/architecture.md,
+/// "Cluster"). Without `nats_url` the server is one node and never touches NATS.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterSettings {
+    /// NATS server URL (JetStream on); may carry credentials, hence secret. Unset = one node.
+    pub nats_url: Option<Secret>,
+    /// Seconds without a heartbeat after which a node counts as dead (its calls end for the
+    /// surviving parties, its unfinished call rows are ended `server_restart`).
+    pub node_timeout_secs: u64,
+}
+
+impl ClusterSettings {
+    /// [`node_timeout_secs`](Self::node_timeout_secs) as a duration.
+    pub fn node_timeout(&self) -> Duration {
+        Duration::from_secs(self.node_timeout_secs)
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
@@ -341,6 +361,7 @@ fn env_provider() -> Env {
 fn optional_keys() -> Vec<&'static str> {
     let mut keys = vec![
         "auth.jwt_secret",
+        "cluster.nats_url",
         "ice.turn_secret",
         "server.tls.cert_path",
         "server.tls.key_path",
@@ -631,6 +652,26 @@ impl Settings {
                 "ws.outbound_queue and persistence.batch_size must be positive".into(),
             ));
         }
+        if self.cluster.nats_url.is_some() {
+            // The id names the node's NATS subject and key-value entries.
+            let id = &self.server.instance_id;
+            let valid = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !valid {
+                return Err(ConfigError::Rule(format!(
+                    "server.instance_id {id:?} must be 1..64 characters of [A-Za-z0-9_-] \
+                     when cluster.nats_url is set"
+                )));
+            }
+            if !(2..=MAX_DEADLINE_SECS).contains(&self.cluster.node_timeout_secs) {
+                return Err(ConfigError::Rule(format!(
+                    "cluster.node_timeout_secs must be between 2 and {MAX_DEADLINE_SECS}"
+                )));
+            }
+        }
         for net in &self.metrics.allowed {
             IpNet::parse(net).ok_or_else(|| {
                 ConfigError::Rule(format!("metrics.allowed: {net:?} is not an IP or CIDR"))
@@ -693,6 +734,26 @@ mod tests {
         assert_eq!(s.server.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(s.ws.max_message_bytes, 65536);
         assert!(s.auth.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn cluster_mode_needs_an_instance_id_fit_for_subjects() {
+        let single = Settings::from_figment(Settings::defaults()).expect("defaults load");
+        assert!(single.cluster.nats_url.is_none(), "one node by default");
+        let with = |id: &str| {
+            Settings::from_figment(
+                Settings::defaults()
+                    .merge(("cluster.nats_url", "nats://127.0.0.1:4222"))
+                    .merge(("server.instance_id", id)),
+            )
+        };
+        assert!(with("node-1_a").is_ok());
+        for bad in ["", "a.b", "a b", "a*", "a>"] {
+            let err = with(bad).expect_err("refused");
+            assert!(err.to_string().contains("server.instance_id"), "{err}");
+        }
+        let url = with("n1").expect("valid").cluster.nats_url.expect("set");
+        assert_eq!(format!("{url:?}"), "[redacted]");
     }
 
     #[test]

@@ -10,12 +10,15 @@
 //! - [`http`]: the hyper server, router, REST handlers and the `/ws` upgrade.
 //! - [`ws`]: the signaling wire protocol and the per-socket task.
 //! - [`actors`]: the supervised actor tree (root, registry, connections, calls, persistence).
+//! - [`cluster`]: cluster mode over NATS (node membership, presence, stand-ins for remote
+//!   connections and calls); absent without `cluster.nats_url`.
 //! - [`ice`]: ICE server lists and TURN credentials.
 //! - [`metrics`], [`telemetry`], [`heap`]: observability.
 //! - [`startup`], [`state`]: building and running the server.
 
 pub mod actors;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod heap;

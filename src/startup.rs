@@ -72,6 +72,12 @@ impl App {
         if settings.database.migrate_on_start {
             Migrator::up(&db, None).await?;
         }
+        // Before crash recovery: while a live node holds this instance_id, its calls are not
+        // ours to end.
+        let cluster = match settings.cluster.nats_url {
+            Some(_) => Some(crate::cluster::Cluster::join(&settings).await?),
+            None => None,
+        };
         let recovered = store::calls::end_unfinished(
             &db,
             &settings.server.instance_id,
@@ -100,6 +106,7 @@ impl App {
             db: db.clone(),
             persistence: persistence.clone(),
             metrics: metrics.clone(),
+            cluster: cluster.clone(),
         };
         let (root, _) = Actor::spawn(
             Some(format!("callsignal-{system_id}-root")),
@@ -107,7 +114,10 @@ impl App {
             root_args,
         )
         .await?;
-        tracing::info!(target: "supervision", event = "started", actor = "root", actor_id = %root.get_id(), "actor started");
+        tracing::info!(target: "supervision", event = "started", node = %settings.server.instance_id, actor = "root", actor_id = %root.get_id(), "actor started");
+        if let Some(c) = &cluster {
+            c.start(&system_id).await?;
+        }
         let state = Arc::new(AppState {
             tokens: TokenIssuer::new(&key, &settings.auth),
             refresh: RefreshTokens::new(&key),
@@ -131,6 +141,7 @@ impl App {
                 system_id,
                 root,
                 persistence,
+                cluster,
             },
             metrics,
             db,
@@ -192,6 +203,9 @@ impl App {
         state.shutting_down.store(true, Ordering::Release);
         let _ = stop_tx.send(true);
         state.actors.shutdown().await;
+        if let Some(c) = &state.actors.cluster {
+            c.leave().await;
+        }
         let deadline = Duration::from_secs(state.settings.server.shutdown_drain_secs);
         if state.actors.persistence.drain(deadline).await {
             tracing::info!("shutdown: every call event is committed");

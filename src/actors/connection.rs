@@ -16,9 +16,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
+use crate::ws::outbox;
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use crate::ws::outbox;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::ConnRef;
@@ -126,6 +126,9 @@ pub enum ConnectionMsg {
     Deliver(ServerMessage),
     /// A relayed `sdp`/`ice` for the client, with when the sender's frame arrived.
     Relayed(ServerMessage, std::time::Instant),
+    /// A relayed `sdp`/`ice` from the paired peer on another node (cluster mode): counted
+    /// here, in the call's counters that the sending node cannot reach, then as `Relayed`.
+    RelayedFromNode(ServerMessage, SignalingKind),
     /// A new socket joins this connection; `call` is the user's current call for `welcome`.
     Attach(SocketLink, Join, Option<CallSummary>),
     /// The socket `socket_id` ended.
@@ -528,6 +531,17 @@ impl Actor for Connection {
             }
             ConnectionMsg::Relayed(msg, received) => {
                 if state.push_timed(&msg, Some(received)).is_err() {
+                    state.overflowed(&me);
+                }
+            }
+            ConnectionMsg::RelayedFromNode(msg, kind) => {
+                if let Some(p) = &state.pairing {
+                    p.counts.count(!p.caller, kind);
+                }
+                if state
+                    .push_timed(&msg, Some(std::time::Instant::now()))
+                    .is_err()
+                {
                     state.overflowed(&me);
                 }
             }

@@ -70,6 +70,8 @@ pub struct ActorSystem {
     pub root: ActorRef<root::RootMsg>,
     /// The persistence queue.
     pub persistence: PersistenceHandle,
+    /// The link to the other nodes (cluster mode only).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl ActorSystem {

@@ -35,6 +35,8 @@ pub struct RootArgs {
     pub persistence: PersistenceHandle,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The link to the other nodes (cluster mode only).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 /// State of the root supervisor.
@@ -47,8 +49,9 @@ pub struct RootState {
     shutting_down: bool,
 }
 
-fn log_start(actor: &str, cell: &ActorCell) {
-    tracing::info!(target: "supervision", event = "started", actor, actor_id = %cell.get_id(), "actor started");
+fn log_start(a: &RootArgs, actor: &str, cell: &ActorCell) {
+    let node = &a.settings.server.instance_id;
+    tracing::info!(target: "supervision", event = "started", node = %node, actor, actor_id = %cell.get_id(), "actor started");
 }
 
 async fn spawn_persistence(
@@ -62,7 +65,7 @@ async fn spawn_persistence(
         settings: a.settings.persistence.clone(),
     };
     let (actor, _) = Actor::spawn_linked(Some(name), Persistence, args, me.get_cell()).await?;
-    log_start("persistence", &actor.get_cell());
+    log_start(a, "persistence", &actor.get_cell());
     Ok(actor.get_cell())
 }
 
@@ -80,6 +83,7 @@ async fn spawn_registry(
         metrics: a.metrics.clone(),
         connections: connections.clone(),
         calls: calls.clone(),
+        cluster: a.cluster.clone(),
     };
     let (actor, _) = Actor::spawn_linked(
         Some(registry::name(&a.system_id)),
@@ -88,7 +92,7 @@ async fn spawn_registry(
         me.get_cell(),
     )
     .await?;
-    log_start("registry", &actor.get_cell());
+    log_start(a, "registry", &actor.get_cell());
     Ok(actor.get_cell())
 }
 
@@ -101,9 +105,11 @@ async fn spawn_supervisor(
         kind,
         system_id: a.system_id.clone(),
         metrics: a.metrics.clone(),
+        node: a.settings.server.instance_id.clone(),
     };
     let (actor, _) = Actor::spawn_linked(None, Supervisor, args, me.get_cell()).await?;
     log_start(
+        a,
         if kind == Kind::Connections {
             "connections"
         } else {
@@ -177,9 +183,9 @@ impl Actor for Root {
         };
         if failed {
             s.args.metrics.actor_failed(actor);
-            tracing::error!(target: "supervision", event = "failed", actor, actor_id = %id, reason = %reason, "actor failed");
+            tracing::error!(target: "supervision", event = "failed", node = %s.args.settings.server.instance_id, actor, actor_id = %id, reason = %reason, "actor failed");
         } else {
-            tracing::info!(target: "supervision", event = "stopped", actor, actor_id = %id, reason = %reason, "actor stopped");
+            tracing::info!(target: "supervision", event = "stopped", node = %s.args.settings.server.instance_id, actor, actor_id = %id, reason = %reason, "actor stopped");
         }
         if s.shutting_down {
             return Ok(());
@@ -187,11 +193,11 @@ impl Actor for Root {
         match actor {
             "registry" => {
                 s.registry = spawn_registry(&me, &s.args, &s.connections, &s.calls).await?;
-                tracing::warn!(target: "supervision", event = "restarted", actor, actor_id = %s.registry.get_id(), "actor restarted");
+                tracing::warn!(target: "supervision", event = "restarted", node = %s.args.settings.server.instance_id, actor, actor_id = %s.registry.get_id(), "actor restarted");
             }
             "persistence" => {
                 s.persistence = spawn_persistence(&me, &s.args).await?;
-                tracing::warn!(target: "supervision", event = "restarted", actor, actor_id = %s.persistence.get_id(), "actor restarted");
+                tracing::warn!(target: "supervision", event = "restarted", node = %s.args.settings.server.instance_id, actor, actor_id = %s.persistence.get_id(), "actor restarted");
             }
             _ => {}
         }

@@ -48,6 +48,8 @@ pub struct SupervisorArgs {
     pub system_id: String,
     /// Failure counter.
     pub metrics: Arc<Metrics>,
+    /// This node (`server.instance_id`), named in every supervision event.
+    pub node: String,
 }
 
 /// State: which child is which.
@@ -55,6 +57,7 @@ pub struct SupervisorState {
     kind: Kind,
     system_id: String,
     metrics: Arc<Metrics>,
+    node: String,
     children: HashMap<ActorId, Uuid>,
 }
 
@@ -111,6 +114,7 @@ impl Actor for Supervisor {
             kind: a.kind,
             system_id: a.system_id,
             metrics: a.metrics,
+            node: a.node,
             children: HashMap::new(),
         })
     }
@@ -149,12 +153,12 @@ impl Actor for Supervisor {
                     .copied()
                     .unwrap_or_default();
                 state.gauge().inc();
-                tracing::info!(target: "supervision", event = "started", actor, id = %id, actor_id = %cell.get_id(), "actor started");
+                tracing::info!(target: "supervision", event = "started", node = %state.node, actor, id = %id, actor_id = %cell.get_id(), "actor started");
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 let id = state.children.remove(&cell.get_id()).unwrap_or_default();
                 state.gauge().dec();
-                tracing::info!(target: "supervision", event = "stopped", actor, id = %id, actor_id = %cell.get_id(),
+                tracing::info!(target: "supervision", event = "stopped", node = %state.node, actor, id = %id, actor_id = %cell.get_id(),
                     reason = reason.as_deref().unwrap_or("normal"), "actor stopped");
             }
             SupervisionEvent::ActorFailed(cell, err) => {
@@ -165,7 +169,7 @@ impl Actor for Supervisor {
                     Kind::Connections => "close socket; its call follows the resume rules",
                     Kind::Calls => "end the call cleanly for both parties",
                 };
-                tracing::error!(target: "supervision", event = "failed", actor, id = %id, actor_id = %cell.get_id(),
+                tracing::error!(target: "supervision", event = "failed", node = %state.node, actor, id = %id, actor_id = %cell.get_id(),
                     reason = %err, action, "actor failed");
                 if let Some(r) = registry::lookup(&state.system_id) {
                     let _ = r.cast(match state.kind {

@@ -284,7 +284,7 @@ fn typed(f: Frame) -> Result<ClientMessage, String> {
 }
 
 /// Why a call ended (contract §2.2), plus `server_error` for a call whose actor failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     /// A party hung up an answered call.
@@ -386,7 +386,7 @@ impl EndReason {
 }
 
 /// Error codes sent in `error` messages; each has one meaning forever.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Unparseable or ill-formed message.

@@ -31,12 +31,12 @@ use super::limit::Verdict;
 use super::protocol::{self, ClientMessage, ErrorCode, ServerMessage, close};
 use crate::actors::ask;
 use crate::actors::connection::{ConnectionMsg, Outbound, SocketControl, SocketEnd, SocketLink};
-use crate::ws::outbox;
 use crate::actors::registry::{ConnectRequest, Connected, RegistryMsg};
 use crate::domain::{SessionId, UserRef};
 use crate::http::request::{AuthFailure, verify_token};
 use crate::state::AppState;
 use crate::store;
+use crate::ws::outbox;
 
 /// Read buffer per socket. Signaling frames are small (an SDP is a few KiB and gets a buffer of
 /// its own size when it comes); tungstenite's 128 KiB default would cost that much per idle

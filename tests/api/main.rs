@@ -11,6 +11,7 @@ mod auth;
 mod browser;
 mod browser_ui;
 mod calls;
+mod cluster;
 mod connections;
 mod continuity;
 mod deploy;

@@ -64,6 +64,9 @@ impl RegistryState {
             );
         }
         window.push_back(now);
+        if self.cluster.is_some() {
+            return self.cluster_invite(me, from, to, reference);
+        }
         if let Some(&callee_id) = self.names.get(&to) {
             let callee = UserRef {
                 id: callee_id,
@@ -194,7 +197,7 @@ impl RegistryState {
 
     /// The per-callee and per-pair invite limits (harassment bounds): records the invite and
     /// says whether it may proceed.
-    fn admit_invite_to(&mut self, caller: UserId, callee: UserId) -> bool {
+    pub(super) fn admit_invite_to(&mut self, caller: UserId, callee: UserId) -> bool {
         let now = Instant::now();
         let calls = &self.args.settings.calls;
         let (per_callee, per_pair) = (
@@ -225,7 +228,7 @@ impl RegistryState {
 
     /// A call that ends as soon as it is created (busy, unavailable, glare): recorded, and the
     /// inviter told, without a call actor.
-    fn ended_at_once(
+    pub(super) fn ended_at_once(
         &self,
         from: &ConnRef,
         callee: UserRef,

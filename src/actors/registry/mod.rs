@@ -5,7 +5,8 @@
 //! It never waits on the database: the only lookup it needs (is an offline callee a real user?)
 //! runs in a task and comes back as a message.
 //!
-//! Invites are decided in [`invite`].
+//! Invites are decided in [`invite`]; in cluster mode (`cluster.nats_url`), across nodes in
+//! [`cluster`], which also handles what other nodes say.
 //!
 //! If the registry fails, the root supervisor restarts it, and it rebuilds its tables by asking
 //! every live connection and call actor to announce itself again: no live call is lost.
@@ -19,7 +20,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sea_orm::DatabaseConnection;
 use sha2::{Digest, Sha256};
 
+mod cluster;
 mod invite;
+
+pub use cluster::{ClusterEvent, InviteReady};
 
 use super::call::{CallAction, CallMsg};
 use super::connection::{ConnectionArgs, ConnectionMsg, Join, Links, SocketLink};
@@ -174,6 +178,8 @@ pub enum RegistryMsg {
     FindConnection(ConnectionId, RpcReplyPort<Option<ActorRef<ConnectionMsg>>>),
     /// A call's actor, by id.
     FindCall(CallId, RpcReplyPort<Option<ActorRef<CallMsg>>>),
+    /// Something other nodes said (cluster mode only).
+    Cluster(ClusterEvent),
     /// Make the registry panic (test builds only), to exercise its restart.
     #[cfg(feature = "test-hooks")]
     Panic,
@@ -195,6 +201,8 @@ pub struct RegistryArgs {
     pub connections: ActorRef<SupervisorMsg>,
     /// Supervisor of call actors.
     pub calls: ActorRef<SupervisorMsg>,
+    /// The link to the other nodes (cluster mode only).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 struct ConnEntry {
@@ -231,6 +239,8 @@ pub struct RegistryState {
     limiters: HashMap<UserId, Arc<Mutex<RateLimiter>>>,
     sweeps: u64,
     shutting_down: bool,
+    /// Stand-ins and remote calls (cluster mode only).
+    cluster: Option<cluster::ClusterState>,
 }
 
 /// The registry actor.
@@ -258,7 +268,9 @@ impl Actor for Registry {
         _me: ActorRef<Self::Msg>,
         args: RegistryArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let cluster = args.cluster.clone().map(cluster::ClusterState::new);
         Ok(RegistryState {
+            cluster,
             args,
             conns: HashMap::new(),
             users: HashMap::new(),
@@ -371,7 +383,9 @@ impl Actor for Registry {
                 for e in s.conns.values().filter(|e| e.session_id == session) {
                     let _ = e.conn.actor.cast(ConnectionMsg::Revoke);
                 }
+                s.cluster_revoke(session);
             }
+            RegistryMsg::Cluster(ev) => s.on_cluster(ev).await,
             RegistryMsg::Shutdown(reply) => {
                 s.shutting_down = true;
                 let calls: Vec<_> = s.calls.values().map(|c| c.actor.clone()).collect();
@@ -431,9 +445,9 @@ impl RegistryState {
         if let Some(id) = self.takeover_candidate(req.user.id, req.session_id) {
             return self.join(id, req.socket, Join::Takeover, limiter);
         }
-        let ws = &self.args.settings.ws;
-        let per_user = self.users.get(&req.user.id).map_or(0, |u| u.conns.len());
-        if per_user >= ws.max_connections_per_user {
+        let per_user = self.users.get(&req.user.id).map_or(0, |u| u.conns.len())
+            + self.cluster_conns_elsewhere(req.user.id).await;
+        if per_user >= self.args.settings.ws.max_connections_per_user {
             // Connections waiting in a grace never lock their user out.
             match self.oldest_detached(req.user.id) {
                 Some(victim) => self.release(victim),
@@ -627,6 +641,9 @@ impl RegistryState {
             && c.info.callee.id == e.conn.user.id
         {
             let _ = c.actor.cast(CallMsg::DeviceJoined(e.conn.clone()));
+        } else if call.is_none() {
+            // A call ringing this user from a node that never told this one of it.
+            self.cluster_device_joined(&e.conn);
         }
     }
 
@@ -660,6 +677,7 @@ impl RegistryState {
 
     fn register(&mut self, info: ConnEntryInfo) {
         let id = info.conn.id;
+        let uid = info.conn.user.id;
         let hash = resume_hash(&info.resume_token);
         let user = self.users.entry(info.conn.user.id).or_default();
         if !user.conns.contains(&id) {
@@ -678,12 +696,14 @@ impl RegistryState {
                 detached_at: (!info.attached).then(Instant::now),
             },
         );
+        self.cluster_presence(uid);
     }
 
     fn register_call(&mut self, actor: ActorRef<CallMsg>, info: CallEntryInfo) {
         for user in [info.caller.user.id, info.callee.id] {
             self.users.entry(user).or_default().call = Some(info.call_id);
         }
+        self.cluster_call_changed(&info);
         self.calls.insert(info.call_id, CallEntry { actor, info });
     }
 
@@ -702,6 +722,8 @@ impl RegistryState {
                 }
             }
         }
+        self.cluster_presence(uid);
+        self.cluster_conn_gone(id);
     }
 
     fn tell_call_of(&self, conn: ConnectionId, msg: CallMsg) {
@@ -720,6 +742,7 @@ impl RegistryState {
         let Some(c) = self.calls.remove(&id) else {
             return;
         };
+        self.cluster_call_forgotten(&c);
         for uid in [c.info.caller.user.id, c.info.callee.id] {
             if let Some(u) = self.users.get_mut(&uid) {
                 if u.call == Some(id) {

@@ -1,4 +1,4 @@
-//! `/healthz` (process alive), `/readyz` (database and actor tree up) and `/metrics`
+//! `/healthz` (process alive), `/readyz` (database, actor tree and, in a cluster, NATS up) and `/metrics`
 //! (Prometheus text, allowed addresses only).
 
 use std::net::IpAddr;
@@ -21,17 +21,24 @@ pub async fn readyz(state: &AppState) -> HttpResponse {
     let database = store::ping(&state.db).await;
     let actors = state.actors.health();
     let persistence = state.actors.persistence.health();
-    let ready = database.is_ok() && actors.is_ok() && persistence.is_ok();
+    let cluster = state.actors.cluster.as_ref().map(|c| c.status());
+    let ready = database.is_ok()
+        && actors.is_ok()
+        && persistence.is_ok()
+        && cluster.as_ref().is_none_or(|c| c.ok);
     let part = |r: &Result<(), String>| match r {
         Ok(()) => serde_json::json!({"ok": true}),
         Err(why) => serde_json::json!({"ok": false, "error": why}),
     };
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "ready": ready,
         "database": part(&database),
         "actors": part(&actors),
         "persistence": part(&persistence),
     });
+    if let Some(c) = cluster {
+        body["cluster"] = serde_json::json!(c);
+    }
     json(
         if ready {
             StatusCode::OK
