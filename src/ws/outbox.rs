@@ -134,6 +134,7 @@ impl<T> Drop for Receiver<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

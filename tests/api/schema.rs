@@ -1,4 +1,5 @@
-//! Migrations: `up` creates the four tables (and `sessions.last_ip`), `down` really removes them, and both run on
+//! Migrations: `up` creates the four tables (and `sessions.last_ip`, the calls' signaling
+//! counters), `down` really removes them, and both run on
 //! PostgreSQL and SQLite.
 
 use migration::{Migrator, MigratorTrait};
@@ -22,6 +23,22 @@ async fn has_last_ip(db: &sea_orm::DatabaseConnection) -> bool {
     manager.has_column("sessions", "last_ip").await.unwrap()
 }
 
+async fn has_signal_counters(db: &sea_orm::DatabaseConnection) -> bool {
+    let manager = sea_orm_migration::SchemaManager::new(db);
+    let mut all = true;
+    for c in [
+        "caller_sdp_messages",
+        "caller_ice_messages",
+        "callee_sdp_messages",
+        "callee_ice_messages",
+        "first_signal_at",
+        "last_signal_at",
+    ] {
+        all &= manager.has_column("calls", c).await.unwrap();
+    }
+    all
+}
+
 async fn up_down_up(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let url = fresh_database(backend, dir.path()).await;
@@ -31,6 +48,13 @@ async fn up_down_up(backend: Backend) {
     let db = Database::connect(&url).await.unwrap();
     Migrator::up(&db, None).await.unwrap();
     assert_eq!(tables(&db).await.len(), 4);
+    assert!(has_last_ip(&db).await);
+    assert!(has_signal_counters(&db).await);
+    Migrator::down(&db, Some(1)).await.unwrap();
+    assert!(
+        !has_signal_counters(&db).await,
+        "down removes the calls' signaling counters"
+    );
     assert!(has_last_ip(&db).await);
     Migrator::down(&db, Some(1)).await.unwrap();
     assert!(!has_last_ip(&db).await, "down removes sessions.last_ip");
