@@ -67,6 +67,9 @@ pub struct OutcomeLabel {
 pub struct Snapshot {
     /// Call events waiting to be committed.
     pub persistence_backlog: usize,
+    /// In cluster mode (`cluster.nats_url`): whether NATS is connected, and how many other
+    /// nodes this node heard within the node timeout. `None` on a single node.
+    pub cluster: Option<(bool, usize)>,
 }
 
 /// Every metric the server exports.
@@ -151,6 +154,20 @@ impl Collector for ScrapeCollector {
             "Call events waiting to be committed",
             s.persistence_backlog as i64,
         )?;
+        if let Some((connected, nodes)) = s.cluster {
+            gauge(
+                &mut e,
+                "callsignal_cluster_nats_connected",
+                "1 while this node's NATS connection is up (cluster mode only)",
+                i64::from(connected),
+            )?;
+            gauge(
+                &mut e,
+                "callsignal_cluster_nodes_seen",
+                "Other cluster nodes heard within the node timeout (cluster mode only)",
+                nodes as i64,
+            )?;
+        }
         if let Some(p) = process() {
             counter(
                 &mut e,

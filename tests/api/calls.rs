@@ -102,6 +102,10 @@ async fn full_call_relays_sdp_and_ice_untouched(app: TestApp) {
     ] {
         assert!(metrics.contains(want), "missing {want:?}:\n{metrics}");
     }
+    assert!(
+        !metrics.contains("callsignal_cluster_"),
+        "no cluster gauges on a single node"
+    );
     let row = call_row(&app, &call_id).await;
     assert_eq!(row.status, entity::calls::CallStatus::Ended);
     assert_eq!(row.end_reason.as_deref(), Some("hangup"));

@@ -451,6 +451,21 @@ async fn cluster_call_across_nodes_relays_both_ways_and_is_recorded() {
     assert_eq!(r["ready"], true, "{r}");
     assert_eq!(r["cluster"]["node"], "a");
     assert_eq!(r["cluster"]["nodes"], json!(["b", "c"]), "{r}");
+    let metrics = c
+        .http
+        .get(c.url(0, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "callsignal_cluster_nats_connected 1",
+        "callsignal_cluster_nodes_seen 2",
+    ] {
+        assert!(metrics.contains(want), "missing {want:?}:\n{metrics}");
+    }
     let mut alice = c.user_on(0, "alice").await;
     let mut bob = c.user_on(1, "bob").await;
 

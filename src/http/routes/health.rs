@@ -65,6 +65,11 @@ pub fn metrics(state: &AppState, client: IpAddr) -> Result<HttpResponse, ApiErro
     }
     let text = state.metrics.render(crate::metrics::Snapshot {
         persistence_backlog: state.actors.persistence.backlog(),
+        cluster: state
+            .actors
+            .cluster
+            .as_ref()
+            .map(|c| (c.connected(), c.live_nodes().len())),
     });
     Ok(bytes(
         StatusCode::OK,
