@@ -16,7 +16,7 @@ use ractor::{Actor, ActorRef, RpcReplyPort};
 use super::{CallEntry, CallEntryInfo, RegistryMsg, RegistryState};
 use crate::actors::ConnRef;
 use crate::actors::ask;
-use crate::actors::call::{CallArgs, CallMsg};
+use crate::actors::call::CallMsg;
 use crate::actors::connection::{ConnectionMsg, Pairing};
 use crate::actors::supervisor::SupervisorMsg;
 use crate::cluster::Cluster;
@@ -677,20 +677,7 @@ impl RegistryState {
         for node in &nodes {
             link.send_node(node, &NodeMsg::CallInfo(info.clone())).await;
         }
-        let args = CallArgs {
-            id: r.call_id,
-            caller: r.from.clone(),
-            callee: r.callee.clone(),
-            callee_conns: conns,
-            invite_ref: r.reference.clone(),
-            ring_timeout: Duration::from_secs(self.args.settings.calls.ring_timeout_secs),
-            instance_id: self.args.settings.server.instance_id.clone(),
-            system_id: self.args.system_id.clone(),
-            persistence: self.args.persistence.clone(),
-            metrics: self.args.metrics.clone(),
-            #[cfg(feature = "test-hooks")]
-            tamper_fingerprint_to: self.args.settings.test_hooks.tamper_fingerprint_to.clone(),
-        };
+        let args = self.call_args(r.call_id, &r.from, &r.callee, conns, r.reference.clone());
         let Some(actor) = ask(&self.args.calls, |p| {
             SupervisorMsg::SpawnCall(Box::new(args), p)
         })

@@ -17,6 +17,32 @@ use crate::store::calls::CallEvent;
 use crate::ws::protocol::{EndReason, ErrorCode, ServerMessage};
 
 impl RegistryState {
+    /// What a new call actor starts with: the call, its two parties, the callee's devices to
+    /// ring and the invite's `ref`; the rest comes from the settings.
+    pub(super) fn call_args(
+        &self,
+        id: CallId,
+        caller: &ConnRef,
+        callee: &UserRef,
+        callee_conns: Vec<ConnRef>,
+        invite_ref: Option<String>,
+    ) -> CallArgs {
+        CallArgs {
+            id,
+            caller: caller.clone(),
+            callee: callee.clone(),
+            callee_conns,
+            invite_ref,
+            ring_timeout: Duration::from_secs(self.args.settings.calls.ring_timeout_secs),
+            instance_id: self.args.settings.server.instance_id.clone(),
+            system_id: self.args.system_id.clone(),
+            persistence: self.args.persistence.clone(),
+            metrics: self.args.metrics.clone(),
+            #[cfg(feature = "test-hooks")]
+            tamper_fingerprint_to: self.args.settings.test_hooks.tamper_fingerprint_to.clone(),
+        }
+    }
+
     pub(super) async fn invite(
         &mut self,
         me: &ActorRef<RegistryMsg>,
@@ -157,20 +183,7 @@ impl RegistryState {
             return self.ended_at_once(from, callee, reference, EndReason::Unavailable);
         }
         let call_id = CallId::new();
-        let args = CallArgs {
-            id: call_id,
-            caller: from.clone(),
-            callee: callee.clone(),
-            callee_conns: conns,
-            invite_ref: reference.clone(),
-            ring_timeout: Duration::from_secs(self.args.settings.calls.ring_timeout_secs),
-            instance_id: self.args.settings.server.instance_id.clone(),
-            system_id: self.args.system_id.clone(),
-            persistence: self.args.persistence.clone(),
-            metrics: self.args.metrics.clone(),
-            #[cfg(feature = "test-hooks")]
-            tamper_fingerprint_to: self.args.settings.test_hooks.tamper_fingerprint_to.clone(),
-        };
+        let args = self.call_args(call_id, from, &callee, conns, reference.clone());
         let Some(actor) = ask(&self.args.calls, |r| {
             SupervisorMsg::SpawnCall(Box::new(args), r)
         })
