@@ -46,7 +46,7 @@ pub enum Outbound {
 }
 
 /// How a socket ended, as its task saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SocketEnd {
     /// The client closed with 1000: it left.
     Left,

@@ -10,6 +10,7 @@
 //! per sender), `callsignal.rpc.<id>` (requests one node answers), `callsignal.all` (heartbeats,
 //! revocations, connection ends, a node leaving). Buckets: see [`kv`].
 
+pub mod bridge;
 pub mod kv;
 pub mod proxy;
 pub mod wire;
@@ -55,6 +56,11 @@ fn rpc_subject(node: &str) -> String {
     format!("callsignal.rpc.{node}")
 }
 
+/// The close code of a bridged socket whose bridge broke: the client resumes.
+fn close_try_again() -> u16 {
+    crate::ws::protocol::close::TRY_AGAIN_LATER
+}
+
 /// Subject every node listens to.
 const ALL: &str = "callsignal.all";
 
@@ -77,6 +83,8 @@ struct Inner {
     seen: Mutex<HashMap<String, Peer>>,
     /// Local connection counts per user not yet written to the presence bucket.
     presence: kv::PresenceQueue,
+    /// Sockets and connections bridged across nodes (resumes onto another node).
+    bridges: bridge::Bridges,
 }
 
 /// Another node as last heard.
@@ -144,6 +152,7 @@ impl Cluster {
             started: Instant::now(),
             seen: Mutex::new(HashMap::new()),
             presence: kv::PresenceQueue::default(),
+            bridges: bridge::Bridges::default(),
         })))
     }
 
@@ -216,10 +225,12 @@ impl Cluster {
     /// Publishes `payload` on `subject`, or drops it (logged) when NATS is down or does not
     /// take it in time: callers are actors and must never stall, and the client buffers
     /// nothing for them while disconnected.
-    async fn publish(&self, subject: String, payload: Vec<u8>) {
+    ///
+    /// Returns whether NATS took it.
+    async fn publish(&self, subject: String, payload: Vec<u8>) -> bool {
         if !self.connected() {
             tracing::warn!(subject = %subject, "NATS is down; cluster message dropped");
-            return;
+            return false;
         }
         match tokio::time::timeout(
             PUBLISH_TIMEOUT,
@@ -227,17 +238,26 @@ impl Cluster {
         )
         .await
         {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(subject = %subject, error = %e, "cluster publish failed"),
-            Err(_) => tracing::warn!(subject = %subject, "cluster publish timed out; dropped"),
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(subject = %subject, error = %e, "cluster publish failed");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(subject = %subject, "cluster publish timed out; dropped");
+                false
+            }
         }
     }
 
-    /// Sends `msg` to node `node`.
-    pub async fn send_node(&self, node: &str, msg: &NodeMsg) {
+    /// Sends `msg` to node `node`; returns whether NATS took it.
+    pub async fn send_node(&self, node: &str, msg: &NodeMsg) -> bool {
         match serde_json::to_vec(msg) {
             Ok(bytes) => self.publish(node_subject(node), bytes).await,
-            Err(e) => tracing::error!(error = %e, "cluster message not encodable"),
+            Err(e) => {
+                tracing::error!(error = %e, "cluster message not encodable");
+                false
+            }
         }
     }
 
@@ -310,6 +330,8 @@ impl Cluster {
 
     /// Leaving the cluster at shutdown: the claim is dropped and every node told.
     pub async fn leave(&self) {
+        // Bridged sockets here close with 1001, so their clients resume on another node.
+        self.break_bridges(None, crate::ws::protocol::close::GOING_AWAY);
         self.broadcast(Broadcast::Leaving).await;
         self.0.kv.release_node(&self.0.node).await;
         let _ = tokio::time::timeout(PUBLISH_TIMEOUT, self.0.client.flush()).await;
@@ -324,6 +346,14 @@ impl Cluster {
                     tracing::warn!(error = %e, "undecodable cluster message dropped");
                     continue;
                 }
+            };
+            // Bridged frames go straight to their socket or connection actor, in order.
+            let decoded = match decoded {
+                NodeMsg::Bridge { from, id, n, op } => {
+                    self.on_bridge(from, id, n, op);
+                    continue;
+                }
+                other => other,
             };
             if let Some(r) = registry::lookup(&system_id) {
                 let _ = r.cast(RegistryMsg::Cluster(ClusterEvent::Node(decoded)));
@@ -357,6 +387,26 @@ impl Cluster {
                     })
                     .await
                     .map(Reply::Live),
+                    Request::Resume {
+                        user,
+                        session,
+                        resume_token,
+                        last_seq,
+                        node,
+                        bridge,
+                    } => crate::actors::ask(&r, |reply| {
+                        RegistryMsg::Cluster(ClusterEvent::Resume {
+                            user,
+                            session,
+                            resume_token,
+                            last_seq,
+                            node,
+                            bridge,
+                            reply,
+                        })
+                    })
+                    .await
+                    .map(Reply::Resumed),
                 };
                 if let Some(reply) = reply.and_then(|r| serde_json::to_vec(&r).ok()) {
                     this.publish(reply_to.to_string(), reply).await;
@@ -400,6 +450,7 @@ impl Cluster {
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&env.from);
                     tracing::info!(node = %self.0.node, peer = %env.from, "cluster node left");
+                    self.break_bridges(Some(&env.from), close_try_again());
                     ClusterEvent::NodeDown {
                         node: env.from,
                         recover: false,
@@ -457,6 +508,8 @@ impl Cluster {
                     }
                     (false, None) => {
                         down_since = Some(now);
+                        // What crosses a bridge now would be lost: its sockets resume later.
+                        self.break_bridges(None, close_try_again());
                         vec![]
                     }
                     (false, Some(since)) if now.duration_since(since) > self.0.resume_grace => {
@@ -467,6 +520,7 @@ impl Cluster {
             };
             for node in dead {
                 tracing::warn!(node = %self.0.node, peer = %node, "cluster node lost (no heartbeat)");
+                self.break_bridges(Some(&node), close_try_again());
                 if let Some(r) = registry::lookup(&system_id) {
                     let _ = r.cast(RegistryMsg::Cluster(ClusterEvent::NodeDown {
                         node,

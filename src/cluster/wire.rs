@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::actors::call::CallAction;
+use crate::actors::connection::SocketEnd;
 use crate::domain::{CallId, ConnectionId, SessionId, UserId, UserRef, Username};
-use crate::ws::protocol::{EndCause, EndReason, ErrorCode, ServerMessage};
+use crate::ws::protocol::{ClientMessage, EndCause, EndReason, ErrorCode, ServerMessage};
 
 /// A user as it crosses nodes (the name was validated where it was first read).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -389,6 +390,125 @@ pub enum NodeMsg {
     CallInfo(WireCallInfo),
     /// That call is over.
     CallGone(CallId),
+    /// A socket of one node bridged to a connection actor of another: a resume or takeover
+    /// that reached another node than the one holding the connection (see
+    /// [`crate::cluster::bridge`]).
+    Bridge {
+        /// Sending node.
+        from: String,
+        /// The bridge: chosen by the node holding the socket, unique there.
+        id: u64,
+        /// Number of this message in its direction (0, 1, …): a gap means NATS dropped one,
+        /// and the bridge breaks (the client resumes and gets a replay); `u64::MAX` for an
+        /// out-of-band `Kill`/`Closed` about a bridge the sender no longer knows.
+        n: u64,
+        /// What to do.
+        op: BridgeOp,
+    },
+}
+
+/// What crosses a bridge: toward the node holding the socket (`Frames`, `Close`, `Kill`) or
+/// toward the node holding the connection actor (the rest). Frames are the exact JSON text the
+/// connection actor numbered, so a bridged client sees the same bytes as a local one.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum BridgeOp {
+    /// Server messages for the client, in order, each with its `seq` (0 = unsequenced).
+    Frames(Vec<(u64, Box<RawValue>)>),
+    /// Close the socket after the frames before it (code, reason).
+    Close(u16, String),
+    /// Close the socket now (code): superseded by a newer socket, or the bridge broke.
+    Kill(u16),
+    /// A client message from the socket. `written`: highest `seq` the socket wrote.
+    Client {
+        /// Highest `seq` written to the socket.
+        written: u64,
+        /// The message.
+        message: WireClient,
+        /// Its `ref`.
+        reference: Option<String>,
+    },
+    /// The client proved it has every message up to `seq` (heartbeat pong).
+    Delivered {
+        /// Highest `seq` written to the socket.
+        written: u64,
+        /// Delivered up to here.
+        seq: u64,
+    },
+    /// The socket ended.
+    Closed {
+        /// Highest `seq` written to the socket.
+        written: u64,
+        /// How.
+        end: SocketEnd,
+    },
+    /// The session was found revoked after the socket was admitted.
+    Revoke,
+}
+
+/// A client message crossing a bridge (the typed form of `ws::protocol::ClientMessage`; a
+/// `hello` after the handshake crosses without its token: it is only ever refused).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireClient {
+    /// `hello` (refused: already authenticated).
+    Hello,
+    /// `call.invite`.
+    Invite(String),
+    /// `call.accept`.
+    Accept(CallId),
+    /// `call.reject`.
+    Reject(CallId, Option<EndCause>),
+    /// `call.hangup`.
+    Hangup(CallId, Option<EndCause>),
+    /// `ack`.
+    Ack(u64),
+    /// `sdp`, the description as sent.
+    Sdp(CallId, Box<RawValue>),
+    /// `ice`, the candidate as sent.
+    Ice(CallId, Box<RawValue>),
+    /// `ping`.
+    Ping,
+}
+
+impl From<ClientMessage> for WireClient {
+    fn from(m: ClientMessage) -> Self {
+        match m {
+            ClientMessage::Hello { .. } => Self::Hello,
+            ClientMessage::Invite { to } => Self::Invite(to),
+            ClientMessage::Accept { call_id } => Self::Accept(call_id),
+            ClientMessage::Reject { call_id, cause } => Self::Reject(call_id, cause),
+            ClientMessage::Hangup { call_id, cause } => Self::Hangup(call_id, cause),
+            ClientMessage::Ack { seq } => Self::Ack(seq),
+            ClientMessage::Sdp {
+                call_id,
+                description,
+            } => Self::Sdp(call_id, description),
+            ClientMessage::Ice { call_id, candidate } => Self::Ice(call_id, candidate),
+            ClientMessage::Ping => Self::Ping,
+        }
+    }
+}
+
+impl From<WireClient> for ClientMessage {
+    fn from(m: WireClient) -> Self {
+        match m {
+            WireClient::Hello => Self::Hello {
+                token: String::new(),
+                resume_token: None,
+                last_seq: None,
+            },
+            WireClient::Invite(to) => Self::Invite { to },
+            WireClient::Accept(call_id) => Self::Accept { call_id },
+            WireClient::Reject(call_id, cause) => Self::Reject { call_id, cause },
+            WireClient::Hangup(call_id, cause) => Self::Hangup { call_id, cause },
+            WireClient::Ack(seq) => Self::Ack { seq },
+            WireClient::Sdp(call_id, description) => Self::Sdp {
+                call_id,
+                description,
+            },
+            WireClient::Ice(call_id, candidate) => Self::Ice { call_id, candidate },
+            WireClient::Ping => Self::Ping,
+        }
+    }
 }
 
 /// Published to every node (`callsignal.all`).
@@ -423,6 +543,22 @@ pub enum Request {
     ListConns(UserId),
     /// Whether the node still has this call.
     CallLive(CallId),
+    /// Attach a socket of the asking node to a connection here, by resume token or (no token,
+    /// or none matching) by session takeover; the frames then cross bridge `bridge`.
+    Resume {
+        /// The user the asking node authenticated.
+        user: UserId,
+        /// Their login session.
+        session: SessionId,
+        /// The `hello`'s resume token (a secret: never logged).
+        resume_token: Option<String>,
+        /// The `hello`'s `last_seq`.
+        last_seq: Option<u64>,
+        /// The asking node.
+        node: String,
+        /// The bridge id the asking node chose.
+        bridge: u64,
+    },
 }
 
 /// Answers to [`Request`].
@@ -432,6 +568,8 @@ pub enum Reply {
     Conns(Vec<WireConn>),
     /// Whether the call is live.
     Live(bool),
+    /// The socket now belongs to this connection (`None`: no connection here matched).
+    Resumed(Option<ConnectionId>),
 }
 
 #[cfg(test)]

@@ -54,6 +54,12 @@ const CLOSE_DRAIN_BYTES: usize = 1 << 20;
 
 static SOCKET_IDS: AtomicU64 = AtomicU64::new(1);
 
+/// A new socket id, unique in this process (a connection ignores the end of a socket that is
+/// no longer its own by this id).
+pub fn next_socket_id() -> u64 {
+    SOCKET_IDS.fetch_add(1, Ordering::Relaxed)
+}
+
 type Ws = WebSocketStream<Coalesce<TokioIo<Upgraded>>>;
 
 /// Most frames gathered into one write.
@@ -320,7 +326,7 @@ async fn handshake(state: &Arc<AppState>, ws: &mut Ws, client: Option<IpAddr>) -
     // plus the unsequenced per-socket messages.
     let (tx, rx) = outbox::channel(settings.outbound_queue + 8);
     let control = SocketControl::default();
-    let socket_id = SOCKET_IDS.fetch_add(1, Ordering::Relaxed);
+    let socket_id = next_socket_id();
     let request = ConnectRequest {
         user: UserRef {
             id: user.id,
@@ -336,6 +342,31 @@ async fn handshake(state: &Arc<AppState>, ws: &mut Ws, client: Option<IpAddr>) -
             control: control.clone(),
         },
         ice_servers: crate::ice::servers_for(&state.settings.ice, auth.user_id),
+    };
+    let request = match &state.actors.cluster {
+        Some(cluster) => match Box::pin(resume_elsewhere(state, cluster, request)).await {
+            Ok(connected) => {
+                return Some(Admitted {
+                    connected,
+                    socket_id,
+                    session_id: auth.session_id,
+                    rx,
+                    control,
+                });
+            }
+            Err(Some(request)) => request,
+            Err(None) => {
+                refuse(
+                    ws,
+                    ErrorCode::InternalError,
+                    "the cluster link failed; retry",
+                    close::TRY_AGAIN_LATER,
+                )
+                .await;
+                return None;
+            }
+        },
+        None => request,
     };
     let result = match state.actors.registry() {
         Some(r) => ask(&r, |reply| RegistryMsg::Connect(Box::new(request), reply)).await,
@@ -368,6 +399,63 @@ async fn handshake(state: &Arc<AppState>, ws: &mut Ws, client: Option<IpAddr>) -
             .await;
             None
         }
+    }
+}
+
+/// Cluster mode: a `hello` that resumes (or takes over) no connection of this node may belong
+/// to a connection on another node (the socket dropped there and came back here); the socket
+/// is then bridged to it ([`crate::cluster::bridge`]). `Err(Some(request))`: not found
+/// anywhere else, admit here as usual; `Err(None)`: the bridge broke while being made.
+async fn resume_elsewhere(
+    state: &AppState,
+    cluster: &crate::cluster::Cluster,
+    request: ConnectRequest,
+) -> Result<Connected, Option<ConnectRequest>> {
+    use crate::cluster::bridge::NotBridged;
+    let Some(registry) = state.actors.registry() else {
+        return Err(Some(request));
+    };
+    let local = ask(&registry, |reply| RegistryMsg::Resumable {
+        user: request.user.id,
+        session: request.session_id,
+        resume_token: request.resume_token.clone(),
+        reply,
+    })
+    .await;
+    let Some((false, limiter)) = local else {
+        return Err(Some(request));
+    };
+    let ConnectRequest {
+        user,
+        session_id,
+        session_expires_at,
+        resume_token,
+        last_seq,
+        socket,
+        ice_servers,
+    } = request;
+    match cluster
+        .resume_elsewhere(user.id, session_id, resume_token.clone(), last_seq, socket)
+        .await
+    {
+        Ok(bridged) => {
+            tracing::info!(connection_id = %bridged.connection, user_id = %user.id,
+                peer = %bridged.node, "socket bridged to its connection on another node");
+            Ok(Connected {
+                actor: bridged.actor,
+                limiter,
+            })
+        }
+        Err(NotBridged::NotFound(socket)) => Err(Some(ConnectRequest {
+            user,
+            session_id,
+            session_expires_at,
+            resume_token,
+            last_seq,
+            socket,
+            ice_servers,
+        })),
+        Err(NotBridged::Broken) => Err(None),
     }
 }
 

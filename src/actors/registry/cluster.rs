@@ -52,6 +52,24 @@ pub enum ClusterEvent {
     ListConns(UserId, RpcReplyPort<Vec<WireConn>>),
     /// Another node asks whether a call of this node is live.
     CallLive(CallId, RpcReplyPort<bool>),
+    /// Another node holds a socket resuming (or taking over) a connection of this node: attach
+    /// it through bridge `bridge`; answers the connection, if one matched.
+    Resume {
+        /// Authenticated user (by the asking node).
+        user: UserId,
+        /// Login session.
+        session: SessionId,
+        /// Resume token from the `hello`.
+        resume_token: Option<String>,
+        /// `last_seq` from the `hello`.
+        last_seq: Option<u64>,
+        /// The asking node.
+        node: String,
+        /// Its bridge id.
+        bridge: u64,
+        /// Answer.
+        reply: RpcReplyPort<Option<ConnectionId>>,
+    },
     /// An invite decided by the claims; ring now.
     InviteReady(Box<InviteReady>),
     /// The invite of this call id is decided (rung, ended at once, or refused): its claims no
@@ -276,6 +294,24 @@ impl RegistryState {
                     .is_some_and(|c| c.pending.contains(&call));
                 let _ = reply.send(owned || pending);
             }
+            ClusterEvent::Resume {
+                user,
+                session,
+                resume_token,
+                last_seq,
+                node,
+                bridge,
+                reply,
+            } => {
+                let _ = reply.send(self.resume_from_node(
+                    user,
+                    session,
+                    resume_token.as_deref(),
+                    last_seq,
+                    node,
+                    bridge,
+                ));
+            }
             ClusterEvent::InviteSettled(call) => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.pending.remove(&call);
@@ -288,6 +324,36 @@ impl RegistryState {
                 reference,
                 reason,
             } => self.ended_at_once(&from, callee, reference, reason),
+        }
+    }
+
+    /// A socket on `node` resumes (or takes over) a connection of this node: the same rules as
+    /// a local `hello` ([`RegistryState::resumable`]), the socket reached through a bridge.
+    fn resume_from_node(
+        &mut self,
+        user: UserId,
+        session: SessionId,
+        resume_token: Option<&str>,
+        last_seq: Option<u64>,
+        node: String,
+        bridge: u64,
+    ) -> Option<ConnectionId> {
+        let link = self.link()?;
+        let (id, join) = self.resumable(user, session, resume_token, last_seq)?;
+        let actor = self.conns.get(&id)?.conn.actor.clone();
+        let capacity = self.args.settings.ws.outbound_queue + 8;
+        let socket = link.bridge_link(node.clone(), bridge, actor, capacity);
+        let limiter = self.limiter_of(user);
+        match self.join(id, socket, join, limiter) {
+            Ok(_) => {
+                tracing::info!(connection_id = %id, user_id = %user, peer = %node,
+                    "connection resumed by a socket on another node (bridged)");
+                Some(id)
+            }
+            Err(_) => {
+                link.unbridge(&node, bridge);
+                None
+            }
         }
     }
 
@@ -356,6 +422,8 @@ impl RegistryState {
         match msg {
             NodeMsg::ToConn { conn, op } => self.deliver_to_conn(conn, op).await,
             NodeMsg::ToCall { call, op } => self.deliver_to_call(call, op).await,
+            // Handled by the cluster link itself, never forwarded here.
+            NodeMsg::Bridge { .. } => {}
             NodeMsg::CallInfo(info) => self.remote_call_info(info).await,
             NodeMsg::CallGone(id) => {
                 if self

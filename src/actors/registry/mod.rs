@@ -178,6 +178,19 @@ pub enum RegistryMsg {
     FindConnection(ConnectionId, RpcReplyPort<Option<ActorRef<ConnectionMsg>>>),
     /// A call's actor, by id.
     FindCall(CallId, RpcReplyPort<Option<ActorRef<CallMsg>>>),
+    /// Whether a `hello` of this user, login session and resume token would resume (or take
+    /// over) a connection here, and the user's rate limiter. Asked in cluster mode before
+    /// looking for the connection on other nodes.
+    Resumable {
+        /// Authenticated user.
+        user: UserId,
+        /// Login session.
+        session: SessionId,
+        /// Resume token from the `hello`.
+        resume_token: Option<String>,
+        /// Answer: found here, and the user's limiter.
+        reply: RpcReplyPort<(bool, Arc<Mutex<RateLimiter>>)>,
+    },
     /// Something other nodes said (cluster mode only).
     Cluster(ClusterEvent),
     /// Make the registry panic (test builds only), to exercise its restart.
@@ -413,6 +426,17 @@ impl Actor for Registry {
             RegistryMsg::FindCall(id, reply) => {
                 let _ = reply.send(s.calls.get(&id).map(|c| c.actor.clone()));
             }
+            RegistryMsg::Resumable {
+                user,
+                session,
+                resume_token,
+                reply,
+            } => {
+                let found = s
+                    .resumable(user, session, resume_token.as_deref(), None)
+                    .is_some();
+                let _ = reply.send((found, s.limiter_of(user)));
+            }
             #[cfg(feature = "test-hooks")]
             RegistryMsg::Panic => panic!("test hook: registry panic"),
         }
@@ -426,24 +450,9 @@ impl RegistryState {
             return Err((ErrorCode::TooManyConnections, "the server is shutting down"));
         }
         let limiter = self.limiter_of(req.user.id);
-        // A resume: the token names a connection of the same user and login session.
-        if let Some(token) = &req.resume_token {
-            let found = self.resume.get(&resume_hash(token)).copied().filter(|id| {
-                self.conns.get(id).is_some_and(|e| {
-                    e.conn.user.id == req.user.id && e.session_id == req.session_id
-                })
-            });
-            if let Some(id) = found {
-                let join = Join::Resume {
-                    last_seq: req.last_seq,
-                };
-                return self.join(id, req.socket, join, limiter);
-            }
-        }
-        // A reloaded page that lost its token: the same login session's connection waiting in
-        // its grace is taken over, and its call with it.
-        if let Some(id) = self.takeover_candidate(req.user.id, req.session_id) {
-            return self.join(id, req.socket, Join::Takeover, limiter);
+        let token = req.resume_token.as_deref();
+        if let Some((id, join)) = self.resumable(req.user.id, req.session_id, token, req.last_seq) {
+            return self.join(id, req.socket, join, limiter);
         }
         let per_user = self.users.get(&req.user.id).map_or(0, |u| u.conns.len())
             + self.cluster_conns_elsewhere(req.user.id).await;
@@ -502,6 +511,32 @@ impl RegistryState {
         });
         self.device_joined(id);
         Ok(Connected { actor, limiter })
+    }
+
+    /// The connection here a new socket of `user`'s login `session` joins, and how: the
+    /// connection its resume token names (same user and session), else (a reloaded page that
+    /// lost its token) the same session's connection waiting in its grace, taken over with its
+    /// call.
+    fn resumable(
+        &self,
+        user: UserId,
+        session: SessionId,
+        resume_token: Option<&str>,
+        last_seq: Option<u64>,
+    ) -> Option<(ConnectionId, Join)> {
+        let by_token = resume_token.and_then(|token| {
+            self.resume.get(&resume_hash(token)).copied().filter(|id| {
+                self.conns
+                    .get(id)
+                    .is_some_and(|e| e.conn.user.id == user && e.session_id == session)
+            })
+        });
+        match by_token {
+            Some(id) => Some((id, Join::Resume { last_seq })),
+            None => self
+                .takeover_candidate(user, session)
+                .map(|id| (id, Join::Takeover)),
+        }
     }
 
     /// Attaches `socket` to the existing connection `id`.
