@@ -1119,6 +1119,44 @@ async fn cluster_bridged_socket_node_killed_then_resume_elsewhere_loses_nothing(
     assert_eq!(reason, "hangup");
 }
 
+/// NATS goes away under a bridged socket: the socket's node closes it (1013, try again) rather
+/// than let frames fall into the outage; once NATS is back the client resumes through the same
+/// node and the call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_nats_restart_under_a_bridged_socket_closes_it_for_a_resume() {
+    let Some(mut c) = cluster(&[]).await else {
+        return;
+    };
+    let mut alice = c.user_on(0, "alice").await;
+    c.register(1, "bob").await;
+    let (token, _, _) = c.login(1, "bob").await;
+    let mut bob = c.ws(1, &token).await;
+    let call = ring(&mut alice, &mut bob, "bob").await;
+    let last = accept_seq(&mut bob, &mut alice, &call).await;
+    let resume = bob.welcome["resume_token"].as_str().unwrap().to_owned();
+    drop(bob);
+    alice.expect("peer.reconnecting").await;
+    let mut bob = resume_at(&c, 2, &token, &resume, last).await;
+    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    assert!(ice_arrives(&mut alice, &mut bob, &call, 3000).await);
+
+    c.nats.kill();
+    assert_eq!(bob.closed().await, Closed::Code(1013));
+    c.nats.spawn();
+    for i in 0..3 {
+        c.wait_sees(i, 2).await;
+    }
+    let mut bob = resume_at(&c, 2, &token, &resume, last + 1).await;
+    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ice_arrives(&mut bob, &mut alice, &call, 500).await {
+        assert!(Instant::now() < deadline, "bob → alice after the outage");
+    }
+    while !ice_arrives(&mut alice, &mut bob, &call, 500).await {
+        assert!(Instant::now() < deadline, "alice → bob after the outage");
+    }
+}
+
 /// A browser on node `a` calls a browser on node `b` through NATS: real audio both ways, the
 /// same verification code, a clean hangup. In a network namespace of its own (like
 /// `browser::browser_calls_in_chromium`), with its own nats-server and a SQLite database shared
