@@ -99,6 +99,8 @@ pub struct Metrics {
     pub calls_ended: Family<ReasonLabel, Counter>,
     /// `sdp`/`ice` messages relayed, by type.
     pub signals_relayed: Family<KindLabel, Counter>,
+    relayed_sdp: std::sync::OnceLock<Counter>,
+    relayed_ice: std::sync::OnceLock<Counter>,
     /// Sockets closed because the client did not read.
     pub slow_consumers: Counter,
     /// Messages refused by the rate limit.
@@ -251,6 +253,8 @@ impl Metrics {
             calls_created: Counter::default(),
             calls_ended: Family::default(),
             signals_relayed: Family::default(),
+            relayed_sdp: Default::default(),
+            relayed_ice: Default::default(),
             slow_consumers: Counter::default(),
             rate_limited: Counter::default(),
             resume_gaps: Counter::default(),
@@ -400,8 +404,23 @@ impl Metrics {
 
     /// Counts a relayed `sdp` or `ice`.
     pub fn relayed(&self, kind: &'static str) {
-        self.signals_relayed
-            .get_or_create(&KindLabel { r#type: kind })
+        let cached = match kind {
+            "sdp" => &self.relayed_sdp,
+            "ice" => &self.relayed_ice,
+            _ => {
+                self.signals_relayed
+                    .get_or_create(&KindLabel { r#type: kind })
+                    .inc();
+                return;
+            }
+        };
+        // The family's counters, fetched once: the relay path takes no lock for them.
+        cached
+            .get_or_init(|| {
+                self.signals_relayed
+                    .get_or_create(&KindLabel { r#type: kind })
+                    .clone()
+            })
             .inc();
     }
 

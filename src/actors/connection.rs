@@ -13,8 +13,8 @@
 //! `ws.going_away_grace_secs` after close 1001; close 1000 ends it at once.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::ws::outbox;
 use chrono::{DateTime, Utc};
@@ -58,19 +58,40 @@ pub enum SocketEnd {
     ServerClosed,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct ControlInner {
     kill: tokio::sync::Notify,
     kill_code: AtomicU16,
     written: AtomicU64,
+    /// The answered call whose `sdp`/`ice` the socket task relays itself.
+    relay: Mutex<Option<Arc<DirectRelay>>>,
+}
+
+impl std::fmt::Debug for ControlInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlInner")
+            .field("kill_code", &self.kill_code)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
 }
 
 /// State shared by a socket task and its connection actor: the highest `seq` the socket wrote,
-/// and a way to make the socket close at once (bypassing its queue).
+/// a way to make the socket close at once (bypassing its queue), and the answered call whose
+/// `sdp`/`ice` the socket task relays straight to the peer's connection.
 #[derive(Debug, Clone, Default)]
 pub struct SocketControl(Arc<ControlInner>);
 
 impl SocketControl {
+    /// The answered call the socket's `sdp`/`ice` for `call_id` go to directly, if any.
+    pub fn relay_for(&self, call_id: CallId) -> Option<Arc<DirectRelay>> {
+        let relay = self.0.relay.lock().unwrap_or_else(|p| p.into_inner());
+        relay.as_ref().filter(|r| r.call_id == call_id).cloned()
+    }
+    /// Sets (or clears) the direct relay (connection actor).
+    fn set_relay(&self, relay: Option<Arc<DirectRelay>>) {
+        *self.0.relay.lock().unwrap_or_else(|p| p.into_inner()) = relay;
+    }
     /// Asks the socket task to close with `code` now (closing handshake, bounded in time).
     pub fn kill(&self, code: u16) {
         self.0.kill_code.store(code, Ordering::Release);
@@ -205,6 +226,76 @@ pub struct Pairing {
     pub caller: bool,
 }
 
+/// Everything needed to relay an `sdp`/`ice` of an answered call to the other party: made by the
+/// connection actor from its [`Pairing`], used by its socket task (one queue hop, into the
+/// peer's connection actor) and by the actor itself for a message that reached it.
+pub struct DirectRelay {
+    /// The answered call.
+    pub call_id: CallId,
+    /// This connection's authenticated user: the relayed message's `from` (contract §2.2).
+    pub from: UserRef,
+    /// The other party's connection (or its stand-in on this node).
+    pub peer: ActorRef<ConnectionMsg>,
+    counts: Arc<super::call::SignalCounts>,
+    caller: bool,
+    metrics: Arc<Metrics>,
+    persistence: PersistenceHandle,
+}
+
+impl DirectRelay {
+    fn new(p: &Pairing, from: &UserRef, links: &Links) -> Self {
+        Self {
+            call_id: p.call_id,
+            from: from.clone(),
+            peer: p.peer.actor.clone(),
+            counts: p.counts.clone(),
+            caller: p.caller,
+            metrics: links.metrics.clone(),
+            persistence: links.persistence.clone(),
+        }
+    }
+
+    /// Relays a client's `sdp`/`ice` for this call to the peer, counts it (metrics, the call's
+    /// counters) and records its metadata. Any other message is given back.
+    pub fn relay(&self, inbound: Inbound) -> Result<(), Inbound> {
+        let (kind, msg) = match inbound.message {
+            ClientMessage::Sdp {
+                call_id,
+                description,
+            } if call_id == self.call_id => (
+                SignalingKind::Sdp,
+                ServerMessage::Sdp {
+                    call_id,
+                    description,
+                    from: self.from.clone(),
+                },
+            ),
+            ClientMessage::Ice { call_id, candidate } if call_id == self.call_id => (
+                SignalingKind::Ice,
+                ServerMessage::Ice {
+                    call_id,
+                    candidate,
+                    from: self.from.clone(),
+                },
+            ),
+            message => {
+                return Err(Inbound { message, ..inbound });
+            }
+        };
+        let _ = self
+            .peer
+            .cast(ConnectionMsg::Relayed(msg, inbound.received));
+        self.metrics.relayed(match kind {
+            SignalingKind::Sdp => "sdp",
+            SignalingKind::Ice => "ice",
+        });
+        self.counts.count(self.caller, kind);
+        self.persistence
+            .record_signal(self.call_id, self.from.id, kind);
+        Ok(())
+    }
+}
+
 /// Fixed configuration of a connection actor.
 pub struct ConnectionArgs {
     /// Connection id.
@@ -246,8 +337,10 @@ pub struct ConnectionState {
     /// Highest `seq` written by any socket of this connection.
     written: u64,
     detach_epoch: u64,
-    /// The answered call this connection is a party of.
+    /// The answered call this connection is a party of, and how its messages are relayed
+    /// (shared with the current socket task).
     pairing: Option<Pairing>,
+    relay: Option<Arc<DirectRelay>>,
     /// What the call gets if this connection ends now.
     end_reason: EndReason,
     ice_servers: Vec<IceServer>,
@@ -277,6 +370,21 @@ impl ConnectionState {
             resumed,
             call,
         }
+    }
+
+    /// Tells the current socket task which call's `sdp`/`ice` it relays itself.
+    fn sync_relay(&self) {
+        if let Some(s) = &self.socket {
+            s.control.set_relay(self.relay.clone());
+        }
+    }
+
+    fn set_pairing(&mut self, pairing: Option<Pairing>) {
+        self.relay = pairing
+            .as_ref()
+            .map(|p| Arc::new(DirectRelay::new(p, &self.user, &self.links)));
+        self.pairing = pairing;
+        self.sync_relay();
     }
 
     fn refresh_written(&mut self) -> u64 {
@@ -369,6 +477,7 @@ impl ConnectionState {
     fn close(&mut self, code: u16, reason: &'static str) {
         if let Some(s) = self.socket.take() {
             self.written = self.written.max(s.control.written());
+            s.control.set_relay(None);
             if s.tx.try_send(Outbound::Close(code, reason)).is_err() {
                 s.control.kill(code);
             }
@@ -413,8 +522,10 @@ impl ConnectionState {
     ) -> Result<(), Overflow> {
         if let Some(old) = self.socket.replace(socket) {
             self.written = self.written.max(old.control.written());
+            old.control.set_relay(None);
             old.control.kill(close::SUPERSEDED);
         }
+        self.sync_relay();
         self.detach_epoch += 1;
         match join {
             Join::Takeover => {
@@ -495,6 +606,7 @@ impl Actor for Connection {
             written: 0,
             detach_epoch: 0,
             pairing: None,
+            relay: None,
             end_reason: EndReason::ConnectionLost,
             ice_servers: a.ice_servers,
             links: a.links,
@@ -576,10 +688,10 @@ impl Actor for Connection {
                     }
                 }
             }
-            ConnectionMsg::Paired(p) => state.pairing = Some(p),
+            ConnectionMsg::Paired(p) => state.set_pairing(Some(p)),
             ConnectionMsg::Unpaired(call_id) => {
                 if state.pairing.as_ref().is_some_and(|p| p.call_id == call_id) {
-                    state.pairing = None;
+                    state.set_pairing(None);
                 }
             }
             ConnectionMsg::Delivered(seq) => {
@@ -646,31 +758,6 @@ impl Connection {
         me.stop(Some(format!("{code:?}")));
     }
 
-    /// Relays an `sdp`/`ice` of the paired call straight to the peer's connection, with `from`
-    /// set from this connection's authenticated user (contract §2.2), and records its metadata.
-    fn relay_direct(
-        &self,
-        state: &ConnectionState,
-        kind: SignalingKind,
-        received: std::time::Instant,
-        build: impl FnOnce(CallId, UserRef) -> ServerMessage,
-    ) {
-        let Some(p) = &state.pairing else { return };
-        let _ = p.peer.actor.cast(ConnectionMsg::Relayed(
-            build(p.call_id, state.user.clone()),
-            received,
-        ));
-        state.links.metrics.relayed(match kind {
-            SignalingKind::Sdp => "sdp",
-            SignalingKind::Ice => "ice",
-        });
-        p.counts.count(p.caller, kind);
-        state
-            .links
-            .persistence
-            .record_signal(p.call_id, state.user.id, kind);
-    }
-
     fn on_client(
         &self,
         me: &ActorRef<ConnectionMsg>,
@@ -680,6 +767,15 @@ impl Connection {
         let reply = |msg: ServerMessage| {
             let _ = me.cast(ConnectionMsg::Deliver(msg));
         };
+        // `sdp`/`ice` of the answered call that reached the actor (not relayed by the socket
+        // task: sent before it learned of the pairing, or through a bridge).
+        let inbound = match &state.relay {
+            Some(r) => match r.relay(inbound) {
+                Ok(()) => return,
+                Err(other) => other,
+            },
+            None => inbound,
+        };
         match inbound.message {
             ClientMessage::Ping => reply(ServerMessage::Pong {
                 reference: inbound.reference,
@@ -688,35 +784,6 @@ impl Connection {
                 // A client can only vouch for what was sent.
                 let seq = seq.min(state.next_seq - 1);
                 state.trim_to(seq);
-            }
-            ClientMessage::Sdp {
-                call_id,
-                description,
-            } if state.pairing.as_ref().is_some_and(|p| p.call_id == call_id) => {
-                self.relay_direct(
-                    state,
-                    SignalingKind::Sdp,
-                    inbound.received,
-                    |call_id, from| ServerMessage::Sdp {
-                        call_id,
-                        description,
-                        from,
-                    },
-                );
-            }
-            ClientMessage::Ice { call_id, candidate }
-                if state.pairing.as_ref().is_some_and(|p| p.call_id == call_id) =>
-            {
-                self.relay_direct(
-                    state,
-                    SignalingKind::Ice,
-                    inbound.received,
-                    |call_id, from| ServerMessage::Ice {
-                        call_id,
-                        candidate,
-                        from,
-                    },
-                );
             }
             ClientMessage::Hello { .. } => reply(ServerMessage::error(
                 ErrorCode::BadMessage,

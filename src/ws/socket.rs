@@ -603,6 +603,19 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                 };
                 match protocol::parse(text.as_str()) {
                     Ok(inbound) => {
+                        // `sdp`/`ice` of the answered call go straight to the peer's connection.
+                        let inbound = match &inbound.message {
+                            ClientMessage::Sdp { call_id, .. } | ClientMessage::Ice { call_id, .. } => {
+                                match a.control.relay_for(*call_id) {
+                                    Some(relay) => match relay.relay(inbound) {
+                                        Ok(()) => continue,
+                                        Err(other) => other,
+                                    },
+                                    None => inbound,
+                                }
+                            }
+                            _ => inbound,
+                        };
                         if actor.cast(ConnectionMsg::Client(inbound)).is_err() {
                             return Exit::Close(close::INTERNAL, "connection failed");
                         }
