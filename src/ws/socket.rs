@@ -477,6 +477,8 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut last_heard = Instant::now();
     let mut delivered = 0u64;
+    // The call whose `sdp`/`ice` this socket sent through its connection actor.
+    let mut via_actor = None;
     loop {
         tokio::select! {
             biased;
@@ -603,15 +605,24 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                 };
                 match protocol::parse(text.as_str()) {
                     Ok(inbound) => {
-                        // `sdp`/`ice` of the answered call go straight to the peer's connection.
+                        // `sdp`/`ice` of the answered call go straight to the peer's connection
+                        // — unless one of this call's went through the connection actor (sent
+                        // before the pairing reached this task): the rest follow it there, so
+                        // none overtakes it.
                         let inbound = match &inbound.message {
                             ClientMessage::Sdp { call_id, .. } | ClientMessage::Ice { call_id, .. } => {
-                                match a.control.relay_for(*call_id) {
+                                let relay = (via_actor != Some(*call_id))
+                                    .then(|| a.control.relay_for(*call_id))
+                                    .flatten();
+                                match relay {
                                     Some(relay) => match relay.relay(inbound) {
                                         Ok(()) => continue,
                                         Err(other) => other,
                                     },
-                                    None => inbound,
+                                    None => {
+                                        via_actor = Some(*call_id);
+                                        inbound
+                                    }
                                 }
                             }
                             _ => inbound,

@@ -309,6 +309,52 @@ db_tests!(
     outsiders_and_early_messages_are_refused,
 );
 
+/// A callee that sends its answer and candidates together with its `call.accept`, without
+/// waiting for `call.accepted`: the first may travel the slow path (before the pairing), the
+/// rest must not overtake it — the caller gets them in the order sent, every time.
+async fn answer_pipelined_with_the_accept_arrives_in_order(app: TestApp) {
+    let (alice, bob) = (app.user("alice").await, app.user("bob").await);
+    let (mut a, mut b) = (app.ws(&alice).await, app.ws(&bob).await);
+    for round in 0..12u64 {
+        let call_id = invite(&mut a, &mut b, "bob").await;
+        let mut burst = vec![json!({"type": "call.accept", "call_id": call_id}).to_string()];
+        burst.push(
+            json!({"type": "sdp", "call_id": call_id, "description": {"type": "answer", "sdp": format!("v=0 round {round}")}})
+                .to_string(),
+        );
+        for n in 0..8 {
+            burst.push(json!({"type": "ice", "call_id": call_id, "candidate": {"candidate": format!("candidate:{n}"), "sdpMid": "0"}}).to_string());
+        }
+        // The candidates follow after 0–2.75 ms, sweeping the moment the pairing lands.
+        for (i, frame) in burst.iter().enumerate() {
+            if i == 2 {
+                tokio::time::sleep(Duration::from_micros(250 * round)).await;
+            }
+            b.send_text(frame).await;
+        }
+        assert_eq!(a.expect("call.accepted").await["call_id"], call_id.as_str());
+        let sdp = a.expect("sdp").await;
+        assert_eq!(
+            sdp["description"]["sdp"],
+            format!("v=0 round {round}"),
+            "{sdp}"
+        );
+        for n in 0..8 {
+            let ice = a.expect("ice").await;
+            assert_eq!(
+                ice["candidate"]["candidate"],
+                format!("candidate:{n}"),
+                "round {round}: {ice}"
+            );
+        }
+        b.expect("call.accepted").await;
+        a.send(json!({"type": "call.hangup", "call_id": call_id}))
+            .await;
+        ended(&mut a, &call_id, "hangup").await;
+        ended(&mut b, &call_id, "hangup").await;
+    }
+}
+
 async fn ring_timeout_is_missed(app: TestApp) {
     let (ua, ub) = (app.user("alice").await, app.user("bob").await);
     let (mut a, mut b) = (app.ws(&ua).await, app.ws(&ub).await);
@@ -322,6 +368,11 @@ async fn ring_timeout_is_missed(app: TestApp) {
 }
 
 db_tests_with!(|f| f.merge(("calls.ring_timeout_secs", 1)); ring_timeout_is_missed);
+db_tests_with!(|f| f
+    .merge(("calls.invites_per_minute", 1000))
+    .merge(("calls.invites_per_callee_per_minute", 1000))
+    .merge(("calls.invites_per_pair_per_minute", 1000));
+    answer_pipelined_with_the_accept_arrives_in_order);
 
 async fn dropped_socket_resumes_with_queued_messages(app: TestApp) {
     let (ua, ub) = (app.user("alice").await, app.user("bob").await);
