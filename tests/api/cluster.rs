@@ -1157,6 +1157,44 @@ async fn cluster_nats_restart_under_a_bridged_socket_closes_it_for_a_resume() {
     }
 }
 
+/// The presence bucket trails a new connection by one background write. A callee whose entry
+/// has not landed yet (here: removed from the real bucket, as it is in that instant) still
+/// rings: the inviting node asks every live node before answering `unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_callee_missing_from_presence_still_rings() {
+    let Some(c) = cluster(&[]).await else {
+        return;
+    };
+    let mut alice = c.user_on(0, "alice").await;
+    c.register(1, "bob").await;
+    let (token, _, bob_id) = c.login(1, "bob").await;
+    let mut bob = c.ws(1, &token).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let nc = async_nats::connect(c.nats.url()).await.expect("nats");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("KV-Operation", "DEL");
+    nc.publish_with_headers(
+        format!("$KV.callsignal_presence.{bob_id}"),
+        headers,
+        "".into(),
+    )
+    .await
+    .expect("publish");
+    nc.flush().await.expect("flush");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    alice
+        .send(json!({"type": "call.invite", "to": "bob", "ref": "inv"}))
+        .await;
+    let created = alice.expect("call.created").await;
+    let next = alice.recv().await;
+    assert_eq!(next["type"], "call.ringing", "{next}");
+    assert_eq!(
+        bob.expect("call.incoming").await["call_id"],
+        created["call_id"]
+    );
+}
+
 /// A browser on node `a` calls a browser on node `b` through NATS: real audio both ways, the
 /// same verification code, a clean hangup. In a network namespace of its own (like
 /// `browser::browser_calls_in_chromium`), with its own nats-server and a SQLite database shared

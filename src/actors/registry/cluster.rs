@@ -813,7 +813,7 @@ async fn invite_task(
             }
         },
     };
-    claim_and_gather(link, me, from, callee, call_id, reference).await;
+    claim_and_gather(link, me, from, callee, known.is_some(), call_id, reference).await;
 }
 
 /// Claims caller and callee in the `callsignal_calls` bucket (glare, busy_self and busy are
@@ -823,6 +823,7 @@ async fn claim_and_gather(
     me: ActorRef<RegistryMsg>,
     from: ConnRef,
     callee: UserRef,
+    callee_here: bool,
     call_id: CallId,
     reference: Option<String>,
 ) {
@@ -884,14 +885,23 @@ async fn claim_and_gather(
             );
         }
     }
+    let mut nodes: Vec<String> = match link.presence_of(callee.id).await {
+        Ok(nodes) => nodes.into_iter().map(|(node, _)| node).collect(),
+        Err(_) => vec![],
+    };
+    if nodes.is_empty() && !callee_here {
+        // The presence bucket follows a new connection by one background write: a callee who
+        // connected on another node a moment ago may not be in it yet. Before they count as
+        // unavailable, every live node is asked directly.
+        nodes = link.live_nodes();
+    }
+    let ask = Request::ListConns(callee.id);
+    let answers =
+        futures_util::future::join_all(nodes.iter().map(|node| link.request(node, &ask))).await;
     let mut remote = vec![];
-    if let Ok(nodes) = link.presence_of(callee.id).await {
-        for (node, _) in nodes {
-            if let Some(Reply::Conns(conns)) =
-                link.request(&node, &Request::ListConns(callee.id)).await
-            {
-                remote.extend(conns.into_iter().filter(|c| c.node == node));
-            }
+    for (node, answer) in nodes.iter().zip(answers) {
+        if let Some(Reply::Conns(conns)) = answer {
+            remote.extend(conns.into_iter().filter(|c| c.node == *node));
         }
     }
     let _ = me.cast(RegistryMsg::Cluster(ClusterEvent::InviteReady(Box::new(
