@@ -45,6 +45,7 @@
 mod bare_relay;
 mod calls;
 mod client;
+mod cluster;
 mod idle;
 mod relay;
 mod target;
@@ -201,6 +202,7 @@ fn main() {
         Some("relay") => rt.block_on(relay::relay(&opts, num(1, 200), num(2, 2000) as f64)),
         Some("flood") => rt.block_on(relay::flood(&opts, num(1, 50), num(2, 4000) as u64)),
         Some("calls") => rt.block_on(calls::calls(&opts, num(1, 50), num(2, 40))),
+        Some("cross") => rt.block_on(cluster::cross(&opts, num(1, 200), num(2, 2000) as f64)),
         Some("smoke") => rt.block_on(smoke(&opts)),
         Some("login") => rt.block_on(login(&opts, num(1, 200))),
         _ => {
@@ -260,13 +262,6 @@ async fn smoke(opts: &Opts) -> Stats {
             rdb.server_url.as_deref(),
         );
         let label = rdb.label();
-        // Signaling rows are checked unless the command line turned them off again.
-        let log_signaling = opts
-            .env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "CALLSIGNAL_PERSISTENCE__LOG_SIGNALING")
-            .is_none_or(|(_, v)| v == "true");
         let calls = relay::calls(&target, CALLS, "s").await;
         let run = relay::run_schedule(&target, calls, RATE, SECS, true).await;
         report(
@@ -276,32 +271,7 @@ async fn smoke(opts: &Opts) -> Stats {
             ),
             &run.received.violations,
         );
-        let mut expected = vec![];
-        for (call_id, caller, msgs) in &run.calls {
-            let hangup = json!({"type": "call.hangup", "call_id": call_id}).to_string();
-            if caller
-                .lock()
-                .await
-                .send(Message::text(hangup))
-                .await
-                .is_err()
-            {
-                report("hangup", &[format!("call {call_id}: hangup not sent")]);
-            }
-            // The caller sent the even message numbers (0 the offer), the callee the odd ones.
-            let (by_caller, by_callee) = (msgs.div_ceil(2), msgs / 2);
-            let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
-            expected.push(Expected {
-                call_id: call_id.clone(),
-                reason: "hangup",
-                signals: [
-                    n(by_caller.min(1)),
-                    n(by_caller.saturating_sub(1)),
-                    n(by_callee.min(1)),
-                    n(by_callee.saturating_sub(1)),
-                ],
-            });
-        }
+        let mut expected = hang_up(&run, &mut report).await;
         let pairs = calls::prepare(&target, 5, "p").await;
         let made = calls::run(pairs, 4).await;
         report(
@@ -316,7 +286,7 @@ async fn smoke(opts: &Opts) -> Stats {
         let bad = calls::verify_eventually(
             &rdb.verify_url(&target),
             &expected,
-            log_signaling,
+            smoke_logs_signaling(opts),
             Duration::from_secs(30),
         )
         .await;
@@ -328,7 +298,60 @@ async fn smoke(opts: &Opts) -> Stats {
             &bad,
         );
     }
+    cluster::smoke(opts, &mut report).await;
     Stats { violations }
+}
+
+/// Whether smoke checks signaling rows: it turns them on, unless the command line turned them
+/// off again.
+pub(crate) fn smoke_logs_signaling(opts: &Opts) -> bool {
+    opts.env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "CALLSIGNAL_PERSISTENCE__LOG_SIGNALING")
+        .is_none_or(|(_, v)| v == "true")
+}
+
+/// Every caller of `run` hangs up; returns what the database must then hold for each call.
+pub(crate) async fn hang_up(
+    run: &relay::RelayRun,
+    report: &mut impl FnMut(&str, &[String]),
+) -> Vec<Expected> {
+    let mut expected = vec![];
+    for (call_id, caller, msgs) in &run.calls {
+        let hangup = json!({"type": "call.hangup", "call_id": call_id}).to_string();
+        if caller
+            .lock()
+            .await
+            .send(Message::text(hangup))
+            .await
+            .is_err()
+        {
+            report("hangup", &[format!("call {call_id}: hangup not sent")]);
+        }
+        // The caller sent the even message numbers (0 the offer), the callee the odd ones.
+        let (by_caller, by_callee) = (msgs.div_ceil(2), msgs / 2);
+        let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+        expected.push(Expected {
+            call_id: call_id.clone(),
+            reason: "hangup",
+            answered: true,
+            signals: [
+                n(by_caller.min(1)),
+                n(by_caller.saturating_sub(1)),
+                n(by_callee.min(1)),
+                n(by_callee.saturating_sub(1)),
+            ],
+        });
+    }
+    // Invites that ended `unavailable` while a cluster's presence caught up: a row each.
+    expected.extend(run.unavailable.iter().map(|id| Expected {
+        call_id: id.clone(),
+        reason: "unavailable",
+        answered: false,
+        signals: [0; 4],
+    }));
+    expected
 }
 
 /// `login N`: N concurrent logins (half with a wrong password: each costs one argon2
