@@ -238,7 +238,7 @@ fn compare(n_calls: usize, rate: f64, x: &RelayRun, one: &RelayRun) {
     let (a, b) = (sorted(x), sorted(one));
     let per = |p: f64| {
         format!(
-            "p{} {:.2} vs {:.2} ms (+{:.2})",
+            "p{} {:.2} vs {:.2} ms ({:+.2})",
             p * 100.0,
             ms(&a, p),
             ms(&b, p),

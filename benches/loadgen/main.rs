@@ -15,6 +15,8 @@
 //! cargo bench --bench loadgen -- --pin flood 50 4000    # messages per server CPU-second
 //! cargo bench --bench loadgen -- --pin calls 50 40      # full calls on SQLite, rows verified
 //! cargo bench --bench loadgen -- --pin --db postgres calls 50 40   # the same on PostgreSQL
+//! cargo bench --bench loadgen -- --pin cross 200 2000   # relay across two cluster nodes (NATS)
+//! cargo bench --bench loadgen -- --pin cross 1000 10000 #   … beside the single-node relay
 //! cargo bench --bench loadgen -- smoke                  # correctness only (CI)
 //! cargo bench --bench loadgen -- login 200              # login storm vs /healthz latency
 //! cargo bench --bench loadgen -- bare-relay 127.0.0.1:9000   # the bare relay on its own
@@ -22,7 +24,8 @@
 //!
 //! Options (anywhere on the command line):
 //! * `--pin`: the server under test runs on core 0 (`taskset -c 0`), the load generator on
-//!   core 1 (it pins itself before its runtime starts; its runtime is single-threaded).
+//!   core 1 (it pins itself before its runtime starts; its runtime is single-threaded). In
+//!   `cross` both nodes and nats-server share core 0.
 //! * `--secs S`: length of the relay schedule (default 10).
 //! * `--only callsignal|bare|peerjs`: measure one target (default callsignal, then the bare
 //!   relay, then PeerJS if `--peerjs` is given).
@@ -32,13 +35,21 @@
 //!   `config/default.toml`, the server refuses unknown ones). `--log-signaling` is
 //!   `--env CALLSIGNAL_PERSISTENCE__LOG_SIGNALING=true` and makes `calls` verify the
 //!   `signaling_messages` rows too.
-//! * `--db sqlite|postgres`: the database of `calls` (default sqlite). PostgreSQL:
+//! * `--db sqlite|postgres`: the database of `calls` and `cross` (default sqlite; `cross`
+//!   shares one SQLite file between its two nodes). PostgreSQL:
 //!   `CALLSIGNAL_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) is
 //!   the admin URL; a fresh database is created for the run and dropped afterwards.
 //! * `--inflight K`: idle connections opened concurrently (default 1: one at a time).
 //! * `--window W`: flood messages in flight per call (default 64).
 //! * `--no-ack`: callsignal clients do not send `ack` (by default each acks about once a
 //!   second, as the browser client does).
+//!
+//! `cross CALLS RATE` (`cluster.rs`): the relay of `relay` (same schedule, payloads and
+//! checks, same code) first on one callsignal node, then across two: a nats-server of the run's
+//! own (`/usr/sbin/nats-server` or on `PATH`; missing, the run fails) and nodes `a` and `b` in
+//! cluster mode on one database, every caller on a and every callee on b. Server CPU is both
+//! nodes' together; nats-server's is reported apart. Smoke also makes a few cross-node calls
+//! (skipped without nats-server, a failure in CI: `CI` set).
 //!
 //! Exit status: non-zero if any delivery or database check failed (smoke never checks a time).
 
@@ -102,7 +113,7 @@ pub(crate) struct Stats {
 }
 
 const USAGE: &str = "usage: cargo bench --bench loadgen -- [--pin] [--secs S] [--only callsignal|bare|peerjs] [--peerjs DIR] [--env K=V]... [--log-signaling] [--db sqlite|postgres] [--inflight K] [--window W] [--no-ack] \
-idle [N] | relay [CALLS] [RATE] | flood [CALLS] [MSGS] | calls [PAIRS] [ROUNDS] | smoke | login [N] | bare-relay ADDR";
+idle [N] | relay [CALLS] [RATE] | cross [CALLS] [RATE] | flood [CALLS] [MSGS] | calls [PAIRS] [ROUNDS] | smoke | login [N] | bare-relay ADDR";
 
 fn parse(args: Vec<String>) -> (Opts, Vec<String>) {
     let mut o = Opts {
