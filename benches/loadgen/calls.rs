@@ -114,6 +114,8 @@ impl Drop for RunDb {
 pub(crate) struct Expected {
     pub(crate) call_id: String,
     pub(crate) reason: &'static str,
+    /// Whether the call was answered.
+    pub(crate) answered: bool,
     /// sdp and ice messages sent by the caller, then by the callee.
     pub(crate) signals: [i64; 4],
 }
@@ -177,14 +179,15 @@ pub(crate) async fn verify(url: &str, expected: &[Expected], log_signaling: bool
                 let reason: Option<String> = row.try_get_by_index(2).unwrap_or_default();
                 if status != "ended"
                     || reason.as_deref() != Some(e.reason)
-                    || int(row, 3) != 1
+                    || int(row, 3) != i64::from(e.answered)
                     || int(row, 4) != 1
                 {
                     bad.push(format!(
-                        "calls: {id} is {status}/{reason:?} (answered {}, ended {}), expected ended/{}",
+                        "calls: {id} is {status}/{reason:?} (answered {}, ended {}), expected ended/{} (answered {})",
                         int(row, 3),
                         int(row, 4),
-                        e.reason
+                        e.reason,
+                        i64::from(e.answered)
                     ));
                 }
             }
@@ -272,8 +275,9 @@ async fn full_call(a: &mut Conn, b: &mut Conn, b_name: &str) -> (String, u64) {
     let mut refused = 0;
     let call_id = loop {
         match client::try_set_up_call(a, b, b_name).await {
-            Some(id) => break id,
-            None => {
+            Ok(id) => break id,
+            Err(why) => {
+                assert_eq!(why, client::Refused::PersistenceUnavailable, "{b_name}");
                 refused += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -364,6 +368,7 @@ pub(crate) async fn run(conns: Pairs, rounds: usize) -> Made {
         made.calls.extend(ids.into_iter().map(|call_id| Expected {
             call_id,
             reason: "hangup",
+            answered: true,
             signals: FULL_CALL_SIGNALS,
         }));
         made.refused += refused;
@@ -395,7 +400,7 @@ pub(crate) async fn calls(opts: &Opts, pairs: usize, rounds: usize) -> Stats {
         })
     };
     let conns = prepare(&target, pairs, "c").await;
-    let meter = crate::target::Meter::start(&target);
+    let meter = crate::target::Meter::start(target.as_ref());
     let began = Instant::now();
     let Made {
         calls: made,
@@ -408,7 +413,7 @@ pub(crate) async fn calls(opts: &Opts, pairs: usize, rounds: usize) -> Stats {
         .unwrap_or(0.0);
     let drained = target.drained(Duration::from_secs(600)).await;
     let to_commit = began.elapsed();
-    let used = meter.stop(&target);
+    let used = meter.stop(target.as_ref());
     stop.store(true, Ordering::Relaxed);
     let max_backlog = sampler.await.unwrap_or(0.0).max(at_completion);
     let n = made.len() as f64;

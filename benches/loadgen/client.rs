@@ -138,31 +138,65 @@ impl Conn {
     }
 }
 
-/// `a` invites `b_name`, whose connection `b` accepts. Returns the call id.
-pub(crate) async fn set_up_call(a: &mut Conn, b: &mut Conn, b_name: &str) -> String {
-    try_set_up_call(a, b, b_name)
-        .await
-        .expect("invite refused: persistence_unavailable")
+/// `a` invites `b_name`, whose connection `b` accepts. Returns the call id and the ids of the
+/// invites that ended `unavailable` before it: those are retried every 50 ms for 10 s, because in
+/// a cluster the callee's connection on another node becomes visible to the caller's node a
+/// moment after its `welcome` (each such invite is a call, ended, in the database).
+pub(crate) async fn set_up_call(a: &mut Conn, b: &mut Conn, b_name: &str) -> (String, Vec<String>) {
+    let mut unavailable = vec![];
+    for _ in 0..200 {
+        match try_set_up_call(a, b, b_name).await {
+            Ok(call_id) => return (call_id, unavailable),
+            Err(Refused::Unavailable(id)) => {
+                unavailable.push(id);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(Refused::PersistenceUnavailable) => {
+                panic!("invite refused: persistence_unavailable")
+            }
+        }
+    }
+    panic!("{b_name} still unavailable after 10 s")
 }
 
-/// [`set_up_call`], or `None` when the server refused the invite with
-/// `persistence_unavailable` (its call-event buffer is full: the database is behind).
-pub(crate) async fn try_set_up_call(a: &mut Conn, b: &mut Conn, b_name: &str) -> Option<String> {
+/// Why [`try_set_up_call`] made no call.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// `error persistence_unavailable`: the server's call-event buffer is full (the database
+    /// is behind).
+    PersistenceUnavailable,
+    /// `call.ended unavailable`: the callee has no connection the caller's node knows of (the
+    /// id of the call that ended so).
+    Unavailable(String),
+}
+
+/// [`set_up_call`] once: the call id, or why the invite was refused.
+pub(crate) async fn try_set_up_call(
+    a: &mut Conn,
+    b: &mut Conn,
+    b_name: &str,
+) -> Result<String, Refused> {
     a.send(json!({"type": "call.invite", "to": b_name})).await;
     let created = a.recv().await;
     if created["type"] == "error" && created["code"] == "persistence_unavailable" {
-        return None;
+        return Err(Refused::PersistenceUnavailable);
     }
     assert_eq!(created["type"], "call.created", "{created}");
     let call_id = created["call_id"].as_str().expect("call_id").to_owned();
+    // `call.ringing` once a callee device was told (so `b` has its `call.incoming`), or the
+    // call ends `unavailable` at once.
+    let ringing = a.recv().await;
+    if ringing["type"] == "call.ended" && ringing["reason"] == "unavailable" {
+        return Err(Refused::Unavailable(call_id));
+    }
+    assert_eq!(ringing["type"], "call.ringing", "{ringing}");
     let incoming = b.expect("call.incoming").await;
     assert_eq!(incoming["call_id"], call_id.as_str());
-    a.expect("call.ringing").await;
     b.send(json!({"type": "call.accept", "call_id": call_id}))
         .await;
     b.expect("call.accepted").await;
     a.expect("call.accepted").await;
-    Some(call_id)
+    Ok(call_id)
 }
 
 /// The first unsigned integer right after `marker` in `text`.

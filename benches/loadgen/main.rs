@@ -15,6 +15,8 @@
 //! cargo bench --bench loadgen -- --pin flood 50 4000    # messages per server CPU-second
 //! cargo bench --bench loadgen -- --pin calls 50 40      # full calls on SQLite, rows verified
 //! cargo bench --bench loadgen -- --pin --db postgres calls 50 40   # the same on PostgreSQL
+//! cargo bench --bench loadgen -- --pin cross 200 2000   # relay across two cluster nodes (NATS)
+//! cargo bench --bench loadgen -- --pin cross 1000 10000 #   … beside the single-node relay
 //! cargo bench --bench loadgen -- smoke                  # correctness only (CI)
 //! cargo bench --bench loadgen -- login 200              # login storm vs /healthz latency
 //! cargo bench --bench loadgen -- bare-relay 127.0.0.1:9000   # the bare relay on its own
@@ -22,7 +24,8 @@
 //!
 //! Options (anywhere on the command line):
 //! * `--pin`: the server under test runs on core 0 (`taskset -c 0`), the load generator on
-//!   core 1 (it pins itself before its runtime starts; its runtime is single-threaded).
+//!   core 1 (it pins itself before its runtime starts; its runtime is single-threaded). In
+//!   `cross` both nodes and nats-server share core 0.
 //! * `--secs S`: length of the relay schedule (default 10).
 //! * `--only callsignal|bare|peerjs`: measure one target (default callsignal, then the bare
 //!   relay, then PeerJS if `--peerjs` is given).
@@ -32,7 +35,8 @@
 //!   `config/default.toml`, the server refuses unknown ones). `--log-signaling` is
 //!   `--env CALLSIGNAL_PERSISTENCE__LOG_SIGNALING=true` and makes `calls` verify the
 //!   `signaling_messages` rows too.
-//! * `--db sqlite|postgres`: the database of `calls` (default sqlite). PostgreSQL:
+//! * `--db sqlite|postgres`: the database of `calls` and `cross` (default sqlite; `cross`
+//!   shares one SQLite file between its two nodes). PostgreSQL:
 //!   `CALLSIGNAL_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) is
 //!   the admin URL; a fresh database is created for the run and dropped afterwards.
 //! * `--inflight K`: idle connections opened concurrently (default 1: one at a time).
@@ -40,11 +44,19 @@
 //! * `--no-ack`: callsignal clients do not send `ack` (by default each acks about once a
 //!   second, as the browser client does).
 //!
+//! `cross CALLS RATE` (`cluster.rs`): the relay of `relay` (same schedule, payloads and
+//! checks, same code) first on one callsignal node, then across two: a nats-server of the run's
+//! own (`/usr/sbin/nats-server` or on `PATH`; missing, the run fails) and nodes `a` and `b` in
+//! cluster mode on one database, every caller on a and every callee on b. Server CPU is both
+//! nodes' together; nats-server's is reported apart. Smoke also makes a few cross-node calls
+//! (skipped without nats-server, a failure in CI: `CI` set).
+//!
 //! Exit status: non-zero if any delivery or database check failed (smoke never checks a time).
 
 mod bare_relay;
 mod calls;
 mod client;
+mod cluster;
 mod idle;
 mod relay;
 mod target;
@@ -101,7 +113,7 @@ pub(crate) struct Stats {
 }
 
 const USAGE: &str = "usage: cargo bench --bench loadgen -- [--pin] [--secs S] [--only callsignal|bare|peerjs] [--peerjs DIR] [--env K=V]... [--log-signaling] [--db sqlite|postgres] [--inflight K] [--window W] [--no-ack] \
-idle [N] | relay [CALLS] [RATE] | flood [CALLS] [MSGS] | calls [PAIRS] [ROUNDS] | smoke | login [N] | bare-relay ADDR";
+idle [N] | relay [CALLS] [RATE] | cross [CALLS] [RATE] | flood [CALLS] [MSGS] | calls [PAIRS] [ROUNDS] | smoke | login [N] | bare-relay ADDR";
 
 fn parse(args: Vec<String>) -> (Opts, Vec<String>) {
     let mut o = Opts {
@@ -201,6 +213,7 @@ fn main() {
         Some("relay") => rt.block_on(relay::relay(&opts, num(1, 200), num(2, 2000) as f64)),
         Some("flood") => rt.block_on(relay::flood(&opts, num(1, 50), num(2, 4000) as u64)),
         Some("calls") => rt.block_on(calls::calls(&opts, num(1, 50), num(2, 40))),
+        Some("cross") => rt.block_on(cluster::cross(&opts, num(1, 200), num(2, 2000) as f64)),
         Some("smoke") => rt.block_on(smoke(&opts)),
         Some("login") => rt.block_on(login(&opts, num(1, 200))),
         _ => {
@@ -260,13 +273,6 @@ async fn smoke(opts: &Opts) -> Stats {
             rdb.server_url.as_deref(),
         );
         let label = rdb.label();
-        // Signaling rows are checked unless the command line turned them off again.
-        let log_signaling = opts
-            .env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "CALLSIGNAL_PERSISTENCE__LOG_SIGNALING")
-            .is_none_or(|(_, v)| v == "true");
         let calls = relay::calls(&target, CALLS, "s").await;
         let run = relay::run_schedule(&target, calls, RATE, SECS, true).await;
         report(
@@ -276,32 +282,7 @@ async fn smoke(opts: &Opts) -> Stats {
             ),
             &run.received.violations,
         );
-        let mut expected = vec![];
-        for (call_id, caller, msgs) in &run.calls {
-            let hangup = json!({"type": "call.hangup", "call_id": call_id}).to_string();
-            if caller
-                .lock()
-                .await
-                .send(Message::text(hangup))
-                .await
-                .is_err()
-            {
-                report("hangup", &[format!("call {call_id}: hangup not sent")]);
-            }
-            // The caller sent the even message numbers (0 the offer), the callee the odd ones.
-            let (by_caller, by_callee) = (msgs.div_ceil(2), msgs / 2);
-            let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
-            expected.push(Expected {
-                call_id: call_id.clone(),
-                reason: "hangup",
-                signals: [
-                    n(by_caller.min(1)),
-                    n(by_caller.saturating_sub(1)),
-                    n(by_callee.min(1)),
-                    n(by_callee.saturating_sub(1)),
-                ],
-            });
-        }
+        let mut expected = hang_up(&run, &mut report).await;
         let pairs = calls::prepare(&target, 5, "p").await;
         let made = calls::run(pairs, 4).await;
         report(
@@ -316,7 +297,7 @@ async fn smoke(opts: &Opts) -> Stats {
         let bad = calls::verify_eventually(
             &rdb.verify_url(&target),
             &expected,
-            log_signaling,
+            smoke_logs_signaling(opts),
             Duration::from_secs(30),
         )
         .await;
@@ -328,7 +309,60 @@ async fn smoke(opts: &Opts) -> Stats {
             &bad,
         );
     }
+    cluster::smoke(opts, &mut report).await;
     Stats { violations }
+}
+
+/// Whether smoke checks signaling rows: it turns them on, unless the command line turned them
+/// off again.
+pub(crate) fn smoke_logs_signaling(opts: &Opts) -> bool {
+    opts.env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "CALLSIGNAL_PERSISTENCE__LOG_SIGNALING")
+        .is_none_or(|(_, v)| v == "true")
+}
+
+/// Every caller of `run` hangs up; returns what the database must then hold for each call.
+pub(crate) async fn hang_up(
+    run: &relay::RelayRun,
+    report: &mut impl FnMut(&str, &[String]),
+) -> Vec<Expected> {
+    let mut expected = vec![];
+    for (call_id, caller, msgs) in &run.calls {
+        let hangup = json!({"type": "call.hangup", "call_id": call_id}).to_string();
+        if caller
+            .lock()
+            .await
+            .send(Message::text(hangup))
+            .await
+            .is_err()
+        {
+            report("hangup", &[format!("call {call_id}: hangup not sent")]);
+        }
+        // The caller sent the even message numbers (0 the offer), the callee the odd ones.
+        let (by_caller, by_callee) = (msgs.div_ceil(2), msgs / 2);
+        let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+        expected.push(Expected {
+            call_id: call_id.clone(),
+            reason: "hangup",
+            answered: true,
+            signals: [
+                n(by_caller.min(1)),
+                n(by_caller.saturating_sub(1)),
+                n(by_callee.min(1)),
+                n(by_callee.saturating_sub(1)),
+            ],
+        });
+    }
+    // Invites that ended `unavailable` while a cluster's presence caught up: a row each.
+    expected.extend(run.unavailable.iter().map(|id| Expected {
+        call_id: id.clone(),
+        reason: "unavailable",
+        answered: false,
+        signals: [0; 4],
+    }));
+    expected
 }
 
 /// `login N`: N concurrent logins (half with a wrong password: each costs one argon2

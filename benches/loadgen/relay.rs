@@ -26,22 +26,27 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Conn, Frames, Sink, Stream};
-use crate::target::{Kind, Meter, NO_RATE_LIMITS, Target, Used};
+use crate::target::{Kind, Meter, NO_RATE_LIMITS, Servers, Target, Used};
 use crate::{Opts, Stats};
 
 /// One answered call, ready for a measured phase.
 pub(crate) struct Call {
     pub(crate) call_id: String,
+    /// Invites that ended `unavailable` before this call was made (see
+    /// [`client::set_up_call`]).
+    pub(crate) unavailable: Vec<String>,
     pub(crate) frames: Frames,
     a: (Sink, Stream, u64),
     b: (Sink, Stream, u64),
 }
 
-/// Sets up `n` answered calls on `target` (for callsignal: `2n` users, registered and logged
-/// in, each with one signaling connection; the caller invites, the callee accepts).
-pub(crate) async fn calls(target: &Target, n: usize, tag: &str) -> Vec<Call> {
+/// Sets up `n` answered calls on `servers` (for callsignal: `2n` users, registered and logged
+/// in, each with one signaling connection; the caller invites, the callee accepts). Callers are
+/// on [`Servers::caller`], callees on [`Servers::callee`] (the same server but in a cluster).
+pub(crate) async fn calls(servers: &impl Servers, n: usize, tag: &str) -> Vec<Call> {
     let began = Instant::now();
-    let out = match target.kind {
+    let target = servers.caller();
+    let out = match servers.kind() {
         Kind::Bare => {
             let mut out = vec![];
             for i in 0..n {
@@ -53,6 +58,7 @@ pub(crate) async fn calls(target: &Target, n: usize, tag: &str) -> Vec<Call> {
                     Conn { ws: b, last_seq: 0 }.split(),
                 );
                 out.push(Call {
+                    unavailable: vec![],
                     frames: Frames::new(&call_id),
                     call_id,
                     a,
@@ -69,6 +75,7 @@ pub(crate) async fn calls(target: &Target, n: usize, tag: &str) -> Vec<Call> {
                 let a = peerjs_open(&target.addr, &a_id).await;
                 let b = peerjs_open(&target.addr, &b_id).await;
                 out.push(Call {
+                    unavailable: vec![],
                     frames: Frames::peerjs(&call_id, &a_id, &b_id),
                     call_id,
                     a: Conn { ws: a, last_seq: 0 }.split(),
@@ -78,25 +85,35 @@ pub(crate) async fn calls(target: &Target, n: usize, tag: &str) -> Vec<Call> {
             out
         }
         Kind::Callsignal => {
-            let names: Vec<String> = (0..n)
-                .flat_map(|i| [format!("{tag}{i}a"), format!("{tag}{i}b")])
-                .collect();
-            let tokens = client::users(&target.addr, names.clone(), 16).await;
+            let (a_addr, b_addr) = (&servers.caller().addr, &servers.callee().addr);
+            let a_names: Vec<String> = (0..n).map(|i| format!("{tag}{i}a")).collect();
+            let b_names: Vec<String> = (0..n).map(|i| format!("{tag}{i}b")).collect();
+            // Each user registers and logs in on the node it connects to.
+            let (a_tokens, b_tokens) = if a_addr == b_addr {
+                let names = a_names.iter().chain(&b_names).cloned().collect();
+                let mut t = client::users(a_addr, names, 16).await;
+                let b = t.split_off(n);
+                (t, b)
+            } else {
+                tokio::join!(
+                    client::users(a_addr, a_names, 16),
+                    client::users(b_addr, b_names.clone(), 16)
+                )
+            };
             let gate = Arc::new(Semaphore::new(32));
             let mut tasks = vec![];
             for i in 0..n {
-                let (addr, gate) = (target.addr.clone(), gate.clone());
-                let (ta, tb, bn) = (
-                    tokens[2 * i].clone(),
-                    tokens[2 * i + 1].clone(),
-                    names[2 * i + 1].clone(),
-                );
+                let (a_addr, b_addr, gate) = (a_addr.clone(), b_addr.clone(), gate.clone());
+                let (ta, tb, bn) = (a_tokens[i].clone(), b_tokens[i].clone(), b_names[i].clone());
                 tasks.push(tokio::spawn(async move {
                     let _permit = gate.acquire_owned().await.expect("gate");
-                    let mut a = Conn::hello(&addr, &ta).await;
-                    let mut b = Conn::hello(&addr, &tb).await;
-                    let call_id = client::set_up_call(&mut a, &mut b, &bn).await;
+                    // The callee first: in a cluster its presence then has the caller's
+                    // handshake to reach the caller's node.
+                    let mut b = Conn::hello(&b_addr, &tb).await;
+                    let mut a = Conn::hello(&a_addr, &ta).await;
+                    let (call_id, unavailable) = client::set_up_call(&mut a, &mut b, &bn).await;
                     Call {
+                        unavailable,
                         frames: Frames::new(&call_id),
                         call_id,
                         a: a.split(),
@@ -111,9 +128,10 @@ pub(crate) async fn calls(target: &Target, n: usize, tag: &str) -> Vec<Call> {
             out
         }
     };
+    let retried: usize = out.iter().map(|c| c.unavailable.len()).sum();
     eprintln!(
-        "  {}: {n} answered calls set up in {:.1}s",
-        target.kind.name(),
+        "  {}: {n} answered calls set up in {:.1}s ({retried} invites ended unavailable first and were retried)",
+        servers.label(),
         began.elapsed().as_secs_f64()
     );
     out
@@ -293,11 +311,13 @@ pub(crate) struct RelayRun {
     pub(crate) sent: u64,
     /// Each call's id, its caller's sink and how many messages it relayed.
     pub(crate) calls: Vec<(String, Sink, u64)>,
+    /// Invites that ended `unavailable` during the setup (retried).
+    pub(crate) unavailable: Vec<String>,
 }
 
 /// Runs the open-loop schedule: `rate` messages per second over all `calls` for `secs`.
 pub(crate) async fn run_schedule(
-    target: &Target,
+    target: &impl Servers,
     calls: Vec<Call>,
     rate: f64,
     secs: f64,
@@ -311,11 +331,13 @@ pub(crate) async fn run_schedule(
         rate,
     };
     let deadline = schedule.at(total) + Duration::from_secs(15);
-    let callsignal = target.kind == Kind::Callsignal;
+    let callsignal = target.kind() == Kind::Callsignal;
     let mut receivers = vec![];
     let mut senders = vec![];
+    let mut unavailable = vec![];
     for (i, c) in calls.into_iter().enumerate() {
         let i = i as u64;
+        unavailable.extend(c.unavailable);
         // Messages of call i: j = k * n + i < total.
         let msgs = total / n + u64::from(i < total % n);
         let (a_sink, a_stream, a_seq) = c.a;
@@ -374,19 +396,20 @@ pub(crate) async fn run_schedule(
             .into_iter()
             .map(|(a, _, _, id, msgs)| (id, a, msgs))
             .collect(),
+        unavailable,
     }
 }
 
 /// Closed-loop flood: every caller sends `msgs` candidate-sized messages to its callee, at most
 /// `window` in flight.
 pub(crate) async fn run_flood(
-    target: &Target,
+    target: &impl Servers,
     calls: Vec<Call>,
     msgs: u64,
     window: usize,
     ack: bool,
 ) -> (Received, Used) {
-    let callsignal = target.kind == Kind::Callsignal;
+    let callsignal = target.kind() == Kind::Callsignal;
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut receivers = vec![];
     let mut senders = vec![];
@@ -440,7 +463,7 @@ pub(crate) async fn run_flood(
 }
 
 /// Percentiles of microsecond samples, in milliseconds.
-fn ms(sorted: &[u32], p: f64) -> f64 {
+pub(crate) fn ms(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -454,32 +477,7 @@ pub(crate) async fn relay(opts: &Opts, n_calls: usize, rate: f64) -> Stats {
     let mut results: Vec<(Kind, RelayRun)> = vec![];
     for &kind in &opts.targets {
         let target = Target::start(kind, opts, &[]);
-        let calls = calls(&target, n_calls, "r").await;
-        if kind == Kind::Callsignal {
-            let f = &calls[0].frames;
-            eprintln!(
-                "  frames: offer/answer {} bytes, candidate {} bytes",
-                f.offer_len(),
-                f.ice_len()
-            );
-        }
-        let run = run_schedule(&target, calls, rate, opts.secs, !opts.no_ack).await;
-        report_relay(kind, n_calls, rate, &run);
-        if kind == Kind::Callsignal {
-            let drained = target.drained(Duration::from_secs(60)).await;
-            println!(
-                "  callsignal: events written {} (call events and signaling rows), signaling rows skipped {} (metrics); backlog drained: {drained}; RSS {:.1} MiB",
-                target
-                    .metric("callsignal_events_written_total")
-                    .await
-                    .unwrap_or(0.0),
-                target
-                    .metric("callsignal_signal_rows_skipped_total")
-                    .await
-                    .unwrap_or(0.0),
-                target.rss() as f64 / 1048576.0
-            );
-        }
+        let run = relay_on(&target, opts, n_calls, rate, "r").await;
         stats.violations += run.received.violations.len();
         results.push((kind, run));
     }
@@ -511,15 +509,65 @@ pub(crate) async fn relay(opts: &Opts, n_calls: usize, rate: f64) -> Stats {
     stats
 }
 
-fn report_relay(kind: Kind, n_calls: usize, rate: f64, run: &RelayRun) {
+/// The relay measurement on one set of servers (one server, or a cluster): sets up `n_calls`
+/// answered calls, runs the open-loop schedule and prints its figures (for callsignal also the
+/// events written, whether the backlog drained, and RSS).
+pub(crate) async fn relay_on(
+    servers: &impl Servers,
+    opts: &Opts,
+    n_calls: usize,
+    rate: f64,
+    tag: &str,
+) -> RelayRun {
+    let callsignal = servers.kind() == Kind::Callsignal;
+    let calls = calls(servers, n_calls, tag).await;
+    if callsignal {
+        let f = &calls[0].frames;
+        eprintln!(
+            "  frames: offer/answer {} bytes, candidate {} bytes",
+            f.offer_len(),
+            f.ice_len()
+        );
+    }
+    let run = run_schedule(servers, calls, rate, opts.secs, !opts.no_ack).await;
+    report_relay(&servers.label(), n_calls, rate, &run);
+    if callsignal {
+        let drained = servers.drained(Duration::from_secs(60)).await;
+        println!(
+            "  {}: events written {} (call events and signaling rows), signaling rows skipped {} (metrics); backlog drained: {drained}; RSS {:.1} MiB",
+            servers.label(),
+            servers
+                .metric("callsignal_events_written_total")
+                .await
+                .unwrap_or(0.0),
+            servers
+                .metric("callsignal_signal_rows_skipped_total")
+                .await
+                .unwrap_or(0.0),
+            servers.rss() as f64 / 1048576.0
+        );
+    }
+    run
+}
+
+fn report_relay(label: &str, n_calls: usize, rate: f64, run: &RelayRun) {
     let mut lat = run.received.latencies.clone();
     lat.sort_unstable();
     let mut lag = run.send_lag.clone();
     lag.sort_unstable();
     let r = &run.received;
+    let aux = if run.used.aux.is_zero() {
+        String::new()
+    } else {
+        format!(
+            "; NATS CPU {:.2}s = {:.1} % of a core, {:.0} msg per CPU-s of servers and NATS",
+            run.used.aux.as_secs_f64(),
+            run.used.aux_percent(),
+            run.used.per_total_cpu_sec(r.got)
+        )
+    };
     println!(
-        "relay {n_calls} calls {rate:.0} msg/s [{}]: {}/{} delivered ({} sent) in {:.2}s; latency from intended send p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms; server CPU {:.2}s = {:.1} % of a core, {:.0} msg per CPU-s; loadgen send lag p99 {:.2} max {:.2} ms; violations {}",
-        kind.name(),
+        "relay {n_calls} calls {rate:.0} msg/s [{label}]: {}/{} delivered ({} sent) in {:.2}s; latency from intended send p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms; server CPU {:.2}s = {:.1} % of a core, {:.0} msg per CPU-s{aux}; loadgen send lag p99 {:.2} max {:.2} ms; violations {}",
         r.got,
         r.expected,
         run.sent,

@@ -82,7 +82,8 @@ pub(crate) const NO_RATE_LIMITS: &[(&str, &str)] = &[
     ("CALLSIGNAL_WS__RATE_LIMIT_BYTES_BURST", "1000000000"),
 ];
 
-fn wrapped(opts: &Opts, program: &str) -> Command {
+/// `program`, under `taskset -c 0` with `--pin`.
+pub(crate) fn wrapped(opts: &Opts, program: &str) -> Command {
     if opts.pin {
         let mut c = Command::new("taskset");
         c.args(["-c", &SERVER_CORE.to_string(), program]);
@@ -233,21 +234,14 @@ impl Target {
         self.dir.path()
     }
 
+    /// The process id of the server.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// CPU time (user + system) the process has used so far.
     pub(crate) fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which may contain spaces) and its closing parenthesis:
-        // state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .skip(1)
-            .take(12)
-            .map(|x| x.parse().unwrap_or(0))
-            .collect();
-        let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
-        Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+        proc_cpu(self.pid())
     }
 
     /// Resident set size of the process, in bytes.
@@ -300,6 +294,22 @@ impl Target {
     }
 }
 
+/// CPU time (user + system) process `pid` has used so far (zero once it is gone).
+pub(crate) fn proc_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) and its closing parenthesis:
+    // state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime stime.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(1)
+        .take(12)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+}
+
 /// `getconf CLK_TCK` (the unit of `/proc/<pid>/stat` times), 100 if it cannot be asked.
 fn clock_ticks() -> u64 {
     static TICKS: OnceLock<u64> = OnceLock::new();
@@ -314,17 +324,82 @@ fn clock_ticks() -> u64 {
     })
 }
 
+/// What a measured phase runs against: one server, or cluster nodes and the NATS between them
+/// (`cluster.rs`). Callers connect to [`Servers::caller`], callees to [`Servers::callee`].
+pub(crate) trait Servers {
+    /// The server kind (the protocol the clients speak).
+    fn kind(&self) -> Kind;
+    /// How the reports name it.
+    fn label(&self) -> String {
+        self.kind().name().to_owned()
+    }
+    /// The server callers connect to.
+    fn caller(&self) -> &Target;
+    /// The server callees connect to.
+    fn callee(&self) -> &Target;
+    /// Every server process: their CPU together is the server CPU.
+    fn nodes(&self) -> Vec<&Target>;
+    /// Further processes whose CPU is measured apart (the cluster's nats-server).
+    fn aux_pids(&self) -> Vec<u32> {
+        vec![]
+    }
+
+    /// A `/metrics` value summed over the nodes.
+    async fn metric(&self, name: &str) -> Option<f64> {
+        let mut sum = None;
+        for n in self.nodes() {
+            if let Some(v) = n.metric(name).await {
+                sum = Some(sum.unwrap_or(0.0) + v);
+            }
+        }
+        sum
+    }
+
+    /// Waits (at most `limit` each) until every node has committed its call events.
+    async fn drained(&self, limit: Duration) -> bool {
+        let mut all = true;
+        for n in self.nodes() {
+            all &= n.drained(limit).await;
+        }
+        all
+    }
+
+    /// Resident set size of the nodes together, in bytes.
+    fn rss(&self) -> u64 {
+        self.nodes().iter().map(|n| n.rss()).sum()
+    }
+}
+
+impl Servers for Target {
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+    fn caller(&self) -> &Target {
+        self
+    }
+    fn callee(&self) -> &Target {
+        self
+    }
+    fn nodes(&self) -> Vec<&Target> {
+        vec![self]
+    }
+}
+
 /// Server CPU over a measured phase.
 pub(crate) struct Meter {
     wall: Instant,
     cpu: Duration,
+    aux: Duration,
 }
 
 /// What a [`Meter`] measured.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Used {
     pub(crate) wall: Duration,
+    /// CPU of the server processes together.
     pub(crate) cpu: Duration,
+    /// CPU of the auxiliary processes (NATS), not in `cpu`.
+    pub(crate) aux: Duration,
 }
 
 impl Used {
@@ -333,24 +408,45 @@ impl Used {
         100.0 * self.cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
     }
 
+    /// Auxiliary CPU (NATS) as a percentage of one core.
+    pub(crate) fn aux_percent(&self) -> f64 {
+        100.0 * self.aux.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
+    }
+
     /// `n` per server CPU-second.
     pub(crate) fn per_cpu_sec(&self, n: u64) -> f64 {
         n as f64 / self.cpu.as_secs_f64().max(1e-9)
     }
+
+    /// `n` per CPU-second of the servers and the auxiliary processes together.
+    pub(crate) fn per_total_cpu_sec(&self, n: u64) -> f64 {
+        n as f64 / (self.cpu + self.aux).as_secs_f64().max(1e-9)
+    }
+}
+
+fn cpu_of(servers: &impl Servers) -> (Duration, Duration) {
+    (
+        servers.nodes().iter().map(|n| n.cpu()).sum(),
+        servers.aux_pids().into_iter().map(proc_cpu).sum(),
+    )
 }
 
 impl Meter {
-    pub(crate) fn start(target: &Target) -> Meter {
+    pub(crate) fn start(servers: &impl Servers) -> Meter {
+        let (cpu, aux) = cpu_of(servers);
         Meter {
             wall: Instant::now(),
-            cpu: target.cpu(),
+            cpu,
+            aux,
         }
     }
 
-    pub(crate) fn stop(&self, target: &Target) -> Used {
+    pub(crate) fn stop(&self, servers: &impl Servers) -> Used {
+        let (cpu, aux) = cpu_of(servers);
         Used {
             wall: self.wall.elapsed(),
-            cpu: target.cpu().saturating_sub(self.cpu),
+            cpu: cpu.saturating_sub(self.cpu),
+            aux: aux.saturating_sub(self.aux),
         }
     }
 }
