@@ -43,6 +43,10 @@ const OUT_OF_BAND: u64 = u64::MAX;
 /// Most frames carried by one `Frames` message.
 const MAX_FRAMES: usize = 64;
 
+/// How often a bridged socket reports what it wrote when the client sends nothing (so the
+/// connection forgets written messages first under its bounds, as for a local socket).
+const WRITTEN_EVERY: Duration = Duration::from_millis(100);
+
 /// How long a resume waits for the presence bucket before giving up on other nodes.
 const PRESENCE_WAIT: Duration = Duration::from_millis(500);
 
@@ -108,13 +112,16 @@ pub enum NotBridged {
 impl Cluster {
     /// Looks for the connection a `hello` resumes (or takes over) on the other nodes holding
     /// connections of `user` (presence bucket), one node at a time, and bridges `socket` to
-    /// the first that has it. Called by the socket task when no connection here matched.
+    /// the first that has it. Called by the socket task when no connection here matched its
+    /// resume token; `party_only`: this node has an idle connection of the session to take
+    /// over, so another node takes over only a call party.
     pub async fn resume_elsewhere(
         &self,
         user: UserId,
         session: SessionId,
         resume_token: Option<String>,
         last_seq: Option<u64>,
+        party_only: bool,
         socket: SocketLink,
     ) -> Result<Bridged, NotBridged> {
         let nodes: Vec<String> =
@@ -160,6 +167,7 @@ impl Cluster {
                 last_seq,
                 node: self.node().to_owned(),
                 bridge: id,
+                party_only,
             };
             let Some(Reply::Resumed(Some(connection))) = self.request(&node, &req).await else {
                 continue;
@@ -180,6 +188,7 @@ impl Cluster {
                 id,
                 control: control.clone(),
                 n: 0,
+                reported: 0,
             };
             return match Actor::spawn(None, BridgedSocket, args).await {
                 Ok((actor, _)) => Ok(Bridged {
@@ -268,6 +277,9 @@ impl Cluster {
         control: SocketControl,
         socket_id: u64,
     ) {
+        // A batch stops growing at a quarter of the NATS server's payload limit (frames are
+        // bounded by `ws.max_message_bytes`, far below it): a replay never exceeds the limit.
+        let batch_bytes = (self.0.client.server_info().max_payload / 4).max(64 * 1024);
         let mut n = 0u64;
         let next = |n: &mut u64| {
             let this = *n;
@@ -293,7 +305,13 @@ impl Cluster {
                             Outbound::Close(code, reason) => Some((code, reason)),
                         };
                         then_close = then_close.or(take(first, &mut frames));
-                        while then_close.is_none() && frames.len() < MAX_FRAMES {
+                        let size = |frames: &Vec<(u64, Box<RawValue>)>| {
+                            frames.iter().map(|(_, f)| f.get().len()).sum::<usize>()
+                        };
+                        while then_close.is_none()
+                            && frames.len() < MAX_FRAMES
+                            && size(&frames) < batch_bytes
+                        {
                             match rx.try_recv() {
                                 Some(out) => then_close = take(out, &mut frames),
                                 None => break,
@@ -315,8 +333,10 @@ impl Cluster {
                 done |= matches!(op, BridgeOp::Kill(_) | BridgeOp::Close(..));
                 if !self.send_bridge(&node, id, next(&mut n), op).await {
                     // The socket's node will not get these: the socket counts as dropped,
-                    // the connection holds what was not confirmed for the next resume.
+                    // the connection holds what was not confirmed for the next resume, and
+                    // the socket's node is told to close it (if NATS takes that).
                     self.break_conn_side(&node, id, socket_id);
+                    self.reply_oob(node, id, BridgeOp::Kill(close::TRY_AGAIN_LATER));
                     return;
                 }
             }
@@ -521,6 +541,8 @@ pub struct BridgedSocketArgs {
     id: u64,
     control: SocketControl,
     n: u64,
+    /// The `written` last reported to the connection.
+    reported: u64,
 }
 
 impl Actor for BridgedSocket {
@@ -534,6 +556,16 @@ impl Actor for BridgedSocket {
         args: BridgedSocketArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(args)
+    }
+
+    async fn post_start(
+        &self,
+        me: ActorRef<Self::Msg>,
+        _s: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // `Delivered(0)`: nothing newly delivered, report the written progress if any.
+        me.send_interval(WRITTEN_EVERY, || ConnectionMsg::Delivered(0));
+        Ok(())
     }
 
     async fn post_stop(
@@ -553,6 +585,7 @@ impl Actor for BridgedSocket {
     ) -> Result<(), ActorProcessingErr> {
         let written = s.control.written();
         let op = match msg {
+            ConnectionMsg::Delivered(0) if written <= s.reported => return Ok(()),
             ConnectionMsg::Client(inbound) => BridgeOp::Client {
                 written,
                 message: inbound.message.into(),
@@ -576,6 +609,7 @@ impl Actor for BridgedSocket {
         };
         let n = s.n;
         s.n += 1;
+        s.reported = written;
         if !s.cluster.send_bridge(&s.node, s.id, n, op).await {
             // The connection's node will not hear this: close the socket; the client resumes.
             s.control.kill(close::TRY_AGAIN_LATER);

@@ -394,6 +394,7 @@ impl Cluster {
                         last_seq,
                         node,
                         bridge,
+                        party_only,
                     } => crate::actors::ask(&r, |reply| {
                         RegistryMsg::Cluster(ClusterEvent::Resume {
                             user,
@@ -402,6 +403,7 @@ impl Cluster {
                             last_seq,
                             node,
                             bridge,
+                            party_only,
                             reply,
                         })
                     })

@@ -558,6 +558,10 @@ pub enum Request {
         node: String,
         /// The bridge id the asking node chose.
         bridge: u64,
+        /// Without a token match, take over only a connection that is a party of the user's
+        /// call (the asking node has an idle one of the session to take over itself).
+        #[serde(default)]
+        party_only: bool,
     },
 }
 

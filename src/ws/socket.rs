@@ -31,7 +31,7 @@ use super::limit::Verdict;
 use super::protocol::{self, ClientMessage, ErrorCode, ServerMessage, close};
 use crate::actors::ask;
 use crate::actors::connection::{ConnectionMsg, Outbound, SocketControl, SocketEnd, SocketLink};
-use crate::actors::registry::{ConnectRequest, Connected, RegistryMsg};
+use crate::actors::registry::{ConnectRequest, Connected, LocalJoin, RegistryMsg};
 use crate::domain::{SessionId, UserRef};
 use crate::http::request::{AuthFailure, verify_token};
 use crate::state::AppState;
@@ -422,8 +422,13 @@ async fn resume_elsewhere(
         reply,
     })
     .await;
-    let Some((false, limiter)) = local else {
-        return Err(Some(request));
+    // A token match here, or a call party to take over here, is the answer; anything less
+    // (nothing, or an idle connection of the session) asks the other nodes first: the token
+    // may name a connection there, or the session's call party may wait there.
+    let (party_only, limiter) = match local {
+        Some((LocalJoin::Nothing, limiter)) => (false, limiter),
+        Some((LocalJoin::TakeoverIdle, limiter)) => (true, limiter),
+        _ => return Err(Some(request)),
     };
     let ConnectRequest {
         user,
@@ -435,7 +440,14 @@ async fn resume_elsewhere(
         ice_servers,
     } = request;
     match cluster
-        .resume_elsewhere(user.id, session_id, resume_token.clone(), last_seq, socket)
+        .resume_elsewhere(
+            user.id,
+            session_id,
+            resume_token.clone(),
+            last_seq,
+            party_only,
+            socket,
+        )
         .await
     {
         Ok(bridged) => {

@@ -1195,6 +1195,148 @@ async fn cluster_a_callee_missing_from_presence_still_rings() {
     );
 }
 
+/// One login session with two connections: c1 (node b) is bob's call party, c2 (node a) is
+/// idle. Both drop. A `hello` through node a with c1's resume token resumes c1 (not the local
+/// c2); a `hello` without a token takes over the call party c1 too, as on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_resume_prefers_the_token_and_the_call_party_over_a_local_idle_connection() {
+    let Some(c) = cluster(&[]).await else {
+        return;
+    };
+    let mut alice = c.user_on(0, "alice").await;
+    c.register(1, "bob").await;
+    let (token, _, _) = c.login(1, "bob").await;
+    let mut c1 = c.ws(1, &token).await;
+    let call = ring(&mut alice, &mut c1, "bob").await;
+    let last = accept_seq(&mut c1, &mut alice, &call).await;
+    let c2 = c.ws(0, &token).await;
+    let (c1_id, resume) = (
+        c1.connection_id().to_owned(),
+        c1.welcome["resume_token"].as_str().unwrap().to_owned(),
+    );
+    drop(c1);
+    drop(c2);
+    alice.expect("peer.reconnecting").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut back = resume_at(&c, 0, &token, &resume, last).await;
+    assert_eq!(back.welcome["resumed"], true, "{}", back.welcome);
+    assert_eq!(back.welcome["connection_id"], c1_id.as_str());
+    assert!(ice_arrives(&mut alice, &mut back, &call, 3000).await);
+
+    // Again, without the token (a reloaded page): the call party is taken over.
+    back.stream
+        .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away,
+            reason: "reload".into(),
+        }))
+        .await
+        .expect("close");
+    drop(back);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut page = c.ws(0, &token).await;
+    assert_eq!(
+        page.welcome["connection_id"],
+        c1_id.as_str(),
+        "{}",
+        page.welcome
+    );
+    assert_eq!(
+        page.welcome["call"]["call_id"],
+        call.as_str(),
+        "{}",
+        page.welcome
+    );
+    assert!(ice_arrives(&mut page, &mut alice, &call, 3000).await);
+}
+
+const BIG_MESSAGES: &[(&str, &str)] = &[
+    ("CALLSIGNAL_WS__RATE_LIMIT_BYTES_PER_SEC", "100000000"),
+    ("CALLSIGNAL_WS__RATE_LIMIT_BYTES_BURST", "100000000"),
+    ("CALLSIGNAL_WS__OUTBOUND_QUEUE_BYTES", "4194304"),
+];
+
+fn big_sdp(call: &str, n: usize) -> Value {
+    let sdp = format!("v=0 {n} {}", "a".repeat(60_000));
+    json!({"type": "sdp", "call_id": call, "description": {"type": "offer", "sdp": sdp}})
+}
+
+/// A bridged client that reads everything but never sends (no `ack`, as a v1 client) is not a
+/// slow consumer: the socket's node reports what it wrote, so the connection forgets written
+/// messages under its bounds as for a local socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_bridged_reader_that_never_acks_is_not_cut_off() {
+    let Some(c) = cluster(&[
+        ("CALLSIGNAL_WS__RATE_LIMIT_BYTES_PER_SEC", "100000000"),
+        ("CALLSIGNAL_WS__RATE_LIMIT_BYTES_BURST", "100000000"),
+        ("CALLSIGNAL_WS__RATE_LIMIT_PER_SEC", "1000"),
+    ])
+    .await
+    else {
+        return;
+    };
+    let mut alice = c.user_on(0, "alice").await;
+    c.register(1, "bob").await;
+    let (token, _, _) = c.login(1, "bob").await;
+    let mut bob = c.ws(1, &token).await;
+    let call = ring(&mut alice, &mut bob, "bob").await;
+    let last = accept_seq(&mut bob, &mut alice, &call).await;
+    let resume = bob.welcome["resume_token"].as_str().unwrap().to_owned();
+    drop(bob);
+    alice.expect("peer.reconnecting").await;
+    let mut bob = resume_at(&c, 2, &token, &resume, last).await;
+    alice.expect("peer.reconnected").await;
+    // 40 × 60 KB = 2.4 MB, over the 1 MiB bound, paced; bob reads every one.
+    for n in 0..40 {
+        alice.send(big_sdp(&call, n)).await;
+        let got = bob.expect("sdp").await;
+        assert!(
+            got["description"]["sdp"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("v=0 {n} ")),
+            "message {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    bob.send(json!({"type": "ping", "ref": "still"})).await;
+    assert_eq!(bob.expect("pong").await["ref"], "still");
+    alice.send(json!({"type": "ping", "ref": "a"})).await;
+    assert_eq!(
+        alice.expect("pong").await["ref"],
+        "a",
+        "alice's call did not end"
+    );
+}
+
+/// A replay bigger than NATS's payload limit (1 MiB) crosses a bridge in several messages:
+/// the resume through another node gets every held message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_replay_bigger_than_a_nats_message_crosses_the_bridge() {
+    let Some(c) = cluster(BIG_MESSAGES).await else {
+        return;
+    };
+    let mut alice = c.user_on(0, "alice").await;
+    c.register(1, "bob").await;
+    let (token, _, _) = c.login(1, "bob").await;
+    let mut bob = c.ws(1, &token).await;
+    let call = ring(&mut alice, &mut bob, "bob").await;
+    let last = accept_seq(&mut bob, &mut alice, &call).await;
+    let resume = bob.welcome["resume_token"].as_str().unwrap().to_owned();
+    drop(bob);
+    alice.expect("peer.reconnecting").await;
+    // 40 × 60 KB held for bob: 2.4 MB.
+    for n in 0..40 {
+        alice.send(big_sdp(&call, n)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut bob = resume_at(&c, 2, &token, &resume, last).await;
+    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    for n in 0..40 {
+        let got = bob.expect("sdp").await;
+        assert_eq!(got["seq"], last + 1 + n as u64);
+    }
+}
+
 /// A browser on node `a` calls a browser on node `b` through NATS: real audio both ways, the
 /// same verification code, a clean hangup. In a network namespace of its own (like
 /// `browser::browser_calls_in_chromium`), with its own nats-server and a SQLite database shared

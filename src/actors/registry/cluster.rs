@@ -17,7 +17,7 @@ use super::{CallEntry, CallEntryInfo, RegistryMsg, RegistryState};
 use crate::actors::ConnRef;
 use crate::actors::ask;
 use crate::actors::call::CallMsg;
-use crate::actors::connection::{ConnectionMsg, Pairing};
+use crate::actors::connection::{ConnectionMsg, Join, Pairing};
 use crate::actors::supervisor::SupervisorMsg;
 use crate::cluster::Cluster;
 use crate::cluster::kv::{CallClaim, Claim};
@@ -67,6 +67,8 @@ pub enum ClusterEvent {
         node: String,
         /// Its bridge id.
         bridge: u64,
+        /// Take over only a call party (no token match).
+        party_only: bool,
         /// Answer.
         reply: RpcReplyPort<Option<ConnectionId>>,
     },
@@ -301,6 +303,7 @@ impl RegistryState {
                 last_seq,
                 node,
                 bridge,
+                party_only,
                 reply,
             } => {
                 let _ = reply.send(self.resume_from_node(
@@ -308,8 +311,8 @@ impl RegistryState {
                     session,
                     resume_token.as_deref(),
                     last_seq,
-                    node,
-                    bridge,
+                    (node, bridge),
+                    party_only,
                 ));
             }
             ClusterEvent::InviteSettled(call) => {
@@ -335,11 +338,14 @@ impl RegistryState {
         session: SessionId,
         resume_token: Option<&str>,
         last_seq: Option<u64>,
-        node: String,
-        bridge: u64,
+        (node, bridge): (String, u64),
+        party_only: bool,
     ) -> Option<ConnectionId> {
         let link = self.link()?;
         let (id, join) = self.resumable(user, session, resume_token, last_seq)?;
+        if party_only && matches!(join, Join::Takeover) && !self.is_party(user, id) {
+            return None;
+        }
         let actor = self.conns.get(&id)?.conn.actor.clone();
         let capacity = self.args.settings.ws.outbound_queue + 8;
         let socket = link.bridge_link(node.clone(), bridge, actor, capacity);

@@ -116,6 +116,19 @@ pub struct Connected {
     pub limiter: Arc<Mutex<RateLimiter>>,
 }
 
+/// What a `hello` would join on this node ([`RegistryMsg::Resumable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalJoin {
+    /// No connection here.
+    Nothing,
+    /// The connection its resume token names.
+    Token,
+    /// A connection of its session waiting in its grace, a party of the user's call.
+    TakeoverParty,
+    /// A connection of its session waiting in its grace, not a call party.
+    TakeoverIdle,
+}
+
 /// Answer to a [`ConnectRequest`].
 pub type ConnectResult = Result<Connected, (ErrorCode, &'static str)>;
 
@@ -188,8 +201,8 @@ pub enum RegistryMsg {
         session: SessionId,
         /// Resume token from the `hello`.
         resume_token: Option<String>,
-        /// Answer: found here, and the user's limiter.
-        reply: RpcReplyPort<(bool, Arc<Mutex<RateLimiter>>)>,
+        /// Answer: what a `hello` would join here, and the user's limiter.
+        reply: RpcReplyPort<(LocalJoin, Arc<Mutex<RateLimiter>>)>,
     },
     /// Something other nodes said (cluster mode only).
     Cluster(ClusterEvent),
@@ -432,9 +445,12 @@ impl Actor for Registry {
                 resume_token,
                 reply,
             } => {
-                let found = s
-                    .resumable(user, session, resume_token.as_deref(), None)
-                    .is_some();
+                let found = match s.resumable(user, session, resume_token.as_deref(), None) {
+                    None => LocalJoin::Nothing,
+                    Some((_, Join::Resume { .. })) => LocalJoin::Token,
+                    Some((id, Join::Takeover)) if s.is_party(user, id) => LocalJoin::TakeoverParty,
+                    Some((_, Join::Takeover)) => LocalJoin::TakeoverIdle,
+                };
                 let _ = reply.send((found, s.limiter_of(user)));
             }
             #[cfg(feature = "test-hooks")]
@@ -597,6 +613,11 @@ impl RegistryState {
         self.invites.retain(|_, w| fresh(w));
         self.invites_to.retain(|_, w| fresh(w));
         self.invites_pair.retain(|_, w| fresh(w));
+    }
+
+    /// Whether connection `id` is a party of `user`'s current call.
+    fn is_party(&self, user: UserId, id: ConnectionId) -> bool {
+        self.party_conns(user).contains(&Some(id))
     }
 
     /// The connections that are parties of `user`'s current call.
