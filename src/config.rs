@@ -647,10 +647,38 @@ impl Settings {
                 "ws.outbound_queue_bytes must be at least twice ws.max_message_bytes".into(),
             ));
         }
-        if self.ws.outbound_queue == 0 || self.persistence.batch_size == 0 {
-            return Err(ConfigError::Rule(
-                "ws.outbound_queue and persistence.batch_size must be positive".into(),
-            ));
+        // Zero would make the server refuse or expire everything at once.
+        let (ws, auth, p) = (&self.ws, &self.auth, &self.persistence);
+        for (key, value) in [
+            ("ws.outbound_queue", ws.outbound_queue as u64),
+            ("persistence.batch_size", p.batch_size as u64),
+            ("persistence.buffer_capacity", p.buffer_capacity as u64),
+            ("ws.max_connections", ws.max_connections as u64),
+            (
+                "ws.max_connections_per_user",
+                ws.max_connections_per_user as u64,
+            ),
+            ("ws.hello_timeout_secs", ws.hello_timeout_secs),
+            ("ws.heartbeat_secs", ws.heartbeat_secs),
+            ("ws.rate_limit_per_sec", u64::from(ws.rate_limit_per_sec)),
+            ("ws.rate_limit_burst", u64::from(ws.rate_limit_burst)),
+            ("auth.access_token_ttl_secs", auth.access_token_ttl_secs),
+            ("auth.session_ttl_secs", auth.session_ttl_secs),
+            ("calls.ring_timeout_secs", self.calls.ring_timeout_secs),
+            (
+                "database.max_connections",
+                u64::from(self.database.max_connections),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Rule(format!("{key} must be positive")));
+            }
+        }
+        if p.signaling_buffer_share > 90 {
+            return Err(ConfigError::Rule(format!(
+                "persistence.signaling_buffer_share is {}; it must be at most 90 (percent)",
+                p.signaling_buffer_share
+            )));
         }
         if self.cluster.nats_url.is_some() {
             // The id names the node's NATS subject and key-value entries.
@@ -734,6 +762,26 @@ mod tests {
         assert_eq!(s.server.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(s.ws.max_message_bytes, 65536);
         assert!(s.auth.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn values_that_would_refuse_or_expire_everything_are_refused() {
+        for (key, value) in [
+            ("auth.access_token_ttl_secs", 0),
+            ("auth.session_ttl_secs", 0),
+            ("ws.max_connections_per_user", 0),
+            ("ws.max_connections", 0),
+            ("ws.heartbeat_secs", 0),
+            ("ws.rate_limit_per_sec", 0),
+            ("persistence.buffer_capacity", 0),
+            ("calls.ring_timeout_secs", 0),
+            ("database.max_connections", 0),
+            ("persistence.signaling_buffer_share", 100),
+        ] {
+            let err =
+                Settings::from_figment(Settings::defaults().merge((key, value))).expect_err(key);
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -15,6 +15,11 @@ pub mod close {
     /// Going away: server shutdown (server-sent), page reload or tab close (client-sent; the
     /// connection stays resumable for `ws.going_away_grace_secs`).
     pub const GOING_AWAY: u16 = 1001;
+    /// Protocol error: a frame breaking RFC 6455 (unmasked, reserved bits or opcode, a bad
+    /// control frame, a stray continuation).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text message that is not valid UTF-8 (RFC 6455 §8.1).
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// Policy violation (persistent rate-limit abuse, client not reading).
     pub const POLICY: u16 = 1008;
     /// Frame or message over `ws.max_message_bytes`.

@@ -133,6 +133,18 @@ async fn close_after_framing_error(ws: &mut Ws, code: u16, reason: &'static str)
     shutdown_tcp(ws).await;
 }
 
+/// The close a broken frame earns (RFC 6455 §7.4.1): 1002 for a protocol violation, 1007 for
+/// text that is not UTF-8; `None` for an error that is just the connection ending.
+fn violation(e: &WsError) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match e {
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some((close::PROTOCOL_ERROR, "protocol error")),
+        WsError::Utf8(_) => Some((close::INVALID_PAYLOAD, "invalid UTF-8")),
+        _ => None,
+    }
+}
+
 /// A close the client started: let tungstenite write the echoing Close, read to the end, then
 /// shut the TCP connection down (the server closes TCP first, RFC 6455 §7.1.1).
 async fn finish_client_close(ws: &mut Ws) {
@@ -254,7 +266,13 @@ async fn handshake(state: &Arc<AppState>, ws: &mut Ws, client: Option<IpAddr>) -
             .await;
             return None;
         }
-        Ok(None | Some(Err(_))) => return None,
+        Ok(Some(Err(e))) => {
+            if let Some((code, reason)) = violation(&e) {
+                close_after_framing_error(ws, code, reason).await;
+            }
+            return None;
+        }
+        Ok(None) => return None,
         Ok(Some(Ok(Message::Close(_)))) => {
             finish_client_close(ws).await;
             return None;
@@ -271,6 +289,22 @@ async fn handshake(state: &Arc<AppState>, ws: &mut Ws, client: Option<IpAddr>) -
         last_seq,
     }) = hello.map(|h| h.message)
     else {
+        // A `hello` whose token is missing or not a string is a bad token, not a missing hello.
+        let is_hello = match &first {
+            Message::Text(t) => serde_json::from_str::<serde_json::Value>(t.as_str())
+                .is_ok_and(|v| v["type"] == "hello"),
+            _ => false,
+        };
+        if is_hello {
+            refuse(
+                ws,
+                ErrorCode::InvalidToken,
+                "hello needs the access token as a string in `token`",
+                close::UNAUTHORIZED,
+            )
+            .await;
+            return None;
+        }
         refuse(
             ws,
             ErrorCode::HelloRequired,
@@ -568,7 +602,12 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                     Some(Err(WsError::Capacity(_))) => {
                         return Exit::FramingError(close::TOO_BIG, "message too big");
                     }
-                    Some(Err(_)) => return Exit::Dropped,
+                    Some(Err(e)) => {
+                        return match violation(&e) {
+                            Some((code, reason)) => Exit::FramingError(code, reason),
+                            None => Exit::Dropped,
+                        };
+                    }
                     Some(Ok(msg)) => msg,
                 };
                 last_heard = Instant::now();

@@ -44,6 +44,17 @@ async fn bad_tokens_get_their_code_and_4401(app: TestApp) {
         c.expect_error(code).await;
         assert_eq!(c.closed().await, Closed::Code(4401));
     }
+    // A hello without a string token is a bad token, not a missing hello.
+    for hello in [
+        json!({"type": "hello"}),
+        json!({"type": "hello", "token": 5}),
+        json!({"type": "hello", "token": null}),
+    ] {
+        let mut c = app.ws_raw().await;
+        c.send(hello).await;
+        c.expect_error("invalid_token").await;
+        assert_eq!(c.closed().await, Closed::Code(4401));
+    }
     app.post("/api/auth/logout", &json!({}), Some(&u.access))
         .await;
     let mut c = app.ws_raw().await;

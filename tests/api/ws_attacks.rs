@@ -303,6 +303,86 @@ async fn raw_upgrade(app: &TestApp, extra: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&got).to_lowercase()
 }
 
+/// A frame that breaks RFC 6455 gets a Close with the code §7.4.1 names (1002 protocol error,
+/// 1007 text that is not UTF-8), not a silent TCP drop: before `hello` and after `welcome`.
+async fn protocol_violations_get_1002_or_1007(app: TestApp) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let masked = |op: u8, payload: &[u8]| {
+        let mut f = vec![op, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    };
+    let user = app.user("alice").await;
+    let hello = json!({"type": "hello", "token": user.access}).to_string();
+    let cases: [(&str, Vec<u8>, u16); 4] = [
+        ("unmasked text", vec![0x81, 0x02, b'h', b'i'], 1002),
+        ("reserved opcode", masked(0x83, b"x"), 1002),
+        ("stray continuation", masked(0x80, b"x"), 1002),
+        ("invalid UTF-8", masked(0x81, &[0xc3, 0x28]), 1007),
+    ];
+    for authenticated in [false, true] {
+        for (what, frame, code) in &cases {
+            let head = raw_upgrade_stream(&app).await;
+            let mut s = head;
+            if authenticated {
+                let mut f = vec![0x81, 0xfe];
+                f.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+                f.extend_from_slice(&mask);
+                f.extend(hello.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+                s.write_all(&f).await.unwrap();
+                // Skip the welcome frame.
+                let mut hdr = [0u8; 4];
+                s.read_exact(&mut hdr).await.unwrap();
+                let len = match hdr[1] {
+                    126 => u16::from_be_bytes([hdr[2], hdr[3]]) as usize,
+                    n => panic!("welcome length {n}"),
+                };
+                let mut body = vec![0u8; len];
+                s.read_exact(&mut body).await.unwrap();
+                assert!(String::from_utf8_lossy(&body).contains("welcome"));
+            }
+            s.write_all(frame).await.unwrap();
+            let mut got = [0u8; 4];
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: a close within 5 s"))
+                .unwrap_or_else(|e| panic!("{what} (authenticated {authenticated}): {e}"));
+            assert_eq!(got[0], 0x88, "{what}: a Close frame");
+            assert_eq!(
+                u16::from_be_bytes([got[2], got[3]]),
+                *code,
+                "{what} (authenticated {authenticated})"
+            );
+        }
+    }
+}
+
+/// An upgraded raw TCP stream to `/ws` (past the 101 response).
+async fn raw_upgrade_stream(app: &TestApp) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        app.addr
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        got.push(byte[0]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s
+}
+
 /// Cross-site WebSocket hijacking: only the exact same origin (or a configured one) may open a
 /// socket; look-alikes are refused with 403 before any upgrade.
 async fn origin_variants_are_refused(app: TestApp) {
@@ -347,6 +427,7 @@ async fn permessage_deflate_offered_is_refused(app: TestApp) {
 }
 
 db_tests!(
+    protocol_violations_get_1002_or_1007,
     origin_variants_are_refused,
     permessage_deflate_offered_is_refused,
     a_socket_that_authenticates_during_revocation_does_not_survive,
