@@ -133,7 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             callsignal::telemetry::init(settings.log.format);
             let db = callsignal::store::connect(&settings.database).await?;
             match action {
-                MigrateAction::Up => Migrator::up(&db, None).await?,
+                MigrateAction::Up => callsignal::store::migrate(&db).await?,
                 MigrateAction::Down { steps } if steps == "all" => {
                     Migrator::down(&db, None).await?
                 }

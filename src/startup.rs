@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use migration::{Migrator, MigratorTrait};
 use ractor::Actor;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -70,7 +69,7 @@ impl App {
         }
         let db = store::connect(&settings.database).await?;
         if settings.database.migrate_on_start {
-            Migrator::up(&db, None).await?;
+            store::migrate(&db).await?;
         }
         // Before crash recovery: while a live node holds this instance_id, its calls are not
         // ours to end.

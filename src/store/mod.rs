@@ -156,6 +156,31 @@ fn scrub(message: &str, url: &str) -> String {
     message
 }
 
+/// Key of the PostgreSQL advisory lock held while migrating (any constant; it names this
+/// application's schema changes).
+const MIGRATION_LOCK: i64 = 0x6361_6c6c_7369_676e; // "callsign"
+
+/// Applies the pending migrations. On PostgreSQL one node at a time: inside one transaction
+/// holding a transaction-level advisory lock, so nodes started together on a fresh (or an
+/// upgraded) database wait for each other instead of creating the same tables twice; the
+/// second finds nothing pending. Each migration still runs in a transaction of its own
+/// (a savepoint of this one).
+///
+/// # Errors
+/// The database's error, if the lock, a migration or the commit fails.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    use migration::MigratorTrait;
+    use sea_orm::TransactionTrait;
+    if db.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return migration::Migrator::up(db, None).await;
+    }
+    let txn = db.begin().await?;
+    txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+        .await?;
+    migration::Migrator::up(&txn, None).await?;
+    txn.commit().await
+}
+
 /// Opens the pool. SQLite gets WAL and a busy timeout so readers and the writer coexist.
 /// Errors never contain the URL's password (drivers quote the whole URL, e.g. for an unknown
 /// scheme).

@@ -1337,6 +1337,44 @@ async fn cluster_a_replay_bigger_than_a_nats_message_crosses_the_bridge() {
     }
 }
 
+/// Nodes started at the same moment on a fresh database all start: migrations run one node at
+/// a time (an advisory lock), the others find nothing pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_nodes_started_together_on_a_fresh_database_all_start() {
+    if std::env::var(PG_ENV).is_err() {
+        assert!(std::env::var("CI").is_err(), "{PG_ENV} is not set in CI");
+        eprintln!("SKIPPED: the cluster tests need {PG_ENV}");
+        return;
+    }
+    for round in 0..3 {
+        let nats = Nats::start();
+        let root = tempfile::tempdir().expect("dir");
+        let db_url = fresh_database(Backend::Postgres, root.path()).await;
+        let starts: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|name| {
+                let (url, db) = (nats.url(), db_url.clone());
+                let dir = tempfile::tempdir().expect("dir");
+                std::thread::spawn(move || {
+                    let node = start_node(&url, &db, dir.path(), name, &[]);
+                    (node, dir)
+                })
+            })
+            .collect();
+        let nodes: Vec<_> = starts
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        for (node, _) in &nodes {
+            if let Err(logs) = node {
+                panic!("round {round}: a node failed to start:\n{logs}");
+            }
+        }
+        drop(nodes);
+        drop_test_database(&db_url);
+    }
+}
+
 /// A browser on node `a` calls a browser on node `b` through NATS: real audio both ways, the
 /// same verification code, a clean hangup. In a network namespace of its own (like
 /// `browser::browser_calls_in_chromium`), with its own nats-server and a SQLite database shared
