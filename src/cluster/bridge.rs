@@ -524,8 +524,15 @@ impl Cluster {
                 .cast(ConnectionMsg::SocketClosed(c.socket_id, SocketEnd::Dropped));
         }
         if !sockets.is_empty() {
-            tracing::warn!(node = %self.node(), peer = node.unwrap_or("*"), sockets = sockets.len(),
-                "bridged sockets closed (their connection's node is unreachable)");
+            match node {
+                None if code == close::GOING_AWAY => {
+                    tracing::info!(node = %self.node(), sockets = sockets.len(),
+                        "bridged sockets closed (this node stops)")
+                }
+                _ => tracing::warn!(node = %self.node(), peer = node.unwrap_or("*"),
+                    sockets = sockets.len(),
+                    "bridged sockets closed (their connection's node is unreachable)"),
+            }
         }
     }
 }

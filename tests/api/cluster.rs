@@ -118,6 +118,14 @@ impl Node {
     fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
+
+    fn sigterm(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -TERM");
+    }
 }
 
 /// Starts a node; `Err(its output)` if it exits instead of listening.
@@ -1373,6 +1381,32 @@ async fn cluster_nodes_started_together_on_a_fresh_database_all_start() {
         drop(nodes);
         drop_test_database(&db_url);
     }
+}
+
+/// A node stops (SIGTERM) while one of its users is a party of a call owned by another node:
+/// that party hears `call.ended server_shutdown` before its socket closes 1001, and so does
+/// the other party; the record says `server_shutdown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_sigterm_ends_a_call_owned_elsewhere_for_its_party_here() {
+    let Some(c) = cluster(&[]).await else {
+        return;
+    };
+    let mut alice = c.user_on(1, "alice").await;
+    let mut bob = c.user_on(0, "bob").await;
+    let call = connect(&mut alice, &mut bob, "bob").await;
+    c.nodes[0].sigterm();
+    let ended = bob.expect("call.ended").await;
+    assert_eq!(ended["reason"], "server_shutdown", "{ended}");
+    assert_eq!(bob.closed().await, Closed::Code(1001));
+    let ended = loop {
+        let m = alice.recv().await;
+        if m["type"] == "call.ended" {
+            break m;
+        }
+    };
+    assert_eq!(ended["reason"], "server_shutdown", "{ended}");
+    let (_, reason, _, _) = c.ended_row(&call).await;
+    assert_eq!(reason, "server_shutdown");
 }
 
 /// A browser on node `a` calls a browser on node `b` through NATS: real audio both ways, the

@@ -667,6 +667,44 @@ impl RegistryState {
         }
     }
 
+    /// This node stops: a call owned elsewhere with parties (or ringing devices) here ends for
+    /// them `server_shutdown` — they hear `call.ended` before their sockets close 1001 — and its
+    /// owner is told first, so the other party hears the same reason.
+    pub(super) async fn cluster_shutdown(&mut self) {
+        let Some(link) = self.link() else { return };
+        let remote: Vec<(CallId, String)> = self
+            .cluster
+            .as_ref()
+            .map(|c| {
+                c.remote_calls
+                    .iter()
+                    .map(|(id, o)| (*id, o.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (id, owner) in remote {
+            let Some(entry) = self.calls.get(&id) else {
+                continue;
+            };
+            let mut here: Vec<ConnectionId> = vec![entry.info.caller.id];
+            match entry.info.callee_conn {
+                Some(conn) => here.push(conn),
+                None => here.extend(
+                    self.users
+                        .get(&entry.info.callee.id)
+                        .map(|u| u.conns.clone())
+                        .unwrap_or_default(),
+                ),
+            }
+            for conn in here.into_iter().filter(|c| self.conns.contains_key(c)) {
+                let op = CallOp::PartyGone(conn, EndReason::ServerShutdown);
+                link.send_node(&owner, &NodeMsg::ToCall { call: id, op })
+                    .await;
+            }
+            self.end_remote_call(id, EndReason::ServerShutdown);
+        }
+    }
+
     /// Ends, for the parties on this node, a call whose owner is gone.
     fn end_remote_call(&mut self, id: CallId, reason: EndReason) {
         let Some(c) = self.calls.get(&id) else { return };
@@ -689,7 +727,11 @@ impl RegistryState {
             let _ = conn.conn.actor.cast(ConnectionMsg::Unpaired(id));
             conn.conn.send(ended.clone());
         }
-        tracing::warn!(call_id = %id, reason = reason.as_str(), "call ended: its node is gone");
+        if reason == EndReason::ServerShutdown {
+            tracing::info!(call_id = %id, "call of another node ended here: this node stops");
+        } else {
+            tracing::warn!(call_id = %id, reason = reason.as_str(), "call ended: its node is gone");
+        }
         self.forget_call(id);
     }
 

@@ -414,6 +414,7 @@ impl Actor for Registry {
             RegistryMsg::Cluster(ev) => s.on_cluster(ev).await,
             RegistryMsg::Shutdown(reply) => {
                 s.shutting_down = true;
+                s.cluster_shutdown().await;
                 let calls: Vec<_> = s.calls.values().map(|c| c.actor.clone()).collect();
                 for call in calls {
                     let _ = ask(&call, |ack| {
