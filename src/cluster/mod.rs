@@ -328,6 +328,21 @@ impl Cluster {
         }
     }
 
+    /// Asks the other nodes holding connections of `user` to release one waiting in its grace
+    /// (the per-user cap counts every node, so a closed tab elsewhere must not lock the user
+    /// out); `true` once one did.
+    pub async fn release_detached_elsewhere(&self, user: UserId) -> bool {
+        let nodes = self.presence_of(user).await.unwrap_or_default();
+        for (node, _) in nodes.into_iter().filter(|(n, _)| n != self.node()) {
+            if let Some(Reply::Released(true)) =
+                self.request(&node, &Request::ReleaseDetached(user)).await
+            {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Leaving the cluster at shutdown: the claim is dropped and every node told.
     pub async fn leave(&self) {
         // Bridged sockets here close with 1001, so their clients resume on another node.
@@ -409,6 +424,11 @@ impl Cluster {
                     })
                     .await
                     .map(Reply::Resumed),
+                    Request::ReleaseDetached(user) => crate::actors::ask(&r, |reply| {
+                        RegistryMsg::Cluster(ClusterEvent::ReleaseDetached(user, reply))
+                    })
+                    .await
+                    .map(Reply::Released),
                 };
                 if let Some(reply) = reply.and_then(|r| serde_json::to_vec(&r).ok()) {
                     this.publish(reply_to.to_string(), reply).await;

@@ -563,6 +563,9 @@ pub enum Request {
         #[serde(default)]
         party_only: bool,
     },
+    /// The user reached the per-user connection cap on the asking node: release the user's
+    /// connection waiting in its grace here, if any (the oldest, not a call party first).
+    ReleaseDetached(UserId),
 }
 
 /// Answers to [`Request`].
@@ -574,6 +577,8 @@ pub enum Reply {
     Live(bool),
     /// The socket now belongs to this connection (`None`: no connection here matched).
     Resumed(Option<ConnectionId>),
+    /// Whether a connection waiting in its grace was released.
+    Released(bool),
 }
 
 #[cfg(test)]

@@ -1409,6 +1409,40 @@ async fn cluster_sigterm_ends_a_call_owned_elsewhere_for_its_party_here() {
     assert_eq!(reason, "server_shutdown");
 }
 
+/// The per-user cap counts every node, and so does its release: connections waiting in their
+/// grace on another node (closed tabs) never lock the user out of a new one here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_connections_waiting_in_a_grace_elsewhere_never_lock_a_user_out() {
+    let Some(c) = cluster(&[("CALLSIGNAL_WS__MAX_CONNECTIONS_PER_USER", "2")]).await else {
+        return;
+    };
+    c.register(1, "bob").await;
+    // Separate logins (sessions), so nothing is a resume or a takeover.
+    let mut tokens = vec![];
+    for _ in 0..5 {
+        tokens.push(c.login(1, "bob").await.0);
+    }
+    let (one, two) = (c.ws(1, &tokens[0]).await, c.ws(1, &tokens[1]).await);
+    drop(one);
+    drop(two);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hello = |t: &str| json!({"type": "hello", "token": t});
+    let mut again = ws_raw_at(c.nodes[0].addr).await;
+    again.send(hello(&tokens[2])).await;
+    let welcome = again.recv().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = ws_raw_at(c.nodes[2].addr).await;
+    third.send(hello(&tokens[3])).await;
+    let m = third.recv().await;
+    assert_eq!(m["type"], "welcome", "{m}");
+    // Two live sockets now, none waiting anywhere: the cap holds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut fourth = ws_raw_at(c.nodes[1].addr).await;
+    fourth.send(hello(&tokens[4])).await;
+    fourth.expect_error("too_many_connections").await;
+}
+
 /// A browser on node `a` calls a browser on node `b` through NATS: real audio both ways, the
 /// same verification code, a clean hangup. In a network namespace of its own (like
 /// `browser::browser_calls_in_chromium`), with its own nats-server and a SQLite database shared

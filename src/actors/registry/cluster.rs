@@ -72,6 +72,9 @@ pub enum ClusterEvent {
         /// Answer.
         reply: RpcReplyPort<Option<ConnectionId>>,
     },
+    /// Another node's user reached the per-user cap: release their oldest connection here
+    /// waiting in its grace; answers whether one was.
+    ReleaseDetached(UserId, RpcReplyPort<bool>),
     /// An invite decided by the claims; ring now.
     InviteReady(Box<InviteReady>),
     /// The invite of this call id is decided (rung, ended at once, or refused): its claims no
@@ -187,6 +190,17 @@ impl RegistryState {
             Ok(Ok(nodes)) => nodes.iter().map(|(_, n)| n).sum(),
             _ => 0,
         }
+    }
+
+    /// The user is at the per-user cap with nothing here to release: another node releases a
+    /// connection of theirs waiting in its grace (bounded wait; `false` without a cluster).
+    pub(super) async fn cluster_release_elsewhere(&self, user: UserId) -> bool {
+        let Some(link) = self.link() else {
+            return false;
+        };
+        tokio::time::timeout(PRESENCE_WAIT, link.release_detached_elsewhere(user))
+            .await
+            .unwrap_or(false)
     }
 
     /// A call owned here (re)announced itself: nodes told of it hear the change.
@@ -314,6 +328,15 @@ impl RegistryState {
                     (node, bridge),
                     party_only,
                 ));
+            }
+            ClusterEvent::ReleaseDetached(user, reply) => {
+                let victim = self.oldest_detached(user);
+                if let Some(id) = victim {
+                    tracing::info!(connection_id = %id, user_id = %user,
+                        "connection waiting in its grace released for a new one on another node");
+                    self.release(id);
+                }
+                let _ = reply.send(victim.is_some());
             }
             ClusterEvent::InviteSettled(call) => {
                 if let Some(c) = self.cluster.as_mut() {

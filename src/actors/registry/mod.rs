@@ -129,6 +129,10 @@ pub enum LocalJoin {
     TakeoverIdle,
 }
 
+/// The refusal of a socket whose user has `ws.max_connections_per_user` live connections (in
+/// cluster mode the socket task then asks other nodes to release one waiting in its grace).
+pub const USER_CAP_REACHED: &str = "too many connections for this user";
+
 /// Answer to a [`ConnectRequest`].
 pub type ConnectResult = Result<Connected, (ErrorCode, &'static str)>;
 
@@ -477,12 +481,8 @@ impl RegistryState {
             // Connections waiting in a grace never lock their user out.
             match self.oldest_detached(req.user.id) {
                 Some(victim) => self.release(victim),
-                None => {
-                    return Err((
-                        ErrorCode::TooManyConnections,
-                        "too many connections for this user",
-                    ));
-                }
+                None if self.cluster_release_elsewhere(req.user.id).await => {}
+                None => return Err((ErrorCode::TooManyConnections, USER_CAP_REACHED)),
             }
         }
         if self.conns.len() >= self.args.settings.ws.max_connections {
