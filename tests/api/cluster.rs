@@ -1443,6 +1443,39 @@ async fn cluster_connections_waiting_in_a_grace_elsewhere_never_lock_a_user_out(
     fourth.expect_error("too_many_connections").await;
 }
 
+/// A user's new device on a node that knew nothing of their call (both parties elsewhere) can
+/// end it: `call.hangup` from any connection of a party's user (contract §2.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_device_on_another_node_can_end_the_users_call() {
+    let Some(c) = cluster(&[]).await else {
+        return;
+    };
+    let mut alice = c.user_on(1, "alice").await;
+    let mut bob = c.user_on(1, "bob").await;
+    let call = connect(&mut alice, &mut bob, "bob").await;
+    let (token, _, _) = c.login(0, "bob").await;
+    let mut device = c.ws(0, &token).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    device
+        .send(json!({"type": "call.hangup", "call_id": call, "ref": "h"}))
+        .await;
+    let ended = alice.expect("call.ended").await;
+    assert_eq!(ended["reason"], "hangup", "{ended}");
+    assert_eq!(bob.expect("call.ended").await["reason"], "hangup");
+    let (_, reason, _, _) = c.ended_row(&call).await;
+    assert_eq!(reason, "hangup");
+    // A reconnecting device there now sees the next call in its welcome.
+    let call = connect(&mut alice, &mut bob, "bob").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let other = c.ws(0, &token).await;
+    assert_eq!(
+        other.welcome["call"]["call_id"],
+        call.as_str(),
+        "{}",
+        other.welcome
+    );
+}
+
 /// A browser on node `a` calls a browser on node `b` through NATS: real audio both ways, the
 /// same verification code, a clean hangup. In a network namespace of its own (like
 /// `browser::browser_calls_in_chromium`), with its own nats-server and a SQLite database shared

@@ -165,6 +165,8 @@ impl RegistryState {
 
     /// A device of a user with no call known here appeared: if a call rings the user from
     /// another node (its claim says so), that node is asked to ring this device too.
+    /// A device of `conn`'s user appeared here and this node knows no call of theirs: if the
+    /// user's claim names a call owned by another node, that node hears of the device.
     pub(super) fn cluster_device_joined(&self, conn: &ConnRef) {
         let Some(link) = self.link() else { return };
         let (user, wire) = (conn.user.id, link.wire_conn(conn));
@@ -172,7 +174,11 @@ impl RegistryState {
             let Ok(Some(claim)) = link.kv().claim_of(user).await else {
                 return;
             };
-            if claim.ringing && claim.callee == user && claim.owner != link.node() {
+            // Ringing: the owner rings the device. Active (or the caller's side): the owner
+            // tells this node of the call, so the device can end it (`call.hangup` from any
+            // connection of a party's user) and sees it in `welcome.call` when it reconnects.
+            let party = claim.callee == user || claim.caller == user;
+            if party && claim.owner != link.node() {
                 let op = CallOp::DeviceJoined(wire);
                 let msg = NodeMsg::ToCall {
                     call: claim.call_id,
