@@ -425,14 +425,13 @@ impl Cluster {
                     }
                 }
             }
-            BridgeOp::Close(code, _) => {
+            BridgeOp::Close(code, _)
                 if side
                     .tx
                     .try_send(Outbound::Close(code, close_reason(code)))
-                    .is_err()
-                {
-                    side.control.kill(code);
-                }
+                    .is_err() =>
+            {
+                side.control.kill(code);
             }
             BridgeOp::Kill(code) => {
                 side.control.kill(code);
