@@ -916,6 +916,38 @@ async fn accept_seq(to: &mut WsClient, from: &mut WsClient, call: &str) -> u64 {
     accepted["seq"].as_u64().expect("seq")
 }
 
+/// alice (node a) and bob (node b) in an answered call; then bob's socket drops (no close).
+struct Dropped {
+    alice: WsClient,
+    token: String,
+    call: String,
+    /// The `seq` of bob's `call.accepted`: the last message he processed.
+    last: u64,
+    resume: String,
+    connection_id: String,
+}
+
+async fn call_then_drop(c: &Cluster) -> Dropped {
+    let mut alice = c.user_on(0, "alice").await;
+    c.register(1, "bob").await;
+    let (token, _, _) = c.login(1, "bob").await;
+    let mut bob = c.ws(1, &token).await;
+    let call = ring(&mut alice, &mut bob, "bob").await;
+    let last = accept_seq(&mut bob, &mut alice, &call).await;
+    let resume = bob.welcome["resume_token"].as_str().unwrap().to_owned();
+    let connection_id = bob.connection_id().to_owned();
+    drop(bob);
+    alice.expect("peer.reconnecting").await;
+    Dropped {
+        alice,
+        token,
+        call,
+        last,
+        resume,
+        connection_id,
+    }
+}
+
 fn candidate(n: u32) -> Value {
     json!({"candidate": format!("candidate:{n} 1 udp 1 192.0.2.1 {n} typ host"), "sdpMid": "0", "sdpMLineIndex": 0})
 }
@@ -937,22 +969,15 @@ async fn cluster_resume_on_another_node_replays_what_was_missed_and_keeps_the_ca
     let Some(c) = cluster(&[]).await else {
         return;
     };
-    let mut alice = c.user_on(0, "alice").await;
-    c.register(1, "bob").await;
-    let (token, _, _) = c.login(1, "bob").await;
-    let mut bob = c.ws(1, &token).await;
-    let call = ring(&mut alice, &mut bob, "bob").await;
-    let last = accept_seq(&mut bob, &mut alice, &call).await;
-    let (old_id, resume) = (
-        bob.connection_id().to_owned(),
-        bob.welcome["resume_token"].as_str().unwrap().to_owned(),
-    );
     // bob's network drops (no close frame); alice keeps trickling candidates.
-    drop(bob);
-    assert_eq!(
-        alice.expect("peer.reconnecting").await["call_id"],
-        call.as_str()
-    );
+    let Dropped {
+        mut alice,
+        token,
+        call,
+        last,
+        resume,
+        connection_id: old_id,
+    } = call_then_drop(&c).await;
     for n in 1..=3 {
         alice
             .send(json!({"type": "ice", "call_id": call, "candidate": candidate(n)}))
@@ -1058,15 +1083,14 @@ async fn cluster_bridged_socket_node_killed_then_resume_elsewhere_loses_nothing(
     let Some(mut c) = cluster(&[]).await else {
         return;
     };
-    let mut alice = c.user_on(0, "alice").await;
-    c.register(1, "bob").await;
-    let (token, _, _) = c.login(1, "bob").await;
-    let mut bob = c.ws(1, &token).await;
-    let call = ring(&mut alice, &mut bob, "bob").await;
-    let last = accept_seq(&mut bob, &mut alice, &call).await;
-    let resume = bob.welcome["resume_token"].as_str().unwrap().to_owned();
-    drop(bob);
-    alice.expect("peer.reconnecting").await;
+    let Dropped {
+        mut alice,
+        token,
+        call,
+        last,
+        resume,
+        ..
+    } = call_then_drop(&c).await;
     let mut bob = resume_at(&c, 2, &token, &resume, last).await;
     assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
     alice.expect("peer.reconnected").await;
@@ -1135,15 +1159,14 @@ async fn cluster_nats_restart_under_a_bridged_socket_closes_it_for_a_resume() {
     let Some(mut c) = cluster(&[]).await else {
         return;
     };
-    let mut alice = c.user_on(0, "alice").await;
-    c.register(1, "bob").await;
-    let (token, _, _) = c.login(1, "bob").await;
-    let mut bob = c.ws(1, &token).await;
-    let call = ring(&mut alice, &mut bob, "bob").await;
-    let last = accept_seq(&mut bob, &mut alice, &call).await;
-    let resume = bob.welcome["resume_token"].as_str().unwrap().to_owned();
-    drop(bob);
-    alice.expect("peer.reconnecting").await;
+    let Dropped {
+        mut alice,
+        token,
+        call,
+        last,
+        resume,
+        ..
+    } = call_then_drop(&c).await;
     let mut bob = resume_at(&c, 2, &token, &resume, last).await;
     assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
     assert!(ice_arrives(&mut alice, &mut bob, &call, 3000).await);
@@ -1282,15 +1305,14 @@ async fn cluster_a_bridged_reader_that_never_acks_is_not_cut_off() {
     else {
         return;
     };
-    let mut alice = c.user_on(0, "alice").await;
-    c.register(1, "bob").await;
-    let (token, _, _) = c.login(1, "bob").await;
-    let mut bob = c.ws(1, &token).await;
-    let call = ring(&mut alice, &mut bob, "bob").await;
-    let last = accept_seq(&mut bob, &mut alice, &call).await;
-    let resume = bob.welcome["resume_token"].as_str().unwrap().to_owned();
-    drop(bob);
-    alice.expect("peer.reconnecting").await;
+    let Dropped {
+        mut alice,
+        token,
+        call,
+        last,
+        resume,
+        ..
+    } = call_then_drop(&c).await;
     let mut bob = resume_at(&c, 2, &token, &resume, last).await;
     alice.expect("peer.reconnected").await;
     // 40 × 60 KB = 2.4 MB, over the 1 MiB bound, paced; bob reads every one.
@@ -1323,15 +1345,14 @@ async fn cluster_a_replay_bigger_than_a_nats_message_crosses_the_bridge() {
     let Some(c) = cluster(BIG_MESSAGES).await else {
         return;
     };
-    let mut alice = c.user_on(0, "alice").await;
-    c.register(1, "bob").await;
-    let (token, _, _) = c.login(1, "bob").await;
-    let mut bob = c.ws(1, &token).await;
-    let call = ring(&mut alice, &mut bob, "bob").await;
-    let last = accept_seq(&mut bob, &mut alice, &call).await;
-    let resume = bob.welcome["resume_token"].as_str().unwrap().to_owned();
-    drop(bob);
-    alice.expect("peer.reconnecting").await;
+    let Dropped {
+        mut alice,
+        token,
+        call,
+        last,
+        resume,
+        ..
+    } = call_then_drop(&c).await;
     // 40 × 60 KB held for bob: 2.4 MB.
     for n in 0..40 {
         alice.send(big_sdp(&call, n)).await;
