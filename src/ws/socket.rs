@@ -525,10 +525,14 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
     let mut delivered = 0u64;
     // The call whose `sdp`/`ice` this socket sent through its connection actor.
     let mut via_actor = None;
+    // One wait for the kill switch for the socket's whole life (not a new waiter per frame).
+    let control = a.control.clone();
+    let killed = control.killed();
+    tokio::pin!(killed);
     loop {
         tokio::select! {
             biased;
-            code = a.control.killed() => return Exit::Close(code, "closed by the server"),
+            code = &mut killed => return Exit::Close(code, "closed by the server"),
             out = a.rx.recv() => match out {
                 Some(first @ (Outbound::Text(..) | Outbound::Relayed(..))) => {
                     // Gather what else is queued: one write to the kernel for the whole batch.
@@ -573,7 +577,7 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                         // Boxed, as every write below: an idle socket task then keeps no room for
                         // a write's state (and its timer), only for the waits of `select!`.
                         r = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, batch)) => matches!(r, Ok(Ok(()))),
-                        code = a.control.killed() => return Exit::Close(code, "closed by the server"),
+                        code = &mut killed => return Exit::Close(code, "closed by the server"),
                     };
                     if !sent {
                         return Exit::Dropped;
