@@ -476,6 +476,7 @@ impl Cluster {
                     ClusterEvent::NodeDown {
                         node: env.from,
                         recover: false,
+                        leaving: true,
                     }
                 }
             };
@@ -547,6 +548,7 @@ impl Cluster {
                     let _ = r.cast(RegistryMsg::Cluster(ClusterEvent::NodeDown {
                         node,
                         recover: connected,
+                        leaving: false,
                     }));
                 }
             }

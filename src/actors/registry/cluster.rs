@@ -47,6 +47,9 @@ pub enum ClusterEvent {
         node: String,
         /// Whether its rows are to be ended `server_restart` here.
         recover: bool,
+        /// It stopped in order (SIGTERM): its calls and its parties' calls end
+        /// `server_shutdown`, as it ends them itself (whichever word arrives first).
+        leaving: bool,
     },
     /// Another node asks for a user's connections here.
     ListConns(UserId, RpcReplyPort<Vec<WireConn>>),
@@ -299,7 +302,11 @@ impl RegistryState {
                     p.actor.stop(None);
                 }
             }
-            ClusterEvent::NodeDown { node, recover } => self.node_down(node, recover),
+            ClusterEvent::NodeDown {
+                node,
+                recover,
+                leaving,
+            } => self.node_down(node, recover, leaving),
             ClusterEvent::ListConns(user, reply) => {
                 let conns: Vec<WireConn> = self
                     .users
@@ -628,10 +635,16 @@ impl RegistryState {
         self.register_call(actor, entry);
     }
 
-    /// A node is gone: calls it owned end here for their parties (`connection_lost`), calls
+    /// A node is gone: calls it owned end here for their parties (`connection_lost`, or
+    /// `server_shutdown` when it left in order), calls
     /// owned here lose its connections, its stand-ins stop, and (for a dead node) its
     /// unfinished call rows are ended `server_restart`.
-    fn node_down(&mut self, node: String, recover: bool) {
+    fn node_down(&mut self, node: String, recover: bool, leaving: bool) {
+        let reason = if leaving {
+            EndReason::ServerShutdown
+        } else {
+            EndReason::ConnectionLost
+        };
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
@@ -645,14 +658,12 @@ impl RegistryState {
             c.proxies.extract_if(|_, p| p.node == node).collect();
         let link = c.link.clone();
         for id in lost {
-            self.end_remote_call(id, EndReason::ConnectionLost);
+            self.end_remote_call(id, reason);
         }
         for (conn, p) in &gone {
             for entry in self.calls.values() {
                 if entry.info.caller.user.id == p.user.id || entry.info.callee.id == p.user.id {
-                    let _ = entry
-                        .actor
-                        .cast(CallMsg::PartyGone(*conn, EndReason::ConnectionLost));
+                    let _ = entry.actor.cast(CallMsg::PartyGone(*conn, reason));
                 }
             }
             p.actor.stop(None);
