@@ -125,7 +125,7 @@ impl Cluster {
         socket: SocketLink,
     ) -> Result<Bridged, NotBridged> {
         let nodes: Vec<String> =
-            match tokio::time::timeout(PRESENCE_WAIT, self.presence_of(user)).await {
+            match tokio::time::timeout(PRESENCE_WAIT, self.presence_maybe_live(user)).await {
                 Ok(Ok(nodes)) => nodes
                     .into_iter()
                     .map(|(n, _)| n)

@@ -293,13 +293,33 @@ impl Cluster {
 
     /// Connections of `user` on other live nodes (in their current run), per node.
     pub async fn presence_of(&self, user: UserId) -> anyhow::Result<Vec<(String, usize)>> {
+        self.presence_filtered(user, false).await
+    }
+
+    /// [`presence_of`](Self::presence_of), but in this node's first heartbeats (before it can
+    /// have heard every live node) also the entries of nodes not heard yet: a resume reaching
+    /// a node that just started must still find its connection elsewhere. Entries of a node
+    /// heard in another run stay out.
+    pub async fn presence_maybe_live(&self, user: UserId) -> anyhow::Result<Vec<(String, usize)>> {
+        let unsettled = self.0.started.elapsed() < HEARTBEAT * 3;
+        self.presence_filtered(user, unsettled).await
+    }
+
+    async fn presence_filtered(
+        &self,
+        user: UserId,
+        unheard_too: bool,
+    ) -> anyhow::Result<Vec<(String, usize)>> {
         let counts = self.0.kv.presence(user).await?;
         let seen = self.0.seen.lock().unwrap_or_else(|p| p.into_inner());
         Ok(counts
             .into_iter()
             .filter_map(|(key, n)| {
                 let (node, boot) = key.split_once('/')?;
-                let live = seen.get(node).is_some_and(|p| p.boot == boot);
+                let live = match seen.get(node) {
+                    Some(p) => p.boot == boot,
+                    None => unheard_too && node != self.0.node,
+                };
                 (n > 0 && live).then(|| (node.to_owned(), n))
             })
             .collect())

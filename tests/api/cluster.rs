@@ -1475,8 +1475,8 @@ async fn cluster_a_device_on_another_node_can_end_the_users_call() {
     let mut bob = c.user_on(1, "bob").await;
     let call = connect(&mut alice, &mut bob, "bob").await;
     let (token, _, _) = c.login(0, "bob").await;
+    // At once after its welcome, before node a can have heard of the call.
     let mut device = c.ws(0, &token).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     device
         .send(json!({"type": "call.hangup", "call_id": call, "ref": "h"}))
         .await;
@@ -1495,6 +1495,36 @@ async fn cluster_a_device_on_another_node_can_end_the_users_call() {
         "{}",
         other.welcome
     );
+}
+
+/// A node that has just (re)started has not heard the other nodes yet; a resume reaching it in
+/// that moment still finds its connection on another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_resume_through_a_node_that_just_started_finds_its_connection() {
+    let Some(mut c) = cluster(&[]).await else {
+        return;
+    };
+    let Dropped {
+        mut alice,
+        token,
+        call,
+        last,
+        resume,
+        connection_id,
+    } = call_then_drop(&c).await;
+    // Node c restarts (it holds nobody): stopped in order, started again.
+    c.nodes[2].sigterm();
+    let _ = c.nodes[2].child.wait();
+    let dir = tempfile::tempdir().expect("dir");
+    let fresh = start_node(&c.nats.url(), &c.db_url, dir.path(), "c", &[])
+        .unwrap_or_else(|logs| panic!("node c restarts:\n{logs}"));
+    c.dirs.push(dir);
+    c.nodes[2] = fresh;
+    let mut bob = resume_at(&c, 2, &token, &resume, last).await;
+    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    assert_eq!(bob.welcome["connection_id"], connection_id.as_str());
+    alice.expect("peer.reconnected").await;
+    assert!(ice_arrives(&mut alice, &mut bob, &call, 3000).await);
 }
 
 /// A browser on node `a` calls a browser on node `b` through NATS: real audio both ways, the

@@ -192,6 +192,38 @@ impl RegistryState {
         });
     }
 
+    /// A `call.hangup` for a call this node does not know: if the user's claim names it, owned
+    /// by another node (the device appeared before that node told this one of the call), the
+    /// owner gets it; otherwise `unknown_call`.
+    pub(super) fn cluster_hangup_elsewhere(
+        &self,
+        from: ConnRef,
+        call_id: CallId,
+        action: crate::actors::call::CallAction,
+        reference: Option<String>,
+    ) {
+        let Some(link) = self.link() else { return };
+        tokio::spawn(async move {
+            match link.kv().claim_of(from.user.id).await {
+                Ok(Some(claim)) if claim.call_id == call_id && claim.owner != link.node() => {
+                    let op = CallOp::Client {
+                        from: link.wire_conn(&from),
+                        action: action.into(),
+                        reference,
+                    };
+                    let msg = NodeMsg::ToCall { call: call_id, op };
+                    link.send_node(&claim.owner, &msg).await;
+                }
+                _ => from.send(ServerMessage::error(
+                    ErrorCode::UnknownCall,
+                    "unknown or ended call",
+                    reference,
+                    Some(call_id),
+                )),
+            }
+        });
+    }
+
     /// Connections of `user` on other nodes (for the per-user cap).
     pub(super) async fn cluster_conns_elsewhere(&self, user: UserId) -> usize {
         let Some(link) = self.link() else { return 0 };

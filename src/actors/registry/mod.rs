@@ -870,6 +870,10 @@ impl RegistryState {
                     reference,
                 });
             }
+            // A device on a node that has not heard of its user's call yet: the owner decides.
+            None if self.cluster.is_some() && matches!(action, CallAction::Hangup(_)) => {
+                self.cluster_hangup_elsewhere(from, call_id, action, reference);
+            }
             None => from.send(ServerMessage::error(
                 ErrorCode::UnknownCall,
                 "unknown or ended call",
