@@ -31,7 +31,7 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::Cluster;
-use super::wire::{BridgeOp, NodeMsg, Reply, Request};
+use super::wire::{BridgeOp, NodeMsg, Reply, Request, ResumeRequest};
 use crate::actors::connection::{ConnectionMsg, Outbound, SocketControl, SocketEnd, SocketLink};
 use crate::domain::{ConnectionId, SessionId, UserId};
 use crate::ws::outbox;
@@ -160,7 +160,7 @@ impl Cluster {
             }
         };
         for node in nodes {
-            let req = Request::Resume {
+            let req = Request::Resume(ResumeRequest {
                 user,
                 session,
                 resume_token: resume_token.clone(),
@@ -168,7 +168,7 @@ impl Cluster {
                 node: self.node().to_owned(),
                 bridge: id,
                 party_only,
-            };
+            });
             let Some(Reply::Resumed(Some(connection))) = self.request(&node, &req).await else {
                 continue;
             };
@@ -295,8 +295,10 @@ impl Cluster {
                     Some(first) => {
                         let mut frames = Vec::new();
                         let mut then_close = None;
-                        let take = |out: Outbound, frames: &mut Vec<(u64, Box<RawValue>)>| match out {
+                        let mut bytes = 0usize;
+                        let take = |out: Outbound, frames: &mut Vec<(u64, Box<RawValue>)>, bytes: &mut usize| match out {
                             Outbound::Text(seq, text) | Outbound::Relayed(seq, text, _) => {
+                                *bytes += text.len();
                                 if let Ok(raw) = RawValue::from_string(text.as_str().to_owned()) {
                                     frames.push((seq, raw));
                                 }
@@ -304,16 +306,10 @@ impl Cluster {
                             }
                             Outbound::Close(code, reason) => Some((code, reason)),
                         };
-                        then_close = then_close.or(take(first, &mut frames));
-                        let size = |frames: &Vec<(u64, Box<RawValue>)>| {
-                            frames.iter().map(|(_, f)| f.get().len()).sum::<usize>()
-                        };
-                        while then_close.is_none()
-                            && frames.len() < MAX_FRAMES
-                            && size(&frames) < batch_bytes
-                        {
+                        then_close = then_close.or(take(first, &mut frames, &mut bytes));
+                        while then_close.is_none() && frames.len() < MAX_FRAMES && bytes < batch_bytes {
                             match rx.try_recv() {
-                                Some(out) => then_close = take(out, &mut frames),
+                                Some(out) => then_close = take(out, &mut frames, &mut bytes),
                                 None => break,
                             }
                         }

@@ -422,25 +422,8 @@ impl Cluster {
                     })
                     .await
                     .map(Reply::Live),
-                    Request::Resume {
-                        user,
-                        session,
-                        resume_token,
-                        last_seq,
-                        node,
-                        bridge,
-                        party_only,
-                    } => crate::actors::ask(&r, |reply| {
-                        RegistryMsg::Cluster(ClusterEvent::Resume {
-                            user,
-                            session,
-                            resume_token,
-                            last_seq,
-                            node,
-                            bridge,
-                            party_only,
-                            reply,
-                        })
+                    Request::Resume(req) => crate::actors::ask(&r, |reply| {
+                        RegistryMsg::Cluster(ClusterEvent::Resume(req, reply))
                     })
                     .await
                     .map(Reply::Resumed),

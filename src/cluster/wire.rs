@@ -545,27 +545,31 @@ pub enum Request {
     CallLive(CallId),
     /// Attach a socket of the asking node to a connection here, by resume token or (no token,
     /// or none matching) by session takeover; the frames then cross bridge `bridge`.
-    Resume {
-        /// The user the asking node authenticated.
-        user: UserId,
-        /// Their login session.
-        session: SessionId,
-        /// The `hello`'s resume token (a secret: never logged).
-        resume_token: Option<String>,
-        /// The `hello`'s `last_seq`.
-        last_seq: Option<u64>,
-        /// The asking node.
-        node: String,
-        /// The bridge id the asking node chose.
-        bridge: u64,
-        /// Without a token match, take over only a connection that is a party of the user's
-        /// call (the asking node has an idle one of the session to take over itself).
-        #[serde(default)]
-        party_only: bool,
-    },
+    Resume(ResumeRequest),
     /// The user reached the per-user connection cap on the asking node: release the user's
     /// connection waiting in its grace here, if any (the oldest, not a call party first).
     ReleaseDetached(UserId),
+}
+
+/// A socket of node `node` asking to resume (or take over) a connection of the receiving node.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResumeRequest {
+    /// The user the asking node authenticated.
+    pub user: UserId,
+    /// Their login session.
+    pub session: SessionId,
+    /// The `hello`'s resume token (a secret: never logged).
+    pub resume_token: Option<String>,
+    /// The `hello`'s `last_seq`.
+    pub last_seq: Option<u64>,
+    /// The asking node.
+    pub node: String,
+    /// The bridge id the asking node chose.
+    pub bridge: u64,
+    /// Without a token match, take over only a connection that is a party of the user's
+    /// call (the asking node has an idle one of the session to take over itself).
+    #[serde(default)]
+    pub party_only: bool,
 }
 
 /// Answers to [`Request`].

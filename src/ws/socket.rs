@@ -443,7 +443,7 @@ async fn handshake(state: &Arc<AppState>, ws: &mut Ws, client: Option<IpAddr>) -
 async fn resume_elsewhere(
     state: &AppState,
     cluster: &crate::cluster::Cluster,
-    request: ConnectRequest,
+    mut request: ConnectRequest,
 ) -> Result<Connected, Option<ConnectRequest>> {
     use crate::cluster::bridge::NotBridged;
     let Some(registry) = state.actors.registry() else {
@@ -464,43 +464,30 @@ async fn resume_elsewhere(
         Some((LocalJoin::TakeoverIdle, limiter)) => (true, limiter),
         _ => return Err(Some(request)),
     };
-    let ConnectRequest {
-        user,
-        session_id,
-        session_expires_at,
-        resume_token,
-        last_seq,
-        socket,
-        ice_servers,
-    } = request;
+    let socket = request.socket;
     match cluster
         .resume_elsewhere(
-            user.id,
-            session_id,
-            resume_token.clone(),
-            last_seq,
+            request.user.id,
+            request.session_id,
+            request.resume_token.clone(),
+            request.last_seq,
             party_only,
             socket,
         )
         .await
     {
         Ok(bridged) => {
-            tracing::info!(connection_id = %bridged.connection, user_id = %user.id,
+            tracing::info!(connection_id = %bridged.connection, user_id = %request.user.id,
                 peer = %bridged.node, "socket bridged to its connection on another node");
             Ok(Connected {
                 actor: bridged.actor,
                 limiter,
             })
         }
-        Err(NotBridged::NotFound(socket)) => Err(Some(ConnectRequest {
-            user,
-            session_id,
-            session_expires_at,
-            resume_token,
-            last_seq,
-            socket,
-            ice_servers,
-        })),
+        Err(NotBridged::NotFound(socket)) => {
+            request.socket = socket;
+            Err(Some(request))
+        }
         Err(NotBridged::Broken) => Err(None),
     }
 }

@@ -952,6 +952,19 @@ fn candidate(n: u32) -> Value {
     json!({"candidate": format!("candidate:{n} 1 udp 1 192.0.2.1 {n} typ host"), "sdpMid": "0", "sdpMLineIndex": 0})
 }
 
+/// A `hello` resuming on `node` that must resume (`welcome.resumed` true).
+async fn resumed_at(
+    c: &Cluster,
+    node: usize,
+    token: &str,
+    resume: &str,
+    last_seq: u64,
+) -> WsClient {
+    let ws = resume_at(c, node, token, resume, last_seq).await;
+    assert_eq!(ws.welcome["resumed"], true, "{}", ws.welcome);
+    ws
+}
+
 /// A `hello` resuming on `node`: the socket past its `welcome`.
 async fn resume_at(c: &Cluster, node: usize, token: &str, resume: &str, last_seq: u64) -> WsClient {
     let mut ws = ws_raw_at(c.nodes[node].addr).await;
@@ -985,8 +998,7 @@ async fn cluster_resume_on_another_node_replays_what_was_missed_and_keeps_the_ca
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let mut bob = resume_at(&c, 2, &token, &resume, last).await;
-    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    let mut bob = resumed_at(&c, 2, &token, &resume, last).await;
     assert_eq!(bob.welcome["connection_id"], old_id.as_str());
     assert_eq!(
         bob.welcome["call"]["call_id"],
@@ -1091,8 +1103,7 @@ async fn cluster_bridged_socket_node_killed_then_resume_elsewhere_loses_nothing(
         resume,
         ..
     } = call_then_drop(&c).await;
-    let mut bob = resume_at(&c, 2, &token, &resume, last).await;
-    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    let mut bob = resumed_at(&c, 2, &token, &resume, last).await;
     alice.expect("peer.reconnected").await;
     assert!(
         ice_arrives(&mut alice, &mut bob, &call, 3000).await,
@@ -1109,8 +1120,7 @@ async fn cluster_bridged_socket_node_killed_then_resume_elsewhere_loses_nothing(
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(bob);
-    let mut bob = resume_at(&c, 0, &token, &resume, seen).await;
-    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    let mut bob = resumed_at(&c, 0, &token, &resume, seen).await;
     for n in 10..=12 {
         let ice = bob.expect("ice").await;
         assert_eq!(ice["candidate"], candidate(n), "{ice}");
@@ -1128,8 +1138,7 @@ async fn cluster_bridged_socket_node_killed_then_resume_elsewhere_loses_nothing(
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(bob);
-    let mut bob = resume_at(&c, 1, &token, &resume, seen).await;
-    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    let mut bob = resumed_at(&c, 1, &token, &resume, seen).await;
     let ice = bob.expect("ice").await;
     assert_eq!(ice["candidate"], candidate(20), "{ice}");
     assert!(
@@ -1167,8 +1176,7 @@ async fn cluster_nats_restart_under_a_bridged_socket_closes_it_for_a_resume() {
         resume,
         ..
     } = call_then_drop(&c).await;
-    let mut bob = resume_at(&c, 2, &token, &resume, last).await;
-    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    let mut bob = resumed_at(&c, 2, &token, &resume, last).await;
     assert!(ice_arrives(&mut alice, &mut bob, &call, 3000).await);
 
     c.nats.kill();
@@ -1177,8 +1185,7 @@ async fn cluster_nats_restart_under_a_bridged_socket_closes_it_for_a_resume() {
     for i in 0..3 {
         c.wait_sees(i, 2).await;
     }
-    let mut bob = resume_at(&c, 2, &token, &resume, last + 1).await;
-    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    let mut bob = resumed_at(&c, 2, &token, &resume, last + 1).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     while !ice_arrives(&mut bob, &mut alice, &call, 500).await {
         assert!(Instant::now() < deadline, "bob → alice after the outage");
@@ -1249,8 +1256,7 @@ async fn cluster_resume_prefers_the_token_and_the_call_party_over_a_local_idle_c
     drop(c2);
     alice.expect("peer.reconnecting").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut back = resume_at(&c, 0, &token, &resume, last).await;
-    assert_eq!(back.welcome["resumed"], true, "{}", back.welcome);
+    let mut back = resumed_at(&c, 0, &token, &resume, last).await;
     assert_eq!(back.welcome["connection_id"], c1_id.as_str());
     assert!(ice_arrives(&mut alice, &mut back, &call, 3000).await);
 
@@ -1358,8 +1364,7 @@ async fn cluster_a_replay_bigger_than_a_nats_message_crosses_the_bridge() {
         alice.send(big_sdp(&call, n)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut bob = resume_at(&c, 2, &token, &resume, last).await;
-    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    let mut bob = resumed_at(&c, 2, &token, &resume, last).await;
     for n in 0..40 {
         let got = bob.expect("sdp").await;
         assert_eq!(got["seq"], last + 1 + n as u64);
@@ -1520,8 +1525,7 @@ async fn cluster_a_resume_through_a_node_that_just_started_finds_its_connection(
         .unwrap_or_else(|logs| panic!("node c restarts:\n{logs}"));
     c.dirs.push(dir);
     c.nodes[2] = fresh;
-    let mut bob = resume_at(&c, 2, &token, &resume, last).await;
-    assert_eq!(bob.welcome["resumed"], true, "{}", bob.welcome);
+    let mut bob = resumed_at(&c, 2, &token, &resume, last).await;
     assert_eq!(bob.welcome["connection_id"], connection_id.as_str());
     alice.expect("peer.reconnected").await;
     assert!(ice_arrives(&mut alice, &mut bob, &call, 3000).await);

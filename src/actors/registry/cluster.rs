@@ -23,7 +23,8 @@ use crate::cluster::Cluster;
 use crate::cluster::kv::{CallClaim, Claim};
 use crate::cluster::proxy::{self, RemoteCall, RemoteCallArgs, RemoteConn, RemoteConnArgs};
 use crate::cluster::wire::{
-    Broadcast, CallOp, ConnOp, NodeMsg, Reply, Request, WireCallInfo, WireConn, WireServerMsg,
+    Broadcast, CallOp, ConnOp, NodeMsg, Reply, Request, ResumeRequest, WireCallInfo, WireConn,
+    WireServerMsg,
 };
 use crate::domain::{CallId, ConnectionId, SessionId, UserId, UserRef, Username};
 use crate::ws::protocol::{EndReason, ErrorCode, ServerMessage};
@@ -57,24 +58,7 @@ pub enum ClusterEvent {
     CallLive(CallId, RpcReplyPort<bool>),
     /// Another node holds a socket resuming (or taking over) a connection of this node: attach
     /// it through bridge `bridge`; answers the connection, if one matched.
-    Resume {
-        /// Authenticated user (by the asking node).
-        user: UserId,
-        /// Login session.
-        session: SessionId,
-        /// Resume token from the `hello`.
-        resume_token: Option<String>,
-        /// `last_seq` from the `hello`.
-        last_seq: Option<u64>,
-        /// The asking node.
-        node: String,
-        /// Its bridge id.
-        bridge: u64,
-        /// Take over only a call party (no token match).
-        party_only: bool,
-        /// Answer.
-        reply: RpcReplyPort<Option<ConnectionId>>,
-    },
+    Resume(ResumeRequest, RpcReplyPort<Option<ConnectionId>>),
     /// Another node's user reached the per-user cap: release their oldest connection here
     /// waiting in its grace; answers whether one was.
     ReleaseDetached(UserId, RpcReplyPort<bool>),
@@ -355,24 +339,8 @@ impl RegistryState {
                     .is_some_and(|c| c.pending.contains(&call));
                 let _ = reply.send(owned || pending);
             }
-            ClusterEvent::Resume {
-                user,
-                session,
-                resume_token,
-                last_seq,
-                node,
-                bridge,
-                party_only,
-                reply,
-            } => {
-                let _ = reply.send(self.resume_from_node(
-                    user,
-                    session,
-                    resume_token.as_deref(),
-                    last_seq,
-                    (node, bridge),
-                    party_only,
-                ));
+            ClusterEvent::Resume(req, reply) => {
+                let _ = reply.send(self.resume_from_node(req));
             }
             ClusterEvent::ReleaseDetached(user, reply) => {
                 let victim = self.oldest_detached(user);
@@ -400,18 +368,12 @@ impl RegistryState {
 
     /// A socket on `node` resumes (or takes over) a connection of this node: the same rules as
     /// a local `hello` ([`RegistryState::resumable`]), the socket reached through a bridge.
-    fn resume_from_node(
-        &mut self,
-        user: UserId,
-        session: SessionId,
-        resume_token: Option<&str>,
-        last_seq: Option<u64>,
-        (node, bridge): (String, u64),
-        party_only: bool,
-    ) -> Option<ConnectionId> {
+    fn resume_from_node(&mut self, req: ResumeRequest) -> Option<ConnectionId> {
         let link = self.link()?;
-        let (id, join) = self.resumable(user, session, resume_token, last_seq)?;
-        if party_only && matches!(join, Join::Takeover) && !self.is_party(user, id) {
+        let (user, node, bridge) = (req.user, req.node, req.bridge);
+        let token = req.resume_token.as_deref();
+        let (id, join) = self.resumable(user, req.session, token, req.last_seq)?;
+        if req.party_only && matches!(join, Join::Takeover) && !self.is_party(user, id) {
             return None;
         }
         let actor = self.conns.get(&id)?.conn.actor.clone();
