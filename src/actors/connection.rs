@@ -12,16 +12,17 @@
 //! When the socket drops the connection waits: `ws.resume_grace_secs` after a network drop,
 //! `ws.going_away_grace_secs` after close 1001; close 1000 ends it at once.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::ws::outbox;
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::ConnRef;
+use super::line::{Appended, Line, Overflow};
 use super::persistence::PersistenceHandle;
 use super::registry::{self, ConnEntryInfo, RegistryMsg};
 use crate::config::Settings;
@@ -145,8 +146,12 @@ pub enum ConnectionMsg {
     Client(Inbound),
     /// A message for the client.
     Deliver(ServerMessage),
-    /// A relayed `sdp`/`ice` for the client, with when the sender's frame arrived.
-    Relayed(ServerMessage, std::time::Instant),
+    /// A relayed `sdp`/`ice` for the client, with when the sender's frame arrived and whether
+    /// the line counted it as on its way through the mailbox ([`Line::append_relayed`]).
+    Relayed(ServerMessage, std::time::Instant, bool),
+    /// The line overflowed on a direct append from the peer: disconnect the client that does
+    /// not read.
+    Overflowed,
     /// A relayed `sdp`/`ice` from the paired peer on another node (cluster mode): counted
     /// here, in the call's counters that the sending node cannot reach, then as `Relayed`.
     RelayedFromNode(ServerMessage, SignalingKind),
@@ -227,8 +232,11 @@ pub struct Pairing {
 }
 
 /// Everything needed to relay an `sdp`/`ice` of an answered call to the other party: made by the
-/// connection actor from its [`Pairing`], used by its socket task (one queue hop, into the
-/// peer's connection actor) and by the actor itself for a message that reached it.
+/// connection actor from its [`Pairing`], used by its socket task and by the actor itself for a
+/// message that reached it. The message goes straight into the peer's [`Line`] (numbered, held
+/// and queued to the peer's socket, no mailbox hop), or through the peer's connection actor
+/// while the line is not open for the call yet (or when the peer is a stand-in for a connection
+/// on another node).
 pub struct DirectRelay {
     /// The answered call.
     pub call_id: CallId,
@@ -236,6 +244,12 @@ pub struct DirectRelay {
     pub from: UserRef,
     /// The other party's connection (or its stand-in on this node).
     pub peer: ActorRef<ConnectionMsg>,
+    /// The other party's line (`None` for a stand-in).
+    peer_line: Option<Arc<Line>>,
+    /// `"call_id":"…"` as JSON, and `"from":{…}}` closing the frame: the constant parts of
+    /// every relayed frame, encoded once.
+    call_id_json: String,
+    from_json: String,
     counts: Arc<super::call::SignalCounts>,
     caller: bool,
     metrics: Arc<Metrics>,
@@ -248,6 +262,9 @@ impl DirectRelay {
             call_id: p.call_id,
             from: from.clone(),
             peer: p.peer.actor.clone(),
+            peer_line: p.peer.line.clone(),
+            call_id_json: serde_json::to_string(&p.call_id).unwrap_or_default(),
+            from_json: serde_json::to_string(from).unwrap_or_default(),
             counts: p.counts.clone(),
             caller: p.caller,
             metrics: links.metrics.clone(),
@@ -255,36 +272,62 @@ impl DirectRelay {
         }
     }
 
+    fn frame(&self, seq: u64, kind: SignalingKind, raw: &str) -> String {
+        relayed_frame(seq, kind, &self.call_id_json, raw, &self.from_json)
+    }
+
+    fn message(&self, kind: SignalingKind, raw: Box<RawValue>) -> ServerMessage {
+        let (call_id, from) = (self.call_id, self.from.clone());
+        match kind {
+            SignalingKind::Sdp => ServerMessage::Sdp {
+                call_id,
+                description: raw,
+                from,
+            },
+            SignalingKind::Ice => ServerMessage::Ice {
+                call_id,
+                candidate: raw,
+                from,
+            },
+        }
+    }
+
     /// Relays a client's `sdp`/`ice` for this call to the peer, counts it (metrics, the call's
     /// counters) and records its metadata. Any other message is given back.
     pub fn relay(&self, inbound: Inbound) -> Result<(), Inbound> {
-        let (kind, msg) = match inbound.message {
+        let (kind, raw) = match &inbound.message {
             ClientMessage::Sdp {
                 call_id,
                 description,
-            } if call_id == self.call_id => (
-                SignalingKind::Sdp,
-                ServerMessage::Sdp {
-                    call_id,
-                    description,
-                    from: self.from.clone(),
-                },
-            ),
-            ClientMessage::Ice { call_id, candidate } if call_id == self.call_id => (
-                SignalingKind::Ice,
-                ServerMessage::Ice {
-                    call_id,
-                    candidate,
-                    from: self.from.clone(),
-                },
-            ),
-            message => {
-                return Err(Inbound { message, ..inbound });
+            } if *call_id == self.call_id => (SignalingKind::Sdp, description),
+            ClientMessage::Ice { call_id, candidate } if *call_id == self.call_id => {
+                (SignalingKind::Ice, candidate)
             }
+            _ => return Err(inbound),
         };
-        let _ = self
-            .peer
-            .cast(ConnectionMsg::Relayed(msg, inbound.received));
+        let received = inbound.received;
+        match &self.peer_line {
+            Some(line) => {
+                let appended = line.append_relayed(
+                    self.call_id,
+                    received,
+                    |seq| self.frame(seq, kind, raw.get()),
+                    || {
+                        let msg = self.message(kind, raw.clone());
+                        self.peer
+                            .cast(ConnectionMsg::Relayed(msg, received, true))
+                            .is_ok()
+                    },
+                );
+                if appended == Appended::Overflowed {
+                    let _ = self.peer.cast(ConnectionMsg::Overflowed);
+                }
+            }
+            None => {
+                let msg = self.message(kind, raw.clone());
+                let _ = self.peer.cast(ConnectionMsg::Relayed(msg, received, false));
+            }
+        }
         self.metrics.relayed(match kind {
             SignalingKind::Sdp => "sdp",
             SignalingKind::Ice => "ice",
@@ -294,6 +337,41 @@ impl DirectRelay {
             .record_signal(self.call_id, self.from.id, kind);
         Ok(())
     }
+}
+
+/// A relayed `sdp`/`ice` frame, byte for byte what `ServerMessage::{Sdp, Ice}` with `seq`
+/// encodes to ([`ServerMessage::to_json_with_seq`]), built from the client's own JSON of the
+/// description or candidate (`raw`, already validated) without parsing or re-encoding it.
+/// `call_id_json` and `from_json` are the JSON of the call id and the sender, encoded once per
+/// pairing.
+fn relayed_frame(
+    seq: u64,
+    kind: SignalingKind,
+    call_id_json: &str,
+    raw: &str,
+    from_json: &str,
+) -> String {
+    let (head, field) = match kind {
+        SignalingKind::Sdp => ("\"type\":\"sdp\",\"call_id\":", ",\"description\":"),
+        SignalingKind::Ice => ("\"type\":\"ice\",\"call_id\":", ",\"candidate\":"),
+    };
+    let mut seq_buf = itoa::Buffer::new();
+    let seq = seq_buf.format(seq);
+    let mut out = String::with_capacity(
+        18 + seq.len() + head.len() + call_id_json.len() + field.len() + raw.len()
+            + from_json.len(),
+    );
+    out.push_str("{\"seq\":");
+    out.push_str(seq);
+    out.push(',');
+    out.push_str(head);
+    out.push_str(call_id_json);
+    out.push_str(field);
+    out.push_str(raw);
+    out.push_str(",\"from\":");
+    out.push_str(from_json);
+    out.push('}');
+    out
 }
 
 /// Fixed configuration of a connection actor.
@@ -308,8 +386,9 @@ pub struct ConnectionArgs {
     pub session_expires_at: DateTime<Utc>,
     /// Secret that lets a new socket resume this connection.
     pub resume_token: String,
-    /// The first socket.
-    pub socket: SocketLink,
+    /// The outgoing line, attached to the first socket (made by the registry, which hands it
+    /// to the socket task and to the paired peer).
+    pub line: Arc<Line>,
     /// The user's current call, for `welcome`.
     pub call: Option<CallSummary>,
     /// ICE servers for `welcome`.
@@ -328,27 +407,34 @@ pub struct ConnectionState {
     session_id: SessionId,
     session_expires_at: DateTime<Utc>,
     resume_token: String,
-    socket: Option<SocketLink>,
-    /// `seq` of the next message.
-    next_seq: u64,
-    /// Messages not known to be delivered, in `seq` order (contiguous).
-    held: VecDeque<(u64, Utf8Bytes)>,
-    held_bytes: usize,
-    /// Highest `seq` written by any socket of this connection.
-    written: u64,
+    /// The numbered outgoing stream and the current socket (shared with the socket task and
+    /// the paired peer's socket task).
+    line: Arc<Line>,
     detach_epoch: u64,
     /// The answered call this connection is a party of, and how its messages are relayed
     /// (shared with the current socket task).
     pairing: Option<Pairing>,
     relay: Option<Arc<DirectRelay>>,
+    /// The last call whose `call.accepted` went into the line.
+    accepted: Option<CallId>,
     /// What the call gets if this connection ends now.
     end_reason: EndReason,
     ice_servers: Vec<IceServer>,
     links: Links,
 }
 
-/// Why a message could not be queued.
-struct Overflow;
+/// However the actor ends (stopped, or failed and dropped by its supervisor), its socket is let
+/// go: the line outlives the actor (the registry, the socket task and a paired peer hold it),
+/// and the socket task sees its queue close and closes the socket.
+impl Drop for ConnectionState {
+    fn drop(&mut self) {
+        let mut line = self.line.lock();
+        line.set_overflowed();
+        if let Some(s) = line.replace_socket(None) {
+            s.control.set_relay(None);
+        }
+    }
+}
 
 impl ConnectionState {
     fn conn_ref(&self, me: &ActorRef<ConnectionMsg>) -> ConnRef {
@@ -356,6 +442,7 @@ impl ConnectionState {
             id: self.id,
             user: self.user.clone(),
             actor: me.clone(),
+            line: Some(self.line.clone()),
         }
     }
 
@@ -372,11 +459,20 @@ impl ConnectionState {
         }
     }
 
-    /// Tells the current socket task which call's `sdp`/`ice` it relays itself.
+    /// Tells the current socket task which call's `sdp`/`ice` it relays itself, and opens the
+    /// line to the peer's direct appends once `call.accepted` of the paired call is in it
+    /// (so no relayed message overtakes it).
     fn sync_relay(&self) {
-        if let Some(s) = &self.socket {
+        let mut line = self.line.lock();
+        if let Some(s) = line.socket() {
             s.control.set_relay(self.relay.clone());
         }
+        let open = self
+            .pairing
+            .as_ref()
+            .map(|p| p.call_id)
+            .filter(|id| self.accepted == Some(*id));
+        line.open_for(open);
     }
 
     fn set_pairing(&mut self, pairing: Option<Pairing>) {
@@ -387,96 +483,24 @@ impl ConnectionState {
         self.sync_relay();
     }
 
-    fn refresh_written(&mut self) -> u64 {
-        if let Some(s) = &self.socket {
-            self.written = self.written.max(s.control.written());
-        }
-        self.written
-    }
-
-    /// Forgets held messages up to `seq` (the client has them).
-    fn trim_to(&mut self, seq: u64) {
-        while let Some((s, text)) = self.held.front() {
-            if *s > seq {
-                break;
-            }
-            self.held_bytes -= text.len();
-            self.held.pop_front();
-        }
-    }
-
-    /// Enforces the count and byte bounds, forgetting written messages first.
-    fn bound(&mut self) -> Result<(), Overflow> {
-        let ws = &self.links.settings.ws;
-        let (max, max_bytes) = (ws.outbound_queue, ws.outbound_queue_bytes);
-        if self.held.len() <= max && self.held_bytes <= max_bytes {
-            return Ok(());
-        }
-        let written = self.refresh_written();
-        while self.held.len() > max || self.held_bytes > max_bytes {
-            match self.held.front() {
-                Some((seq, _)) if *seq <= written => self.trim_to(*seq),
-                _ => return Err(Overflow),
-            }
-        }
-        Ok(())
-    }
-
     /// Numbers `msg`, holds it and queues it to the socket (if any).
     fn push(&mut self, msg: &ServerMessage) -> Result<(), Overflow> {
-        self.push_timed(msg, None)
-    }
-
-    /// [`push`](Self::push), remembering when a relayed message's original arrived.
-    fn push_timed(
-        &mut self,
-        msg: &ServerMessage,
-        received: Option<std::time::Instant>,
-    ) -> Result<(), Overflow> {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let text = Utf8Bytes::from(msg.to_json_with_seq(seq));
-        self.held_bytes += text.len();
-        self.held.push_back((seq, text.clone()));
-        let out = match received {
-            Some(at) => Outbound::Relayed(seq, text, at),
-            None => Outbound::Text(seq, text),
-        };
-        if let Some(s) = &self.socket
-            && let Err(outbox::TrySendError::Full(_)) = s.tx.try_send(out)
-        {
-            return Err(Overflow);
+        self.line.lock().push(|seq| msg.to_json_with_seq(seq), None)?;
+        if let ServerMessage::CallAccepted { call_id, .. } = msg {
+            self.accepted = Some(*call_id);
+            self.sync_relay();
         }
-        // A closed queue: the socket task is gone and its SocketClosed notice is on the way;
-        // the message is held for the next socket.
-        self.bound()
+        Ok(())
     }
 
     /// Sends a per-socket message (`welcome`, resume errors): no `seq`, never replayed.
     fn push_unsequenced(&self, msg: &ServerMessage) -> Result<(), Overflow> {
-        match &self.socket {
-            Some(s) => {
-                s.tx.try_send(Outbound::Text(0, Utf8Bytes::from(msg.to_json())))
-                    .map_err(|_| Overflow)
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Queues the held messages after `after` to the current socket.
-    fn replay_after(&self, after: u64) -> Result<(), Overflow> {
-        let Some(s) = &self.socket else { return Ok(()) };
-        for (seq, text) in self.held.iter().filter(|(seq, _)| *seq > after) {
-            s.tx.try_send(Outbound::Text(*seq, text.clone()))
-                .map_err(|_| Overflow)?;
-        }
-        Ok(())
+        self.line.lock().push_unsequenced(msg.to_json())
     }
 
     /// Closes the current socket with `code` after what is already queued.
     fn close(&mut self, code: u16, reason: &'static str) {
-        if let Some(s) = self.socket.take() {
-            self.written = self.written.max(s.control.written());
+        if let Some(s) = self.line.lock().replace_socket(None) {
             s.control.set_relay(None);
             if s.tx.try_send(Outbound::Close(code, reason)).is_err() {
                 s.control.kill(code);
@@ -495,7 +519,7 @@ impl ConnectionState {
                 session_id: self.session_id,
                 session_expires_at: self.session_expires_at,
                 resume_token: self.resume_token.clone(),
-                attached: self.socket.is_some(),
+                attached: self.line.lock().socket().is_some(),
             }));
         }
     }
@@ -503,12 +527,16 @@ impl ConnectionState {
     /// Ends the connection because its client does not read (or stayed away too long).
     fn overflowed(&mut self, me: &ActorRef<ConnectionMsg>) {
         self.links.metrics.slow_consumers.inc();
+        let mut line = self.line.lock();
+        line.set_overflowed();
+        let (held, held_bytes) = line.held();
         tracing::warn!(connection_id = %self.id, user_id = %self.user.id,
-            held = self.held.len(), held_bytes = self.held_bytes,
-            "client does not read its messages; disconnecting");
-        if let Some(s) = self.socket.take() {
+            held, held_bytes, "client does not read its messages; disconnecting");
+        if let Some(s) = line.replace_socket(None) {
+            s.control.set_relay(None);
             s.control.kill(close::POLICY);
         }
+        drop(line);
         self.end_reason = EndReason::ConnectionLost;
         me.stop(Some("slow_consumer".into()));
     }
@@ -520,51 +548,56 @@ impl ConnectionState {
         join: Join,
         call: Option<CallSummary>,
     ) -> Result<(), Overflow> {
-        if let Some(old) = self.socket.replace(socket) {
-            self.written = self.written.max(old.control.written());
+        if let Some(old) = self.line.lock().replace_socket(Some(socket)) {
             old.control.set_relay(None);
             old.control.kill(close::SUPERSEDED);
         }
         self.sync_relay();
         self.detach_epoch += 1;
+        let welcome = self.welcome(matches!(join, Join::Resume { .. }), call);
+        let mut line = self.line.lock();
         match join {
             Join::Takeover => {
                 // The reloaded page has no use for messages meant for the page it replaced.
-                let last = self.next_seq - 1;
-                self.trim_to(last);
-                self.push_unsequenced(&self.welcome(false, call))?;
+                let last = line.next_seq() - 1;
+                line.trim_to(last);
+                line.push_unsequenced(welcome.to_json())?;
                 tracing::info!(connection_id = %self.id, user_id = %self.user.id,
                     "connection taken over by a new socket of its session");
             }
             Join::Resume { last_seq } => {
-                self.push_unsequenced(&self.welcome(true, call))?;
+                line.push_unsequenced(welcome.to_json())?;
                 let after = match last_seq {
                     Some(n) => {
-                        let n = n.min(self.next_seq - 1);
-                        self.trim_to(n);
-                        let first_held = self.held.front().map_or(self.next_seq, |(s, _)| *s);
+                        let n = n.min(line.next_seq() - 1);
+                        line.trim_to(n);
+                        let first_held = line.first_held();
                         if first_held > n + 1 {
                             self.links.metrics.resume_gaps.inc();
-                            self.push_unsequenced(&ServerMessage::error(
-                                ErrorCode::ResumeGap,
-                                format!(
-                                    "messages {}..{} are no longer held; resynchronise",
-                                    n + 1,
-                                    first_held - 1
-                                ),
-                                None,
-                                None,
-                            ))?;
+                            line.push_unsequenced(
+                                ServerMessage::error(
+                                    ErrorCode::ResumeGap,
+                                    format!(
+                                        "messages {}..{} are no longer held; resynchronise",
+                                        n + 1,
+                                        first_held - 1
+                                    ),
+                                    None,
+                                    None,
+                                )
+                                .to_json(),
+                            )?;
                         }
                         n
                     }
-                    None => self.written,
+                    None => line.refresh_written(),
                 };
-                self.replay_after(after)?;
+                line.replay_after(after)?;
                 tracing::info!(connection_id = %self.id, user_id = %self.user.id,
-                    replayed = self.held.iter().filter(|(s, _)| *s > after).count(), "connection resumed");
+                    replayed = line.held_after(after), "connection resumed");
             }
         }
+        drop(line);
         if let Some(r) = self.registry() {
             let _ = r.cast(RegistryMsg::Attached(self.id));
         }
@@ -599,14 +632,11 @@ impl Actor for Connection {
             session_id: a.session_id,
             session_expires_at: a.session_expires_at,
             resume_token: a.resume_token,
-            socket: Some(a.socket),
-            next_seq: 1,
-            held: VecDeque::new(),
-            held_bytes: 0,
-            written: 0,
+            line: a.line,
             detach_epoch: 0,
             pairing: None,
             relay: None,
+            accepted: None,
             end_reason: EndReason::ConnectionLost,
             ice_servers: a.ice_servers,
             links: a.links,
@@ -641,19 +671,25 @@ impl Actor for Connection {
                     state.overflowed(&me);
                 }
             }
-            ConnectionMsg::Relayed(msg, received) => {
-                if state.push_timed(&msg, Some(received)).is_err() {
+            ConnectionMsg::Relayed(msg, received, counted) => {
+                let mut line = state.line.lock();
+                line.relayed_by_actor(counted);
+                let pushed = line.push(|seq| msg.to_json_with_seq(seq), Some(received));
+                drop(line);
+                if pushed.is_err() {
                     state.overflowed(&me);
                 }
             }
+            ConnectionMsg::Overflowed => state.overflowed(&me),
             ConnectionMsg::RelayedFromNode(msg, kind) => {
                 if let Some(p) = &state.pairing {
                     p.counts.count(!p.caller, kind);
                 }
-                if state
-                    .push_timed(&msg, Some(std::time::Instant::now()))
-                    .is_err()
-                {
+                let pushed = state.line.lock().push(
+                    |seq| msg.to_json_with_seq(seq),
+                    Some(std::time::Instant::now()),
+                );
+                if pushed.is_err() {
                     state.overflowed(&me);
                 }
             }
@@ -663,13 +699,10 @@ impl Actor for Connection {
                 }
             }
             ConnectionMsg::SocketClosed(socket_id, end) => {
-                if state
-                    .socket
-                    .as_ref()
-                    .is_some_and(|s| s.socket_id == socket_id)
-                {
-                    state.refresh_written();
-                    state.socket = None;
+                let mut line = state.line.lock();
+                if line.socket().is_some_and(|s| s.socket_id == socket_id) {
+                    line.replace_socket(None);
+                    drop(line);
                     let ws = &state.links.settings.ws;
                     match end {
                         SocketEnd::Left => {
@@ -694,12 +727,9 @@ impl Actor for Connection {
                     state.set_pairing(None);
                 }
             }
-            ConnectionMsg::Delivered(seq) => {
-                let seq = seq.min(state.refresh_written());
-                state.trim_to(seq);
-            }
+            ConnectionMsg::Delivered(seq) => state.line.lock().delivered(seq),
             ConnectionMsg::GraceExpired(epoch) => {
-                if state.socket.is_none() && epoch == state.detach_epoch {
+                if state.line.lock().socket().is_none() && epoch == state.detach_epoch {
                     me.stop(Some("connection_lost".into()));
                 }
             }
@@ -727,14 +757,18 @@ impl Actor for Connection {
             }
             ConnectionMsg::Reannounce => state.announce(&me),
             ConnectionMsg::Info(reply) => {
-                let _ = reply.send(ConnectionInfo {
+                let line = state.line.lock();
+                let (pending, pending_bytes) = line.held();
+                let info = ConnectionInfo {
                     id: state.id,
                     user: state.user.clone(),
-                    attached: state.socket.is_some(),
-                    pending: state.held.len(),
-                    pending_bytes: state.held_bytes,
-                    next_seq: state.next_seq,
-                });
+                    attached: line.socket().is_some(),
+                    pending,
+                    pending_bytes,
+                    next_seq: line.next_seq(),
+                };
+                drop(line);
+                let _ = reply.send(info);
             }
             #[cfg(feature = "test-hooks")]
             ConnectionMsg::Panic => panic!("test hook: connection actor panic"),
@@ -780,11 +814,7 @@ impl Connection {
             ClientMessage::Ping => reply(ServerMessage::Pong {
                 reference: inbound.reference,
             }),
-            ClientMessage::Ack { seq } => {
-                // A client can only vouch for what was sent.
-                let seq = seq.min(state.next_seq - 1);
-                state.trim_to(seq);
-            }
+            ClientMessage::Ack { seq } => state.line.lock().acked(seq),
             ClientMessage::Hello { .. } => reply(ServerMessage::error(
                 ErrorCode::BadMessage,
                 "already authenticated",
@@ -805,6 +835,49 @@ impl Connection {
                     None,
                 )),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::domain::{UserId, Username};
+
+    #[test]
+    fn a_relayed_frame_is_what_the_typed_message_encodes_to() {
+        let from = UserRef {
+            id: UserId::new(),
+            username: Username::from_trusted("zoë \"q\"".into()),
+        };
+        let call_id = CallId::new();
+        let call_id_json = serde_json::to_string(&call_id).unwrap();
+        let from_json = serde_json::to_string(&from).unwrap();
+        for (kind, raw) in [
+            (SignalingKind::Sdp, r#"{"type":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}"#),
+            (SignalingKind::Ice, r#"{"candidate":"candidate:1 1 udp 1 10.0.0.1 9 typ host","sdpMid":"0"}"#),
+            (SignalingKind::Ice, "null"),
+        ] {
+            let raw_value = RawValue::from_string(raw.to_owned()).unwrap();
+            let typed = match kind {
+                SignalingKind::Sdp => ServerMessage::Sdp {
+                    call_id,
+                    description: raw_value,
+                    from: from.clone(),
+                },
+                SignalingKind::Ice => ServerMessage::Ice {
+                    call_id,
+                    candidate: raw_value,
+                    from: from.clone(),
+                },
+            };
+            for seq in [1, 42, u64::MAX] {
+                assert_eq!(
+                    relayed_frame(seq, kind, &call_id_json, raw, &from_json),
+                    typed.to_json_with_seq(seq)
+                );
+            }
         }
     }
 }

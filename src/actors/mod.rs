@@ -14,6 +14,7 @@
 
 pub mod call;
 pub mod connection;
+pub mod line;
 pub mod persistence;
 pub mod registry;
 pub mod root;
@@ -40,6 +41,9 @@ pub struct ConnRef {
     pub user: UserRef,
     /// The connection actor.
     pub actor: ActorRef<connection::ConnectionMsg>,
+    /// Its outgoing line (`None` for a stand-in of a connection on another node): the paired
+    /// peer's socket task appends relayed `sdp`/`ice` to it directly.
+    pub line: Option<std::sync::Arc<line::Line>>,
 }
 
 impl ConnRef {

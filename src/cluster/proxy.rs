@@ -64,7 +64,7 @@ impl Actor for RemoteConn {
     ) -> Result<(), ActorProcessingErr> {
         let op = match msg {
             ConnectionMsg::Deliver(m) => WireServerMsg::from_msg(m).map(ConnOp::Deliver),
-            ConnectionMsg::Relayed(m, _) => WireServerMsg::from_msg(m).map(ConnOp::Relayed),
+            ConnectionMsg::Relayed(m, _, _) => WireServerMsg::from_msg(m).map(ConnOp::Relayed),
             ConnectionMsg::Paired(p) => Some(ConnOp::Paired {
                 call_id: p.call_id,
                 peer: s.cluster.wire_conn(&p.peer),

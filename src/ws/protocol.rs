@@ -107,9 +107,10 @@ pub struct Inbound {
 
 /// Every field any client message may carry; unknown fields are ignored.
 #[derive(Deserialize)]
-struct Frame {
-    #[serde(rename = "type")]
-    kind: String,
+struct Frame<'a> {
+    /// Borrowed from the frame's text unless it has escapes.
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
     #[serde(rename = "ref")]
     reference: Option<String>,
     token: Option<String>,
@@ -143,58 +144,187 @@ pub const MAX_REF_CHARS: usize = 128;
 /// a scalar (string, number, boolean or null), so nothing nested is ever relayed.
 const MAX_EXTRA_KEYS: usize = 4;
 
-type JsonMap = serde_json::Map<String, serde_json::Value>;
-
-/// Parses `raw` as a JSON object. serde_json's recursion limit (128) refuses deep nesting
-/// before any of it is looked at.
-fn object(raw: &RawValue) -> Option<JsonMap> {
-    serde_json::from_str::<JsonMap>(raw.get()).ok()
+/// What a JSON value is, learned while skipping it (nothing is kept or allocated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `"offer"` or `"answer"`.
+    OfferOrAnswer,
+    /// Any other string.
+    Str,
+    Null,
+    Bool,
+    /// A non-negative integer.
+    Uint(u64),
+    /// Any other number.
+    Number,
+    /// An array or an object.
+    Nested,
 }
 
-/// Keys outside `known` must be few and scalar.
-fn extras_ok(map: &JsonMap, known: &[&str]) -> bool {
-    let mut extra = 0;
-    for (k, v) in map {
-        if known.contains(&k.as_str()) {
-            continue;
+impl Shape {
+    fn is_string(self) -> bool {
+        matches!(self, Shape::Str | Shape::OfferOrAnswer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Shape;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Shape, E> {
+                Ok(if v == "offer" || v == "answer" {
+                    Shape::OfferOrAnswer
+                } else {
+                    Shape::Str
+                })
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
+                Ok(Shape::Bool)
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Shape, E> {
+                Ok(Shape::Uint(n))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
+                Ok(Shape::Number)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+                Ok(Shape::Number)
+            }
+            fn visit_unit<E>(self) -> Result<Shape, E> {
+                Ok(Shape::Null)
+            }
+            fn visit_none<E>(self) -> Result<Shape, E> {
+                Ok(Shape::Null)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Shape, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Shape::Nested)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Shape, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Shape::Nested)
+            }
         }
-        extra += 1;
-        if extra > MAX_EXTRA_KEYS || v.is_array() || v.is_object() {
-            return false;
+        d.deserialize_any(V)
+    }
+}
+
+/// The keys of `RTCSessionDescriptionInit` and `RTCIceCandidateInit`; any other is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Type,
+    Sdp,
+    Candidate,
+    SdpMid,
+    SdpMLineIndex,
+    UsernameFragment,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "type" => Key::Type,
+                    "sdp" => Key::Sdp,
+                    "candidate" => Key::Candidate,
+                    "sdpMid" => Key::SdpMid,
+                    "sdpMLineIndex" => Key::SdpMLineIndex,
+                    "usernameFragment" => Key::UsernameFragment,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Reads `raw` as a JSON object, handing each key and the shape of its value to `field`, which
+/// says whether it is acceptable. False if `raw` is not an object or `field` refused one.
+/// Nothing is allocated; serde_json's recursion limit (128) refuses deep nesting.
+fn scan_object(raw: &RawValue, field: impl FnMut(Key, Shape) -> bool) -> bool {
+    struct Scan<F>(F);
+    impl<'de, F: FnMut(Key, Shape) -> bool> serde::de::Visitor<'de> for Scan<F> {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut a: A) -> Result<bool, A::Error> {
+            let mut ok = true;
+            while let Some((k, v)) = a.next_entry::<Key, Shape>()? {
+                ok = ok && (self.0)(k, v);
+            }
+            Ok(ok)
         }
     }
-    true
+    use serde::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    de.deserialize_map(Scan(field)).unwrap_or(false) && de.end().is_ok()
+}
+
+/// Counts keys beyond the WebRTC ones: they must be few and scalar.
+struct Extras(usize);
+
+impl Extras {
+    fn take(&mut self, v: Shape) -> bool {
+        self.0 += 1;
+        self.0 <= MAX_EXTRA_KEYS && v != Shape::Nested
+    }
 }
 
 /// `RTCSessionDescriptionInit` as signaled (contract §2.2, W3C WebRTC §4.8.1): `type` is
-/// `offer` or `answer`, `sdp` a string.
+/// `offer` or `answer`, `sdp` a string; each key once.
 fn valid_description(raw: &RawValue) -> bool {
-    let Some(map) = object(raw) else { return false };
-    matches!(
-        map.get("type").and_then(|v| v.as_str()),
-        Some("offer" | "answer")
-    ) && map.get("sdp").is_some_and(|v| v.is_string())
-        && extras_ok(&map, &["type", "sdp"])
+    let (mut kind, mut sdp, mut extras) = (0, 0, Extras(0));
+    scan_object(raw, |k, v| match k {
+        Key::Type => {
+            kind += 1;
+            v == Shape::OfferOrAnswer
+        }
+        Key::Sdp => {
+            sdp += 1;
+            v.is_string()
+        }
+        _ => extras.take(v),
+    }) && kind == 1
+        && sdp == 1
 }
 
 /// `RTCIceCandidateInit` (W3C WebRTC §4.8.2): `candidate` a string; `sdpMid` a string or null;
-/// `sdpMLineIndex` an unsigned short or null; `usernameFragment` a string or null.
+/// `sdpMLineIndex` an unsigned short or null; `usernameFragment` a string or null; each key
+/// once.
 fn valid_candidate(raw: &RawValue) -> bool {
     if raw.get() == "null" {
         return true;
     }
-    let Some(map) = object(raw) else { return false };
-    let string_or_null = |k: &str| map.get(k).is_none_or(|v| v.is_string() || v.is_null());
-    map.get("candidate").is_some_and(|v| v.is_string())
-        && string_or_null("sdpMid")
-        && string_or_null("usernameFragment")
-        && map
-            .get("sdpMLineIndex")
-            .is_none_or(|v| v.is_null() || v.as_u64().is_some_and(|n| n <= u64::from(u16::MAX)))
-        && extras_ok(
-            &map,
-            &["candidate", "sdpMid", "sdpMLineIndex", "usernameFragment"],
-        )
+    let (mut seen, mut extras) = ([0u8; 4], Extras(0));
+    scan_object(raw, |k, v| {
+        let (i, ok) = match k {
+            Key::Candidate => (0, v.is_string()),
+            Key::SdpMid => (1, v.is_string() || v == Shape::Null),
+            Key::UsernameFragment => (2, v.is_string() || v == Shape::Null),
+            Key::SdpMLineIndex => (
+                3,
+                matches!(v, Shape::Null) || matches!(v, Shape::Uint(n) if n <= u64::from(u16::MAX)),
+            ),
+            Key::Type | Key::Sdp | Key::Other => return extras.take(v),
+        };
+        seen[i] += 1;
+        ok && seen[i] == 1
+    }) && seen[0] == 1
 }
 
 /// A frame that is not a valid client message: answer `bad_message`, keep the socket.
@@ -238,8 +368,8 @@ pub fn parse(text: &str) -> Result<Inbound, BadMessage> {
         .map_err(|message| BadMessage { message, reference })
 }
 
-fn typed(f: Frame) -> Result<ClientMessage, String> {
-    let k = f.kind.as_str();
+fn typed(f: Frame<'_>) -> Result<ClientMessage, String> {
+    let k: &str = &f.kind;
     Ok(match k {
         "hello" => ClientMessage::Hello {
             token: need(f.token, "token", k)?,
@@ -666,5 +796,61 @@ mod tests {
             }
         }
         assert_eq!(parsed, 4, "only the complete frames parse");
+    }
+
+    #[test]
+    fn descriptions_and_candidates_are_checked_for_shape() {
+        let raw = |t: &str| RawValue::from_string(t.to_owned()).expect("json");
+        let good_desc = [
+            r#"{"type":"offer","sdp":"v=0"}"#,
+            r#"{ "sdp" : "v=0\r\n", "type" : "answer", "x": 1, "y": null, "z": true, "w": "s" }"#,
+            r#"{"type":"an\u0073wer","sdp":""}"#,
+        ];
+        for d in good_desc {
+            assert!(valid_description(&raw(d)), "{d}");
+        }
+        let bad_desc = [
+            r#"{"type":"pranswer","sdp":"v=0"}"#,
+            r#"{"type":"offer"}"#,
+            r#"{"type":"offer","sdp":5}"#,
+            r#"{"type":"offer","sdp":"v=0","x":{"nested":1}}"#,
+            r#"{"type":"offer","sdp":"v=0","x":[1]}"#,
+            r#"{"type":"offer","sdp":"v=0","a":1,"b":1,"c":1,"d":1,"e":1}"#,
+            r#"{"type":"offer","sdp":"v=0","sdp":"v=1"}"#,
+            r#"{"type":"offer","type":"answer","sdp":"v=0"}"#,
+            r#"["offer","v=0"]"#,
+            r#""offer""#,
+            "null",
+        ];
+        for d in bad_desc {
+            assert!(!valid_description(&raw(d)), "{d}");
+        }
+        let good_cand = [
+            "null",
+            r#"{"candidate":"candidate:1 1 udp 1 10.0.0.1 9 typ host"}"#,
+            r#"{"candidate":"","sdpMid":null,"sdpMLineIndex":null,"usernameFragment":null}"#,
+            r#"{"candidate":"c","sdpMid":"0","sdpMLineIndex":65535,"usernameFragment":"u","type":"x"}"#,
+        ];
+        for c in good_cand {
+            assert!(valid_candidate(&raw(c)), "{c}");
+        }
+        let bad_cand = [
+            r#"{"sdpMid":"0"}"#,
+            r#"{"candidate":null}"#,
+            r#"{"candidate":"c","sdpMLineIndex":65536}"#,
+            r#"{"candidate":"c","sdpMLineIndex":-1}"#,
+            r#"{"candidate":"c","sdpMLineIndex":1.5}"#,
+            r#"{"candidate":"c","sdpMLineIndex":"0"}"#,
+            r#"{"candidate":"c","sdpMid":0}"#,
+            r#"{"candidate":"c","usernameFragment":{}}"#,
+            r#"{"candidate":"c","candidate":"d"}"#,
+            r#"{"candidate":"c","a":1,"b":1,"c":1,"d":1,"e":1}"#,
+            r#"{"candidate":"c","a":[[[[1]]]]}"#,
+            r#"[]"#,
+            "5",
+        ];
+        for c in bad_cand {
+            assert!(!valid_candidate(&raw(c)), "{c}");
+        }
     }
 }

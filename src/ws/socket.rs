@@ -482,6 +482,7 @@ async fn resume_elsewhere(
             Ok(Connected {
                 actor: bridged.actor,
                 limiter,
+                line: None,
             })
         }
         Err(NotBridged::NotFound(socket)) => {
@@ -638,7 +639,12 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                             let seq = u64::from_be_bytes(bytes);
                             if seq > delivered {
                                 delivered = seq;
-                                let _ = actor.cast(ConnectionMsg::Delivered(seq));
+                                match &a.connected.line {
+                                    Some(line) => line.lock().delivered(seq),
+                                    None => {
+                                        let _ = actor.cast(ConnectionMsg::Delivered(seq));
+                                    }
+                                }
                             }
                         }
                         continue;
@@ -652,6 +658,14 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                         // before the pairing reached this task): the rest follow it there, so
                         // none overtakes it.
                         let inbound = match &inbound.message {
+                            // An `ack` only trims the connection's held messages: done here,
+                            // under the line's lock, not through the actor's mailbox.
+                            ClientMessage::Ack { seq } if a.connected.line.is_some() => {
+                                if let Some(line) = &a.connected.line {
+                                    line.lock().acked(*seq);
+                                }
+                                continue;
+                            }
                             ClientMessage::Sdp { call_id, .. } | ClientMessage::Ice { call_id, .. } => {
                                 let relay = (via_actor != Some(*call_id))
                                     .then(|| a.control.relay_for(*call_id))

@@ -508,9 +508,10 @@ async fn a_v1_resume_gets_what_the_old_socket_never_wrote_then_what_came_while_a
     let (a, mut b, id) = answered(&app).await;
     let written = send_ice(&a, &id, 2, "written");
     expect_ice(&mut b, &written).await;
-    // Two more reach bob's queue but his socket dies before writing them.
+    // Two more reach bob's queue but his socket dies before writing them. Held: call.incoming,
+    // call.accepted, the two written and the two unwritten.
     let unwritten = send_ice(&a, &id, 2, "unwritten");
-    eventually_pending(&b, 4).await;
+    eventually_pending(&b, 6).await;
     b.socket_ends(SocketEnd::Dropped);
     let away = send_ice(&a, &id, 1, "away");
     tokio::time::sleep(Duration::from_millis(50)).await;

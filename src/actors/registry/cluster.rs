@@ -418,6 +418,7 @@ impl RegistryState {
                 id: w.id,
                 user,
                 actor: p.actor.clone(),
+                line: None,
             });
         }
         let name = proxy::remote_name(&self.args.system_id, &w.node, w.id);
@@ -451,6 +452,7 @@ impl RegistryState {
             id: w.id,
             user,
             actor,
+            line: None,
         })
     }
 

@@ -27,6 +27,7 @@ pub use cluster::{ClusterEvent, InviteReady};
 
 use super::call::{CallAction, CallMsg};
 use super::connection::{ConnectionArgs, ConnectionMsg, Join, Links, SocketLink};
+use super::line::Line;
 use super::persistence::PersistenceHandle;
 use super::supervisor::SupervisorMsg;
 use super::{ConnRef, ask};
@@ -114,6 +115,9 @@ pub struct Connected {
     pub actor: ActorRef<ConnectionMsg>,
     /// The user's inbound limits.
     pub limiter: Arc<Mutex<RateLimiter>>,
+    /// The connection's outgoing line (`None` when bridged to a connection on another node):
+    /// the socket task applies the client's `ack`s and heartbeat pongs to it itself.
+    pub line: Option<Arc<Line>>,
 }
 
 /// What a `hello` would join on this node ([`RegistryMsg::Resumable`]).
@@ -493,13 +497,19 @@ impl RegistryState {
         }
         let id = ConnectionId::new();
         let resume_token = random_token();
+        let ws = &self.args.settings.ws;
+        let line = Arc::new(Line::new(
+            ws.outbound_queue,
+            ws.outbound_queue_bytes,
+            Some(req.socket),
+        ));
         let args = ConnectionArgs {
             id,
             user: req.user.clone(),
             session_id: req.session_id,
             session_expires_at: req.session_expires_at,
             resume_token: resume_token.clone(),
-            socket: req.socket,
+            line: line.clone(),
             call: self.call_summary(req.user.id, id),
             ice_servers: req.ice_servers,
             links: Links {
@@ -520,6 +530,7 @@ impl RegistryState {
                 id,
                 user: req.user,
                 actor: actor.clone(),
+                line: Some(line.clone()),
             },
             session_id: req.session_id,
             session_expires_at: req.session_expires_at,
@@ -527,7 +538,11 @@ impl RegistryState {
             attached: true,
         });
         self.device_joined(id);
-        Ok(Connected { actor, limiter })
+        Ok(Connected {
+            actor,
+            limiter,
+            line: Some(line),
+        })
     }
 
     /// The connection here a new socket of `user`'s login `session` joins, and how: the
@@ -568,7 +583,7 @@ impl RegistryState {
             return Err((ErrorCode::InternalError, "the connection is gone"));
         };
         e.detached_at = None;
-        let (actor, user) = (e.conn.actor.clone(), e.conn.user.id);
+        let (actor, user, line) = (e.conn.actor.clone(), e.conn.user.id, e.conn.line.clone());
         let call = self.call_summary(user, id);
         if actor
             .cast(ConnectionMsg::Attach(socket, join, call))
@@ -584,7 +599,11 @@ impl RegistryState {
             // The reloaded page must hear of a call ringing for it again.
             self.device_joined(id);
         }
-        Ok(Connected { actor, limiter })
+        Ok(Connected {
+            actor,
+            limiter,
+            line,
+        })
     }
 
     /// The user's inbound limiter, created on first use.
