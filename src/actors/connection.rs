@@ -27,7 +27,6 @@ use super::persistence::PersistenceHandle;
 use super::registry::{self, ConnEntryInfo, RegistryMsg};
 use crate::config::Settings;
 use crate::domain::{CallId, ConnectionId, SessionId, UserRef};
-use crate::ice::IceServer;
 use crate::metrics::Metrics;
 use crate::ws::protocol::{
     CallSummary, ClientMessage, EndReason, ErrorCode, Inbound, ServerMessage, close,
@@ -66,6 +65,8 @@ struct ControlInner {
     written: AtomicU64,
     /// The answered call whose `sdp`/`ice` the socket task relays itself.
     relay: Mutex<Option<Arc<DirectRelay>>>,
+    /// Bumped after every change of `relay`: the socket task keeps its copy until it moves.
+    relay_generation: AtomicU64,
 }
 
 impl std::fmt::Debug for ControlInner {
@@ -84,14 +85,23 @@ impl std::fmt::Debug for ControlInner {
 pub struct SocketControl(Arc<ControlInner>);
 
 impl SocketControl {
-    /// The answered call the socket's `sdp`/`ice` for `call_id` go to directly, if any.
-    pub fn relay_for(&self, call_id: CallId) -> Option<Arc<DirectRelay>> {
-        let relay = self.0.relay.lock().unwrap_or_else(|p| p.into_inner());
-        relay.as_ref().filter(|r| r.call_id == call_id).cloned()
+    /// The answered call whose `sdp`/`ice` the socket relays directly, if any.
+    pub fn relay(&self) -> Option<Arc<DirectRelay>> {
+        self.0
+            .relay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    /// Changes with every [`set_relay`](Self::set_relay): a copy of [`relay`](Self::relay)
+    /// taken after reading this value is current while it stays the same.
+    pub fn relay_generation(&self) -> u64 {
+        self.0.relay_generation.load(Ordering::Acquire)
     }
     /// Sets (or clears) the direct relay (connection actor).
     fn set_relay(&self, relay: Option<Arc<DirectRelay>>) {
         *self.0.relay.lock().unwrap_or_else(|p| p.into_inner()) = relay;
+        self.0.relay_generation.fetch_add(1, Ordering::AcqRel);
     }
     /// Asks the socket task to close with `code` now (closing handshake, bounded in time).
     pub fn kill(&self, code: u16) {
@@ -358,7 +368,11 @@ fn relayed_frame(
     let mut seq_buf = itoa::Buffer::new();
     let seq = seq_buf.format(seq);
     let mut out = String::with_capacity(
-        18 + seq.len() + head.len() + call_id_json.len() + field.len() + raw.len()
+        18 + seq.len()
+            + head.len()
+            + call_id_json.len()
+            + field.len()
+            + raw.len()
             + from_json.len(),
     );
     out.push_str("{\"seq\":");
@@ -391,8 +405,6 @@ pub struct ConnectionArgs {
     pub line: Arc<Line>,
     /// The user's current call, for `welcome`.
     pub call: Option<CallSummary>,
-    /// ICE servers for `welcome`.
-    pub ice_servers: Vec<IceServer>,
     /// Shared links.
     pub links: Links,
 }
@@ -419,7 +431,6 @@ pub struct ConnectionState {
     accepted: Option<CallId>,
     /// What the call gets if this connection ends now.
     end_reason: EndReason,
-    ice_servers: Vec<IceServer>,
     links: Links,
 }
 
@@ -453,7 +464,8 @@ impl ConnectionState {
             user: self.user.clone(),
             resume_token: self.resume_token.clone(),
             heartbeat_ms: self.links.settings.ws.heartbeat().as_millis() as u64,
-            ice_servers: self.ice_servers.clone(),
+            // Made for each `welcome`: a resumed client gets TURN credentials valid from now.
+            ice_servers: crate::ice::servers_for(&self.links.settings.ice, self.user.id),
             resumed,
             call,
         }
@@ -485,7 +497,9 @@ impl ConnectionState {
 
     /// Numbers `msg`, holds it and queues it to the socket (if any).
     fn push(&mut self, msg: &ServerMessage) -> Result<(), Overflow> {
-        self.line.lock().push(|seq| msg.to_json_with_seq(seq), None)?;
+        self.line
+            .lock()
+            .push(|seq| msg.to_json_with_seq(seq), None)?;
         if let ServerMessage::CallAccepted { call_id, .. } = msg {
             self.accepted = Some(*call_id);
             self.sync_relay();
@@ -638,7 +652,6 @@ impl Actor for Connection {
             relay: None,
             accepted: None,
             end_reason: EndReason::ConnectionLost,
-            ice_servers: a.ice_servers,
             links: a.links,
         };
         // Queued before the actor is announced, so `welcome` precedes anything sent to it.
@@ -855,8 +868,14 @@ mod tests {
         let call_id_json = serde_json::to_string(&call_id).unwrap();
         let from_json = serde_json::to_string(&from).unwrap();
         for (kind, raw) in [
-            (SignalingKind::Sdp, r#"{"type":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}"#),
-            (SignalingKind::Ice, r#"{"candidate":"candidate:1 1 udp 1 10.0.0.1 9 typ host","sdpMid":"0"}"#),
+            (
+                SignalingKind::Sdp,
+                r#"{"type":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}"#,
+            ),
+            (
+                SignalingKind::Ice,
+                r#"{"candidate":"candidate:1 1 udp 1 10.0.0.1 9 typ host","sdpMid":"0"}"#,
+            ),
             (SignalingKind::Ice, "null"),
         ] {
             let raw_value = RawValue::from_string(raw.to_owned()).unwrap();

@@ -173,10 +173,10 @@ impl Guard<'_> {
     /// Sends a per-socket message (`welcome`, resume errors): no `seq`, never held or replayed.
     pub fn push_unsequenced(&mut self, text: String) -> Result<(), Overflow> {
         match &self.state.socket {
-            Some(s) => s
-                .tx
-                .try_send(Outbound::Text(0, Utf8Bytes::from(text)))
-                .map_err(|_| Overflow),
+            Some(s) => {
+                s.tx.try_send(Outbound::Text(0, Utf8Bytes::from(text)))
+                    .map_err(|_| Overflow)
+            }
             None => Ok(()),
         }
     }
@@ -335,18 +335,28 @@ mod tests {
         let now = Instant::now();
         let mut casts = 0;
         // Not open yet: through the actor (counted).
-        let r = line.append_relayed(call, now, |s| format!("{s}"), || {
-            casts += 1;
-            true
-        });
+        let r = line.append_relayed(
+            call,
+            now,
+            |s| format!("{s}"),
+            || {
+                casts += 1;
+                true
+            },
+        );
         assert_eq!(r, Appended::ViaActor);
         line.lock().push(|s| format!("accepted {s}"), None).unwrap();
         line.lock().open_for(Some(call));
         // Open, but one is still in the mailbox: this one follows it there.
-        let r = line.append_relayed(call, now, |s| format!("{s}"), || {
-            casts += 1;
-            true
-        });
+        let r = line.append_relayed(
+            call,
+            now,
+            |s| format!("{s}"),
+            || {
+                casts += 1;
+                true
+            },
+        );
         assert_eq!(r, Appended::ViaActor);
         assert_eq!(casts, 2);
         // The actor appends both; then direct appends go straight in.
@@ -397,9 +407,17 @@ mod tests {
         }
         control.mark_written(2);
         line.lock().delivered(99);
-        assert_eq!(line.lock().first_held(), 3, "a pong vouches only for written messages");
+        assert_eq!(
+            line.lock().first_held(),
+            3,
+            "a pong vouches only for written messages"
+        );
         line.lock().acked(99);
-        assert_eq!(line.lock().held(), (0, 0), "an ack up to the last sent clears all");
+        assert_eq!(
+            line.lock().held(),
+            (0, 0),
+            "an ack up to the last sent clears all"
+        );
         assert_eq!(line.lock().next_seq(), 5);
     }
 }

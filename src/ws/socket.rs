@@ -375,7 +375,6 @@ async fn handshake(state: &Arc<AppState>, ws: &mut Ws, client: Option<IpAddr>) -
             tx,
             control: control.clone(),
         },
-        ice_servers: crate::ice::servers_for(&state.settings.ice, auth.user_id),
     };
     let request = match &state.actors.cluster {
         Some(cluster) => match Box::pin(resume_elsewhere(state, cluster, request)).await {
@@ -513,6 +512,10 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
     let mut delivered = 0u64;
     // The call whose `sdp`/`ice` this socket sent through its connection actor.
     let mut via_actor = None;
+    // The direct relay as of a generation of the control's (refreshed when it moves): no lock
+    // per relayed message.
+    let mut relay_cache: (u64, Option<Arc<crate::actors::connection::DirectRelay>>) =
+        (u64::MAX, None);
     // One wait for the kill switch for the socket's whole life (not a new waiter per frame).
     let control = a.control.clone();
     let killed = control.killed();
@@ -667,9 +670,14 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                                 continue;
                             }
                             ClientMessage::Sdp { call_id, .. } | ClientMessage::Ice { call_id, .. } => {
-                                let relay = (via_actor != Some(*call_id))
-                                    .then(|| a.control.relay_for(*call_id))
-                                    .flatten();
+                                let generation = a.control.relay_generation();
+                                if relay_cache.0 != generation {
+                                    relay_cache = (generation, a.control.relay());
+                                }
+                                let relay = relay_cache
+                                    .1
+                                    .as_ref()
+                                    .filter(|r| via_actor != Some(*call_id) && r.call_id == *call_id);
                                 match relay {
                                     Some(relay) => match relay.relay(inbound) {
                                         Ok(()) => continue,

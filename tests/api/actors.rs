@@ -75,7 +75,6 @@ impl Device {
                 tx,
                 control: control.clone(),
             },
-            ice_servers: vec![],
         };
         let registry = app.state.actors.registry().unwrap();
         let actor = ask(&registry, |r| RegistryMsg::Connect(Box::new(req), r))

@@ -33,7 +33,6 @@ use super::supervisor::SupervisorMsg;
 use super::{ConnRef, ask};
 use crate::config::Settings;
 use crate::domain::{CallId, ConnectionId, SessionId, UserId, UserRef, Username};
-use crate::ice::IceServer;
 use crate::metrics::Metrics;
 use crate::store::calls::CallEvent;
 use crate::ws::limit::RateLimiter;
@@ -103,8 +102,6 @@ pub struct ConnectRequest {
     pub last_seq: Option<u64>,
     /// The socket.
     pub socket: SocketLink,
-    /// ICE servers for `welcome`.
-    pub ice_servers: Vec<IceServer>,
 }
 
 /// An admitted socket: its connection actor and its user's rate limiter (shared by all of the
@@ -511,7 +508,6 @@ impl RegistryState {
             resume_token: resume_token.clone(),
             line: line.clone(),
             call: self.call_summary(req.user.id, id),
-            ice_servers: req.ice_servers,
             links: Links {
                 system_id: self.args.system_id.clone(),
                 settings: self.args.settings.clone(),
