@@ -429,6 +429,9 @@ pub struct ConnectionState {
     relay: Option<Arc<DirectRelay>>,
     /// The last call whose `call.accepted` went into the line.
     accepted: Option<CallId>,
+    /// The last call whose `sdp`/`ice` this connection sent through the registry (before it
+    /// was paired): the rest of that call's follow the same way, so none overtakes them.
+    routed: Option<CallId>,
     /// What the call gets if this connection ends now.
     end_reason: EndReason,
     links: Links,
@@ -651,6 +654,7 @@ impl Actor for Connection {
             pairing: None,
             relay: None,
             accepted: None,
+            routed: None,
             end_reason: EndReason::ConnectionLost,
             links: a.links,
         };
@@ -816,12 +820,18 @@ impl Connection {
         };
         // `sdp`/`ice` of the answered call that reached the actor (not relayed by the socket
         // task: sent before it learned of the pairing, or through a bridge).
+        let call_id = match &inbound.message {
+            ClientMessage::Sdp { call_id, .. } | ClientMessage::Ice { call_id, .. } => {
+                Some(*call_id)
+            }
+            _ => None,
+        };
         let inbound = match &state.relay {
-            Some(r) => match r.relay(inbound) {
+            Some(r) if call_id.is_none() || call_id != state.routed => match r.relay(inbound) {
                 Ok(()) => return,
                 Err(other) => other,
             },
-            None => inbound,
+            _ => inbound,
         };
         match inbound.message {
             ClientMessage::Ping => reply(ServerMessage::Pong {
@@ -836,6 +846,9 @@ impl Connection {
             )),
             _ => match state.registry() {
                 Some(r) => {
+                    if call_id.is_some() {
+                        state.routed = call_id;
+                    }
                     let _ = r.cast(RegistryMsg::Route {
                         from: state.conn_ref(me),
                         inbound,

@@ -518,6 +518,33 @@ async fn a_v1_resume_gets_what_the_old_socket_never_wrote_then_what_came_while_a
     expect_ice(&mut b2, &[&unwritten[..], &away[..]].concat()).await;
 }
 
+/// A callee that sends candidates right after its accept, before `call.accepted` reaches it:
+/// the first ones go through the registry and the call actor (it is not paired yet), the rest
+/// straight to the caller once it is. None may overtake another, nor `call.accepted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn candidates_sent_right_after_accept_arrive_in_order_after_call_accepted() {
+    let app = app().await;
+    for round in 0..20 {
+        let callee = format!("bob{round}");
+        let mut a = Device::connect(&app, &format!("alice{round}"), 256).await;
+        let mut b = Device::connect(&app, &callee, 256).await;
+        let (id, _) = ringing(&app, &mut a, &mut b, &callee).await;
+        b.send(json!({"type": "call.accept", "call_id": id}));
+        let mut sent = vec![];
+        for chunk in 0..50 {
+            sent.extend(send_ice(&b, &id, 3, &format!("early{round}-{chunk}")));
+            // Let the actors run between chunks: the pairing lands somewhere in the middle.
+            for _ in 0..round % 4 {
+                tokio::task::yield_now().await;
+            }
+        }
+        a.expect("call.accepted").await;
+        expect_ice(&mut a, &sent).await;
+        b.send(json!({"type": "call.hangup", "call_id": id}));
+        a.expect("call.ended").await;
+    }
+}
+
 #[tokio::test]
 async fn a_pong_proves_delivery_and_trims() {
     let app = app().await;
