@@ -334,30 +334,23 @@ mod tests {
         let call = CallId::new();
         let now = Instant::now();
         let mut casts = 0;
+        let mut via_actor = |line: &Line| {
+            line.append_relayed(
+                call,
+                now,
+                |s| format!("{s}"),
+                || {
+                    casts += 1;
+                    true
+                },
+            )
+        };
         // Not open yet: through the actor (counted).
-        let r = line.append_relayed(
-            call,
-            now,
-            |s| format!("{s}"),
-            || {
-                casts += 1;
-                true
-            },
-        );
-        assert_eq!(r, Appended::ViaActor);
+        assert_eq!(via_actor(&line), Appended::ViaActor);
         line.lock().push(|s| format!("accepted {s}"), None).unwrap();
         line.lock().open_for(Some(call));
         // Open, but one is still in the mailbox: this one follows it there.
-        let r = line.append_relayed(
-            call,
-            now,
-            |s| format!("{s}"),
-            || {
-                casts += 1;
-                true
-            },
-        );
-        assert_eq!(r, Appended::ViaActor);
+        assert_eq!(via_actor(&line), Appended::ViaActor);
         assert_eq!(casts, 2);
         // The actor appends both; then direct appends go straight in.
         for _ in 0..2 {
