@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::ConnRef;
-use super::line::{Appended, Line, Overflow};
+use super::line::{Appended, Guard, Line, Overflow};
 use super::persistence::PersistenceHandle;
 use super::registry::{self, ConnEntryInfo, RegistryMsg};
 use crate::config::Settings;
@@ -388,6 +388,27 @@ fn relayed_frame(
     out
 }
 
+/// The few most recent calls a socket or connection sent `sdp`/`ice` for by the slower path
+/// (bounded: a client naming many calls only pushes out its own oldest entries).
+#[derive(Debug, Default, Clone)]
+pub struct RecentCalls([Option<CallId>; 4]);
+
+impl RecentCalls {
+    /// Whether `id` is among them.
+    pub fn contains(&self, id: &CallId) -> bool {
+        self.0.iter().any(|c| c.as_ref() == Some(id))
+    }
+    /// Remembers `id` (forgetting the oldest); false if it was already there.
+    pub fn insert(&mut self, id: CallId) -> bool {
+        if self.contains(&id) {
+            return false;
+        }
+        self.0.rotate_right(1);
+        self.0[0] = Some(id);
+        true
+    }
+}
+
 /// Fixed configuration of a connection actor.
 pub struct ConnectionArgs {
     /// Connection id.
@@ -429,9 +450,9 @@ pub struct ConnectionState {
     relay: Option<Arc<DirectRelay>>,
     /// The last call whose `call.accepted` went into the line.
     accepted: Option<CallId>,
-    /// The last call whose `sdp`/`ice` this connection sent through the registry (before it
-    /// was paired): the rest of that call's follow the same way, so none overtakes them.
-    routed: Option<CallId>,
+    /// The recent calls whose `sdp`/`ice` this connection sent through the registry (before
+    /// it was paired): the rest of those calls' follow the same way, so none overtakes them.
+    routed: RecentCalls,
     /// What the call gets if this connection ends now.
     end_reason: EndReason,
     links: Links,
@@ -478,9 +499,19 @@ impl ConnectionState {
     /// line to the peer's direct appends once `call.accepted` of the paired call is in it
     /// (so no relayed message overtakes it).
     fn sync_relay(&self) {
-        let mut line = self.line.lock();
+        self.sync_relay_in(&mut self.line.lock());
+    }
+
+    /// [`sync_relay`](Self::sync_relay) under a lock the caller holds. A call whose `sdp`/`ice`
+    /// this connection already sent through the registry is not handed to the socket task:
+    /// the rest of that call's follow the same path.
+    fn sync_relay_in(&self, line: &mut Guard<'_>) {
         if let Some(s) = line.socket() {
-            s.control.set_relay(self.relay.clone());
+            let relay = self
+                .relay
+                .clone()
+                .filter(|r| !self.routed.contains(&r.call_id));
+            s.control.set_relay(relay);
         }
         let open = self
             .pairing
@@ -565,14 +596,17 @@ impl ConnectionState {
         join: Join,
         call: Option<CallSummary>,
     ) -> Result<(), Overflow> {
-        if let Some(old) = self.line.lock().replace_socket(Some(socket)) {
+        self.detach_epoch += 1;
+        let welcome = self.welcome(matches!(join, Join::Resume { .. }), call);
+        // One lock from the socket swap to the end of the replay: nothing relayed by the peer
+        // in between may reach the new socket before its `welcome` or be replayed twice.
+        let line = self.line.clone();
+        let mut line = line.lock();
+        if let Some(old) = line.replace_socket(Some(socket)) {
             old.control.set_relay(None);
             old.control.kill(close::SUPERSEDED);
         }
-        self.sync_relay();
-        self.detach_epoch += 1;
-        let welcome = self.welcome(matches!(join, Join::Resume { .. }), call);
-        let mut line = self.line.lock();
+        self.sync_relay_in(&mut line);
         match join {
             Join::Takeover => {
                 // The reloaded page has no use for messages meant for the page it replaced.
@@ -654,7 +688,7 @@ impl Actor for Connection {
             pairing: None,
             relay: None,
             accepted: None,
-            routed: None,
+            routed: RecentCalls::default(),
             end_reason: EndReason::ConnectionLost,
             links: a.links,
         };
@@ -827,10 +861,12 @@ impl Connection {
             _ => None,
         };
         let inbound = match &state.relay {
-            Some(r) if call_id.is_none() || call_id != state.routed => match r.relay(inbound) {
-                Ok(()) => return,
-                Err(other) => other,
-            },
+            Some(r) if !call_id.is_some_and(|id| state.routed.contains(&id)) => {
+                match r.relay(inbound) {
+                    Ok(()) => return,
+                    Err(other) => other,
+                }
+            }
             _ => inbound,
         };
         match inbound.message {
@@ -846,8 +882,12 @@ impl Connection {
             )),
             _ => match state.registry() {
                 Some(r) => {
-                    if call_id.is_some() {
-                        state.routed = call_id;
+                    if let Some(id) = call_id
+                        && state.routed.insert(id)
+                        && state.relay.as_ref().is_some_and(|r| r.call_id == id)
+                    {
+                        // The socket task must stop relaying this call directly.
+                        state.sync_relay();
                     }
                     let _ = r.cast(RegistryMsg::Route {
                         from: state.conn_ref(me),

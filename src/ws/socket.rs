@@ -511,7 +511,7 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
     let mut last_heard = Instant::now();
     let mut delivered = 0u64;
     // The call whose `sdp`/`ice` this socket sent through its connection actor.
-    let mut via_actor = None;
+    let mut via_actor = crate::actors::connection::RecentCalls::default();
     // The direct relay as of a generation of the control's (refreshed when it moves): no lock
     // per relayed message.
     let mut relay_cache: (u64, Option<Arc<crate::actors::connection::DirectRelay>>) =
@@ -677,14 +677,14 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                                 let relay = relay_cache
                                     .1
                                     .as_ref()
-                                    .filter(|r| via_actor != Some(*call_id) && r.call_id == *call_id);
+                                    .filter(|r| !via_actor.contains(call_id) && r.call_id == *call_id);
                                 match relay {
                                     Some(relay) => match relay.relay(inbound) {
                                         Ok(()) => continue,
                                         Err(other) => other,
                                     },
                                     None => {
-                                        via_actor = Some(*call_id);
+                                        via_actor.insert(*call_id);
                                         inbound
                                     }
                                 }

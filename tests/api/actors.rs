@@ -545,6 +545,47 @@ async fn candidates_sent_right_after_accept_arrive_in_order_after_call_accepted(
     }
 }
 
+/// Bob's socket drops and comes back again and again while Alice's candidates stream into his
+/// connection: every new socket hears `welcome` first, then every message once, in `seq` order,
+/// with no `seq` repeated or skipped (a message relayed while the new socket was being attached
+/// must neither overtake `welcome` nor be replayed twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resume_during_a_stream_of_relayed_messages_keeps_welcome_first_and_seq_exact() {
+    let app = app().await;
+    let (a, mut b, id) = answered(&app).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let streamer = {
+        let stop = stop.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            let mut a = a;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Alice hears peer.reconnecting / peer.resumed each round: keep her reading.
+                while a.rx.try_recv().is_some() {}
+                send_ice(&a, &id, 1, &format!("s{n}"));
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let mut last = 0u64;
+    for _ in 0..40 {
+        // Read a little of the stream, acknowledging nothing.
+        for _ in 0..5 {
+            let v = b.read().await;
+            let seq = v["seq"].as_u64().expect("seq");
+            assert!(last == 0 || seq == last + 1, "seq {seq} after {last}: {v}");
+            last = seq;
+        }
+        b.socket_ends(SocketEnd::Dropped);
+        // `open` checks that the first message on the new socket is `welcome`.
+        b = b.resume(&app, Some(last)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    streamer.await.unwrap();
+}
+
 #[tokio::test]
 async fn a_pong_proves_delivery_and_trims() {
     let app = app().await;
