@@ -151,15 +151,15 @@ impl Guard<'_> {
         if self.state.overflowed {
             return Err(Overflow);
         }
-        let s = &mut *self.state;
-        let seq = s.next_seq;
-        s.next_seq += 1;
+        let seq = self.state.next_seq;
         let text = Utf8Bytes::from(text(seq));
-        s.held_bytes += text.len();
-        s.held.push_back((seq, text.clone()));
+        // Room is made before the message is taken, so the held bytes never exceed the bound,
+        // not even for the message that overflows it (that one is not numbered or held).
+        self.make_room(text.len())?;
+        let s = &mut *self.state;
         let out = match received {
-            Some(at) => Outbound::Relayed(seq, text, at),
-            None => Outbound::Text(seq, text),
+            Some(at) => Outbound::Relayed(seq, text.clone(), at),
+            None => Outbound::Text(seq, text.clone()),
         };
         if let Some(sock) = &s.socket
             && let Err(outbox::TrySendError::Full(_)) = sock.tx.try_send(out)
@@ -167,7 +167,10 @@ impl Guard<'_> {
             s.overflowed = true;
             return Err(Overflow);
         }
-        self.bound()
+        s.next_seq += 1;
+        s.held_bytes += text.len();
+        s.held.push_back((seq, text));
+        Ok(())
     }
 
     /// Sends a per-socket message (`welcome`, resume errors): no `seq`, never held or replayed.
@@ -181,14 +184,16 @@ impl Guard<'_> {
         }
     }
 
-    /// Enforces the count and byte bounds, forgetting written messages first.
-    fn bound(&mut self) -> Result<(), Overflow> {
+    /// Makes room for one more message of `len` bytes within the count and byte bounds,
+    /// forgetting written messages first; marks the line overflowed if that is not enough.
+    fn make_room(&mut self, len: usize) -> Result<(), Overflow> {
         let (max, max_bytes) = (self.line.max, self.line.max_bytes);
-        if self.state.held.len() <= max && self.state.held_bytes <= max_bytes {
+        let fits = |s: &LineState| s.held.len() < max && s.held_bytes + len <= max_bytes;
+        if fits(&self.state) {
             return Ok(());
         }
         let written = self.refresh_written();
-        while self.state.held.len() > max || self.state.held_bytes > max_bytes {
+        while !fits(&self.state) {
             match self.state.held.front() {
                 Some((seq, _)) if *seq <= written => {
                     let seq = *seq;
@@ -388,6 +393,43 @@ mod tests {
         assert_eq!(line.lock().push(|s| format!("m{s}"), None), Err(Overflow));
         let r = line.append_relayed(CallId::new(), Instant::now(), |s| format!("{s}"), || true);
         assert_eq!(r, Appended::Ending);
+    }
+
+    #[test]
+    fn held_bytes_never_exceed_the_bound_even_when_it_overflows() {
+        let (sock, _rx) = link(1024);
+        let line = Line::new(1000, 1000, Some(sock));
+        let msg = |s: u64| format!("{s:0>300}");
+        for _ in 0..3 {
+            line.lock().push(msg, None).unwrap();
+        }
+        assert_eq!(line.lock().held(), (3, 900));
+        // A fourth of 300 bytes does not fit and nothing was written: overflow, not held.
+        assert_eq!(line.lock().push(msg, None), Err(Overflow));
+        assert_eq!(line.lock().held(), (3, 900));
+        assert_eq!(line.lock().next_seq(), 4, "the refused message took no seq");
+
+        // With the first written, it is forgotten to make room.
+        let (sock, _rx) = link(1024);
+        let control2 = sock.control.clone();
+        let line = Line::new(1000, 1000, Some(sock));
+        for _ in 0..3 {
+            line.lock().push(msg, None).unwrap();
+        }
+        control2.mark_written(1);
+        line.lock().push(msg, None).unwrap();
+        assert_eq!(line.lock().held(), (3, 900));
+        assert_eq!(line.lock().first_held(), 2);
+    }
+
+    #[test]
+    fn a_full_socket_queue_overflows_without_holding_the_message() {
+        let (sock, _rx) = link(2);
+        let line = Line::new(100, 1 << 20, Some(sock));
+        line.lock().push(|s| format!("m{s}"), None).unwrap();
+        line.lock().push(|s| format!("m{s}"), None).unwrap();
+        assert_eq!(line.lock().push(|s| format!("m{s}"), None), Err(Overflow));
+        assert_eq!(line.lock().held().0, 2);
     }
 
     #[test]
