@@ -120,6 +120,10 @@ async fn spawn_supervisor(
     Ok(actor)
 }
 
+/// The exit reason ractor gives an actor whose task was dropped without finishing (its
+/// `ActorLifecycleGuard`).
+const TASK_CANCELLED: &str = "actor_task_cancelled";
+
 impl Actor for Root {
     type Msg = RootMsg;
     type State = RootState;
@@ -187,7 +191,10 @@ impl Actor for Root {
         } else {
             tracing::info!(target: "supervision", event = "stopped", node = %s.args.settings.server.instance_id, actor, actor_id = %id, reason = %reason, "actor stopped");
         }
-        if s.shutting_down {
+        // ractor reports a child whose task the runtime dropped (the runtime is going away:
+        // the process ends, or a test's runtime is dropped) as terminated with this reason. A
+        // restart would be dropped at once as well, and reported the same way: a restart loop.
+        if s.shutting_down || reason == TASK_CANCELLED {
             return Ok(());
         }
         match actor {

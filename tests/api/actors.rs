@@ -14,7 +14,7 @@ use callsignal::domain::{CallId, SessionId, UserId, UserRef, Username};
 use ractor::ActorRef;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, spawn_app_with};
+use crate::helpers::{Backend, TestApp, logs, spawn_app_with};
 
 /// A device: a connection actor with a channel in place of its socket.
 struct Device {
@@ -776,4 +776,50 @@ async fn any_device_of_a_party_may_hang_up_and_gets_the_acknowledgement() {
     );
     let e = a.expect("call.ended").await;
     assert_eq!(e["cause"], "microphone_denied");
+}
+
+/// A child whose task the runtime dropped (the runtime is going away: a process ending right
+/// after its shutdown began, a test's runtime dropped) is reported by ractor as terminated with
+/// `actor_task_cancelled`. The root must not restart it: the restart is dropped at once too and
+/// reported again, a restart loop (seen in the test suite's logs as thousands of "actor
+/// restarted" lines per app; with a supervision port that did not spend tokio's cooperative
+/// budget it never ended). The report is delivered here as ractor delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_whose_task_the_runtime_dropped_is_not_restarted() {
+    let app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("server.instance_id", "task-cancelled-test"))
+    })
+    .await;
+    let registry = app.state.actors.registry().unwrap();
+    let cell = registry.get_cell();
+    cell.notify_supervisor(ractor::SupervisionEvent::ActorTerminated(
+        cell.clone(),
+        None,
+        Some("actor_task_cancelled".into()),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        app.state.actors.registry().map(|r| r.get_id()),
+        Some(registry.get_id()),
+        "the registry is the same actor"
+    );
+    assert_eq!(
+        app.state.actors.root.get_status(),
+        ractor::ActorStatus::Running
+    );
+    let logs = logs();
+    let mine = |l: &&str| l.contains("\"node\":\"task-cancelled-test\"");
+    assert!(
+        logs.lines()
+            .filter(mine)
+            .any(|l| l.contains("actor_task_cancelled")),
+        "the report is logged"
+    );
+    assert!(
+        !logs
+            .lines()
+            .filter(mine)
+            .any(|l| l.contains("\"event\":\"restarted\"")),
+        "nothing is restarted"
+    );
 }
