@@ -482,7 +482,7 @@ impl ConnectionState {
     }
 
     fn welcome(&self, resumed: bool, call: Option<CallSummary>) -> ServerMessage {
-        ServerMessage::Welcome {
+        ServerMessage::Welcome(Box::new(crate::ws::protocol::Welcome {
             session_id: self.session_id,
             connection_id: self.id,
             user: self.user.clone(),
@@ -492,7 +492,7 @@ impl ConnectionState {
             ice_servers: crate::ice::servers_for(&self.links.settings.ice, self.user.id),
             resumed,
             call,
-        }
+        }))
     }
 
     /// Tells the current socket task which call's `sdp`/`ice` it relays itself, and opens the

@@ -145,7 +145,7 @@ impl WireServerMsg {
     pub fn from_msg(msg: ServerMessage) -> Option<Self> {
         use ServerMessage as M;
         Some(match msg {
-            M::Welcome { .. } => return None,
+            M::Welcome(_) => return None,
             M::CallCreated {
                 call_id,
                 to,

@@ -565,26 +565,10 @@ pub enum ErrorCode {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type")]
 pub enum ServerMessage {
-    /// Handshake done.
+    /// Handshake done (boxed: by far the largest message, and one per socket; every other
+    /// variant, and every actor message carrying one, stays small).
     #[serde(rename = "welcome")]
-    Welcome {
-        /// Login session of the token.
-        session_id: SessionId,
-        /// This connection.
-        connection_id: ConnectionId,
-        /// Who you are.
-        user: UserRef,
-        /// Present it in a later `hello` to resume this connection.
-        resume_token: String,
-        /// Server ping interval.
-        heartbeat_ms: u64,
-        /// ICE servers for `RTCPeerConnection`.
-        ice_servers: Vec<IceServer>,
-        /// Whether this resumed a previous connection.
-        resumed: bool,
-        /// The user's current call, if any (extension).
-        call: Option<CallSummary>,
-    },
+    Welcome(Box<Welcome>),
     /// The invite was accepted by the server.
     #[serde(rename = "call.created")]
     CallCreated {
@@ -686,6 +670,27 @@ pub enum ServerMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         call_id: Option<CallId>,
     },
+}
+
+/// The body of `welcome` (contract §2; `call` is an extension, docs/protocol.md).
+#[derive(Debug, Clone, Serialize)]
+pub struct Welcome {
+    /// Login session of the token.
+    pub session_id: SessionId,
+    /// This connection.
+    pub connection_id: ConnectionId,
+    /// Who you are.
+    pub user: UserRef,
+    /// Present it in a later `hello` to resume this connection.
+    pub resume_token: String,
+    /// Server ping interval.
+    pub heartbeat_ms: u64,
+    /// ICE servers for `RTCPeerConnection`.
+    pub ice_servers: Vec<IceServer>,
+    /// Whether this resumed a previous connection.
+    pub resumed: bool,
+    /// The user's current call, if any (extension).
+    pub call: Option<CallSummary>,
 }
 
 impl ServerMessage {
