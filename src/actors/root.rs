@@ -194,7 +194,15 @@ impl Actor for Root {
         // ractor reports a child whose task the runtime dropped (the runtime is going away:
         // the process ends, or a test's runtime is dropped) as terminated with this reason. A
         // restart would be dropped at once as well, and reported the same way: a restart loop.
-        if s.shutting_down || reason == TASK_CANCELLED {
+        if s.shutting_down {
+            return Ok(());
+        }
+        if reason == TASK_CANCELLED {
+            // Not silent: the one other way ractor gives this reason is a panic that escaped
+            // an actor's task outside its handlers (a destructor of a queued message), which
+            // leaves the server without this actor. Operators see it at error level.
+            tracing::error!(target: "supervision", event = "not_restarted", node = %s.args.settings.server.instance_id, actor, actor_id = %id,
+                "actor's task was dropped without finishing; not restarted (expected only while the runtime shuts down)");
             return Ok(());
         }
         match actor {

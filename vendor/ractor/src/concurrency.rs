@@ -68,6 +68,19 @@ pub mod lazy_unbounded {
         closed: bool,
     }
 
+    impl<T> Queue<T> {
+        /// Takes the first message; an emptied queue lets go of a large buffer (a burst, say
+        /// thousands of children stopping at once, would otherwise stay allocated for the
+        /// actor's life; tokio's channel frees its blocks too).
+        fn pop(&mut self) -> Option<T> {
+            let v = self.items.pop_front();
+            if self.items.is_empty() && self.items.capacity() > 64 {
+                self.items = VecDeque::new();
+            }
+            v
+        }
+    }
+
     struct Shared<T> {
         queue: Mutex<Queue<T>>,
         notify: tokio::sync::Notify,
@@ -136,20 +149,21 @@ pub mod lazy_unbounded {
         /// message is taken only in the poll that returns it).
         pub async fn recv(&mut self) -> Option<T> {
             loop {
-                // Like tokio's own channels, each receive spends a unit of the task's
-                // cooperative budget: an actor fed by this port yields to the runtime now and
-                // then (without it, an actor that restarts a child whose task the shutting
-                // down runtime cancels at once loops forever inside one poll).
-                #[cfg(all(feature = "tokio_runtime", not(feature = "async-std")))]
-                tokio::task::consume_budget().await;
-                {
-                    let mut q = self.0.lock();
-                    if let Some(v) = q.items.pop_front() {
-                        return Some(v);
-                    }
-                    if q.closed {
-                        return None;
-                    }
+                let ready = {
+                    let q = self.0.lock();
+                    q.closed || !q.items.is_empty()
+                };
+                if ready {
+                    // Like tokio's own channels, a receive that returns spends a unit of the
+                    // task's cooperative budget: an actor fed by this port yields to the
+                    // runtime now and then (without it, an actor that restarts a child whose
+                    // task the shutting down runtime cancels at once loops forever inside one
+                    // poll). Spent before taking the message, so a receive cancelled here
+                    // loses nothing.
+                    #[cfg(all(feature = "tokio_runtime", not(feature = "async-std")))]
+                    tokio::task::coop::consume_budget().await;
+                    // Only this receiver takes messages: what was there is still there.
+                    return self.0.lock().pop();
                 }
                 // `notify_one` stores a permit when nobody waits, so a message sent between
                 // the check above and this await wakes it.
@@ -160,7 +174,7 @@ pub mod lazy_unbounded {
         /// The next message if one is queued.
         pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
             let mut q = self.0.lock();
-            match q.items.pop_front() {
+            match q.pop() {
                 Some(v) => Ok(v),
                 None if q.closed => Err(TryRecvError::Disconnected),
                 None => Err(TryRecvError::Empty),
@@ -238,6 +252,19 @@ pub mod lazy_unbounded {
             }
             tx.send(5).unwrap();
             assert_eq!(rx.recv().await, Some(5));
+        }
+
+        #[tokio::test]
+        async fn an_emptied_queue_lets_go_of_a_burst() {
+            let (tx, mut rx) = channel();
+            for i in 0..10_000 {
+                tx.send(i).unwrap();
+            }
+            assert!(rx.0.lock().items.capacity() >= 10_000);
+            for i in 0..10_000 {
+                assert_eq!(rx.recv().await, Some(i));
+            }
+            assert_eq!(rx.0.lock().items.capacity(), 0);
         }
 
         #[tokio::test(flavor = "current_thread")]
