@@ -98,6 +98,20 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Whether this binary was built with the `test-hooks` feature (by a test build of this package:
+/// its tests depend on it with the feature on, and cargo rebuilds the binary to match).
+const TEST_HOOKS_BUILD: bool = cfg!(feature = "test-hooks");
+const TEST_HOOKS_WARNING: &str = "this binary was built with the test-hooks feature (a test build of \
+callsignal's package): it accepts [test_hooks] settings that make it panic or alter relayed SDP on \
+purpose. Never deploy it: build the server with `cargo build --release` (or docker/Dockerfile)";
+
+/// Says so at start when this is a test build ([`TEST_HOOKS_BUILD`]).
+fn warn_if_test_build() {
+    if TEST_HOOKS_BUILD {
+        tracing::warn!(event = "test_hooks_build", "{TEST_HOOKS_WARNING}");
+    }
+}
+
 fn settings(config: Option<&Path>) -> anyhow::Result<Settings> {
     callsignal::config::load_dotenv(Path::new("."))?;
     Ok(Settings::load(config)?)
@@ -110,12 +124,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = settings(config)?;
             callsignal::telemetry::init(settings.log.format);
             let app = App::build(settings).await?;
+            // After the first log line (what is starting, where): that line stays the summary.
+            warn_if_test_build();
             app.run_until_stopped(shutdown_signal()).await
         }
         Command::Config {
             action: ConfigAction::Check,
         } => {
             let settings = settings(config)?;
+            if TEST_HOOKS_BUILD {
+                println!("WARNING: {TEST_HOOKS_WARNING}");
+            }
             println!(
                 "configuration OK (database: {}; secrets shown as [redacted])\n{settings:#?}",
                 callsignal::store::describe(&settings.database)

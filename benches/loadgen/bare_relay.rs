@@ -14,7 +14,7 @@
 //!   for like; mimalloc is the allocator (the load generator's binary, which this runs in, sets
 //!   it, as callsignal does).
 //!
-//! Run standalone with `cargo bench --bench loadgen -- bare-relay 127.0.0.1:9000`; the load
+//! Run standalone with `cargo bench -p loadgen -- bare-relay 127.0.0.1:9000`; the load
 //! generator starts it as a child process of its own binary (pinned to core 0 with `--pin`).
 
 use std::collections::HashMap;

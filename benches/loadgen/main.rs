@@ -7,19 +7,19 @@
 //!
 //! ```text
 //! cargo build --release                      # the server under test: target/release/callsignal
-//! cargo bench --bench loadgen --no-run       # builds this load generator (and the bare relay)
+//! cargo bench -p loadgen --no-run       # builds this load generator (and the bare relay)
 //! ulimit -n 20000                          # idle 15000 needs > 16,000 open files per process
-//! cargo bench --bench loadgen -- --pin idle 15000       # RSS per idle authenticated connection
-//! cargo bench --bench loadgen -- --pin relay 200 2000   # 200 calls, 2,000 msg/s open loop
-//! cargo bench --bench loadgen -- --pin relay 1000 10000 # 1,000 calls, 10,000 msg/s
-//! cargo bench --bench loadgen -- --pin flood 50 4000    # messages per server CPU-second
-//! cargo bench --bench loadgen -- --pin calls 50 40      # full calls on SQLite, rows verified
-//! cargo bench --bench loadgen -- --pin --db postgres calls 50 40   # the same on PostgreSQL
-//! cargo bench --bench loadgen -- --pin cross 200 2000   # relay across two cluster nodes (NATS)
-//! cargo bench --bench loadgen -- --pin cross 1000 10000 #   … beside the single-node relay
-//! cargo bench --bench loadgen -- smoke                  # correctness only (CI)
-//! cargo bench --bench loadgen -- login 200              # login storm vs /healthz latency
-//! cargo bench --bench loadgen -- bare-relay 127.0.0.1:9000   # the bare relay on its own
+//! cargo bench -p loadgen -- --pin idle 15000       # RSS per idle authenticated connection
+//! cargo bench -p loadgen -- --pin relay 200 2000   # 200 calls, 2,000 msg/s open loop
+//! cargo bench -p loadgen -- --pin relay 1000 10000 # 1,000 calls, 10,000 msg/s
+//! cargo bench -p loadgen -- --pin flood 50 4000    # messages per server CPU-second
+//! cargo bench -p loadgen -- --pin calls 50 40      # full calls on SQLite, rows verified
+//! cargo bench -p loadgen -- --pin --db postgres calls 50 40   # the same on PostgreSQL
+//! cargo bench -p loadgen -- --pin cross 200 2000   # relay across two cluster nodes (NATS)
+//! cargo bench -p loadgen -- --pin cross 1000 10000 #   … beside the single-node relay
+//! cargo bench -p loadgen -- smoke                  # correctness only (CI)
+//! cargo bench -p loadgen -- login 200              # login storm vs /healthz latency
+//! cargo bench -p loadgen -- bare-relay 127.0.0.1:9000   # the bare relay on its own
 //! ```
 //!
 //! Options (anywhere on the command line):
@@ -112,7 +112,7 @@ pub(crate) struct Stats {
     violations: usize,
 }
 
-const USAGE: &str = "usage: cargo bench --bench loadgen -- [--pin] [--secs S] [--only callsignal|bare|peerjs] [--peerjs DIR] [--env K=V]... [--log-signaling] [--db sqlite|postgres] [--inflight K] [--window W] [--no-ack] \
+const USAGE: &str = "usage: cargo bench -p loadgen -- [--pin] [--secs S] [--only callsignal|bare|peerjs] [--peerjs DIR] [--env K=V]... [--log-signaling] [--db sqlite|postgres] [--inflight K] [--window W] [--no-ack] \
 idle [N] | relay [CALLS] [RATE] | cross [CALLS] [RATE] | flood [CALLS] [MSGS] | calls [PAIRS] [ROUNDS] | smoke | login [N] | bare-relay ADDR";
 
 fn parse(args: Vec<String>) -> (Opts, Vec<String>) {

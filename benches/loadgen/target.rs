@@ -130,7 +130,11 @@ impl Target {
         database_url: Option<&str>,
     ) -> Target {
         let bin = std::env::var("CALLSIGNAL_BIN").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/callsignal").into()
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../target/release/callsignal"
+            )
+            .into()
         });
         assert!(
             Path::new(&bin).exists(),
