@@ -347,8 +347,11 @@ pub enum LogFormat {
 /// `CALLSIGNAL_<SECTION>__<KEY>` variables (contract §4). `CALLSIGNAL_CONFIG` names the file;
 /// `CALLSIGNAL_TEST_*`, `CALLSIGNAL_E2E_*` and `CALLSIGNAL_BIN` belong to the test suite and the
 /// load generator and are not settings. Every other `CALLSIGNAL_*` variable must name a key.
+/// The prefix of every setting's environment variable (`CALLSIGNAL_WS__HEARTBEAT_SECS`).
+const ENV_PREFIX: &str = "CALLSIGNAL_";
+
 fn env_provider() -> Env {
-    Env::prefixed("CALLSIGNAL_")
+    Env::prefixed(ENV_PREFIX)
         .filter(|k| {
             let k = k.as_str().to_ascii_uppercase();
             k != "CONFIG" && k != "BIN" && !k.starts_with("TEST_") && !k.starts_with("E2E_")
@@ -449,7 +452,9 @@ fn unknown_keys(figment: &Figment) -> Result<Vec<String>, ConfigError> {
             }
         }
     }
-    let data = figment.data().map_err(Box::new)?;
+    let data = figment
+        .data()
+        .map_err(|e| ConfigError::Rule(describe_errors(e)))?;
     for dict in data.values() {
         walk(dict, "", &known, &is_table, &mut unknown);
     }
@@ -511,12 +516,13 @@ fn list_or_csv<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 /// Longest configurable deadline or lock-out, in seconds (one day).
 pub const MAX_DEADLINE_SECS: u64 = 86_400;
 
+/// The longest lifetime or retention a setting may name (ten years, in seconds): session and
+/// token lifetimes, TURN credential lifetime, row retention.
+pub const MAX_LIFETIME_SECS: u64 = 10 * 365 * 86_400;
+
 /// Why the settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// Parsing or type error in some layer.
-    #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
     /// A value is out of its allowed range.
     #[error("invalid configuration: {0}")]
     Rule(String),
@@ -551,6 +557,41 @@ pub fn load_dotenv(dir: &Path) -> Result<bool, ConfigError> {
     Ok(true)
 }
 
+/// Each of figment's errors on one line: where the value came from (the file, or the
+/// environment variable by its name), the key as written in `config/default.toml`, and what is
+/// wrong — once (figment's own message repeats itself through its error chain, and names keys
+/// as `default.ws.heartbeat_secs` or `WS.HEARTBEAT_SECS`).
+fn describe_errors(errors: figment::Error) -> String {
+    errors
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let from = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                Some(figment::Source::File(path)) => format!("{}: ", path.display()),
+                _ if e
+                    .metadata
+                    .as_ref()
+                    .is_some_and(|m| m.name.contains(ENV_PREFIX)) =>
+                {
+                    let var = e
+                        .path
+                        .iter()
+                        .map(|p| p.to_ascii_uppercase())
+                        .collect::<Vec<_>>();
+                    format!("environment variable {ENV_PREFIX}{}: ", var.join("__"))
+                }
+                _ => String::new(),
+            };
+            if key.is_empty() {
+                format!("{from}{}", e.kind)
+            } else {
+                format!("{from}{key}: {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Settings {
     /// Loads the layers. `file` is `--config`, falling back to `CALLSIGNAL_CONFIG`.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
@@ -567,6 +608,15 @@ impl Settings {
                 return Err(ConfigError::Rule(format!(
                     "config file {} is not a file (a directory?)",
                     path.display()
+                )));
+            }
+            // A file that is not TOML: say which file (figment's parse error does not).
+            if let Err(e) = Figment::from(Toml::file_exact(&path)).extract::<figment::value::Dict>()
+            {
+                return Err(ConfigError::Rule(format!(
+                    "config file {}: {}",
+                    path.display(),
+                    e.kind
                 )));
             }
             figment = figment.merge(Toml::file_exact(path));
@@ -589,8 +639,7 @@ impl Settings {
                 Ok(()) => {}
                 Err(e) => problems.push(strip_prefix(e.to_string())),
             },
-            Err(e) if problems.is_empty() => return Err(ConfigError::Invalid(Box::new(e))),
-            Err(e) => problems.push(e.to_string()),
+            Err(e) => problems.push(describe_errors(e)),
         }
         Err(ConfigError::Rule(problems.join("; ")))
     }
@@ -631,6 +680,122 @@ impl Settings {
                     "{key} is {secs}; it must be between 1 and {MAX_DEADLINE_SECS}"
                 )));
             }
+        }
+        // Every other duration has a ceiling too: each is added to a clock (`Instant`, chrono,
+        // a database timestamp), and a value near u64::MAX overflowed there — a panic in every
+        // socket task (ws.heartbeat_secs) or sessions dead on arrival (auth.session_ttl_secs).
+        // Waits and intervals: at most a day; lifetimes and retention: at most ten years.
+        let (ws, auth, p, calls) = (&self.ws, &self.auth, &self.persistence, &self.calls);
+        for (key, value, max) in [
+            (
+                "server.shutdown_drain_secs",
+                server.shutdown_drain_secs,
+                MAX_DEADLINE_SECS,
+            ),
+            (
+                "server.tls.reload_check_secs",
+                server.tls.reload_check_secs,
+                MAX_DEADLINE_SECS,
+            ),
+            (
+                "database.connect_timeout_secs",
+                self.database.connect_timeout_secs,
+                MAX_DEADLINE_SECS,
+            ),
+            (
+                "auth.access_token_ttl_secs",
+                auth.access_token_ttl_secs,
+                MAX_LIFETIME_SECS,
+            ),
+            (
+                "auth.session_ttl_secs",
+                auth.session_ttl_secs,
+                MAX_LIFETIME_SECS,
+            ),
+            (
+                "auth.throttle.base_delay_secs",
+                throttle.base_delay_secs,
+                MAX_DEADLINE_SECS,
+            ),
+            (
+                "auth.throttle.window_secs",
+                throttle.window_secs,
+                MAX_DEADLINE_SECS,
+            ),
+            (
+                "auth.throttle.known_address_secs",
+                throttle.known_address_secs,
+                MAX_LIFETIME_SECS,
+            ),
+            (
+                "calls.ring_timeout_secs",
+                calls.ring_timeout_secs,
+                MAX_DEADLINE_SECS,
+            ),
+            (
+                "ws.hello_timeout_secs",
+                ws.hello_timeout_secs,
+                MAX_DEADLINE_SECS,
+            ),
+            (
+                "ws.resume_grace_secs",
+                ws.resume_grace_secs,
+                MAX_DEADLINE_SECS,
+            ),
+            (
+                "ws.going_away_grace_secs",
+                ws.going_away_grace_secs,
+                MAX_DEADLINE_SECS,
+            ),
+            ("ws.heartbeat_secs", ws.heartbeat_secs, MAX_DEADLINE_SECS),
+            (
+                "ws.rate_limit_strike_decay_secs",
+                ws.rate_limit_strike_decay_secs,
+                MAX_DEADLINE_SECS,
+            ),
+            ("ice.ttl_secs", self.ice.ttl_secs, MAX_LIFETIME_SECS),
+            (
+                "persistence.signaling_retention_secs",
+                p.signaling_retention_secs,
+                MAX_LIFETIME_SECS,
+            ),
+            (
+                "persistence.batch_interval_ms",
+                p.batch_interval_ms,
+                MAX_DEADLINE_SECS * 1000,
+            ),
+            (
+                "persistence.retry_max_backoff_ms",
+                p.retry_max_backoff_ms,
+                MAX_DEADLINE_SECS * 1000,
+            ),
+            (
+                "cluster.node_timeout_secs",
+                self.cluster.node_timeout_secs,
+                MAX_DEADLINE_SECS,
+            ),
+        ] {
+            if value > max {
+                return Err(ConfigError::Rule(format!(
+                    "{key} is {value}; it must be at most {max}"
+                )));
+            }
+        }
+        // The database drivers built in: a URL for another (mysql://…) passed `config check`
+        // and failed only at `serve`.
+        let url = self.database.url.expose();
+        let scheme = url.split_once(':').map_or("", |(s, _)| s);
+        if !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
+            return Err(ConfigError::Rule(format!(
+                "database.url {} must start with sqlite:, postgres:// or postgresql:// (the \
+                 drivers built in)",
+                if url.contains("://") {
+                    crate::store::redact_url(url)
+                } else {
+                    // Not a URL: nothing tells a password apart, so none of it is shown.
+                    "(not a URL)".to_owned()
+                }
+            )));
         }
         if self.ws.max_message_bytes < 1024 {
             return Err(ConfigError::Rule(
@@ -762,6 +927,97 @@ mod tests {
         assert_eq!(s.server.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(s.ws.max_message_bytes, 65536);
         assert!(s.auth.jwt_secret.is_none());
+    }
+
+    /// A duration near u64::MAX passed validation and overflowed where it was added to a
+    /// clock: every WebSocket task panicked (`ws.heartbeat_secs`), every session was dead on
+    /// arrival (`auth.session_ttl_secs`). Every duration key has a ceiling.
+    #[test]
+    fn durations_that_would_overflow_a_clock_are_refused() {
+        let keys: Vec<String> = Settings::defaults()
+            .extract::<figment::value::Dict>()
+            .expect("defaults")
+            .iter()
+            .flat_map(|(section, v)| {
+                let mut keys = vec![];
+                let mut walk = vec![(section.clone(), v.clone())];
+                while let Some((path, v)) = walk.pop() {
+                    match v {
+                        figment::value::Value::Dict(_, d) => {
+                            walk.extend(d.into_iter().map(|(k, v)| (format!("{path}.{k}"), v)));
+                        }
+                        _ if path.ends_with("_secs") || path.ends_with("_ms") => keys.push(path),
+                        _ => {}
+                    }
+                }
+                keys
+            })
+            .collect();
+        assert!(
+            keys.len() >= 20,
+            "every duration key of the defaults: {keys:?}"
+        );
+        for key in &keys {
+            for value in [u64::MAX, 400_000_000_000] {
+                let err = Settings::from_figment(Settings::defaults().merge((key.as_str(), value)))
+                    .expect_err(key);
+                assert!(err.to_string().contains(key.as_str()), "{key}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_database_url_without_a_built_in_driver_is_refused() {
+        for url in [
+            "mysql://u:secret@db/x",
+            "callsignal.db",
+            "mariadb://db",
+            "u:secret@db/x",
+        ] {
+            let err = Settings::from_figment(Settings::defaults().merge(("database.url", url)))
+                .expect_err(url)
+                .to_string();
+            assert!(err.contains("database.url"), "{url}: {err}");
+            assert!(!err.contains("secret"), "{url}: never the password: {err}");
+        }
+        for url in ["sqlite::memory:", "postgres://db/x", "postgresql://db/x"] {
+            Settings::from_figment(Settings::defaults().merge(("database.url", url)))
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+    }
+
+    /// A type error in a file or the environment is named once, by the file or the variable
+    /// and the key as `config/default.toml` writes it (it was repeated twice, as
+    /// `default.ws.heartbeat_secs` or `WS.HEARTBEAT_SECS`).
+    #[test]
+    fn a_type_error_names_its_key_and_source_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[ws]\nheartbeat_secs = \"abc\"\n").expect("write");
+        let err = Settings::from_figment(Settings::defaults().merge(Toml::file_exact(&file)))
+            .expect_err("a string for a number")
+            .to_string();
+        assert_eq!(err.matches("abc").count(), 1, "{err}");
+        assert!(
+            err.contains(&format!("{}: ws.heartbeat_secs: ", file.display())),
+            "{err}"
+        );
+        assert!(!err.contains("default."), "{err}");
+    }
+
+    #[test]
+    fn a_config_file_that_is_not_toml_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("broken.toml");
+        std::fs::write(&file, "[ws\nheartbeat_secs = 1\n").expect("write");
+        let err = Settings::load(Some(&file))
+            .expect_err("not TOML")
+            .to_string();
+        assert!(
+            err.contains(&format!("config file {}: ", file.display())),
+            "{err}"
+        );
+        assert_eq!(err.matches("invalid table header").count(), 1, "{err}");
     }
 
     #[test]

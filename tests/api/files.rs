@@ -96,3 +96,106 @@ async fn the_database_and_data_directory_are_private() {
         }
     }
 }
+
+/// `cargo test`/`cargo bench` of callsignal's package build callsignal with its dev-dependency's
+/// `test-hooks` feature and rebuild `target/release/callsignal` to match: a bench target in the
+/// package put a binary that alters SDP on request where `cargo build --release` puts the one to
+/// deploy (found by running `cargo bench` and then the release binary). The load generator is a
+/// package of its own that does not depend on callsignal.
+#[test]
+fn no_bench_rebuilds_the_server_binary_with_test_hooks() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let packages = meta["packages"].as_array().unwrap();
+    let package = |name: &str| {
+        packages
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("package {name} in the workspace"))
+    };
+    let benches: Vec<&str> = package("callsignal")["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bench"))
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        benches.is_empty(),
+        "bench targets of callsignal's package rebuild its release binary with test hooks: {benches:?}"
+    );
+    let loadgen = package("loadgen");
+    assert!(
+        !loadgen["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["name"] == "callsignal"),
+        "the load generator must not depend on callsignal (it would turn on test hooks)"
+    );
+}
+
+/// A binary built with the test hooks says so (`config check` and at start).
+#[test]
+fn a_binary_with_test_hooks_says_so() {
+    let work = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_callsignal"));
+    cmd.args(["config", "check"]).current_dir(work.path());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("CALLSIGNAL_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.output().expect("binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("WARNING: this binary was built with the test-hooks feature"),
+        "{stdout}"
+    );
+}
+
+/// A value of the wrong type in the environment is named once, by its variable and its key
+/// (it was repeated, and named `WS.HEARTBEAT_SECS`).
+#[test]
+fn a_bad_environment_value_is_named_by_its_variable_once() {
+    let work = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_callsignal"));
+    cmd.args(["config", "check"]).current_dir(work.path());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("CALLSIGNAL_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .env("CALLSIGNAL_WS__HEARTBEAT_SECS", "abc")
+        .output()
+        .expect("binary runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("environment variable CALLSIGNAL_WS__HEARTBEAT_SECS: ws.heartbeat_secs: "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("\"abc\"").count(), 1, "{stderr}");
+}
