@@ -120,6 +120,10 @@ async fn spawn_supervisor(
     Ok(actor)
 }
 
+/// How long the root waits for each child to stop at shutdown (the four together stay within
+/// [`super::CALL_TIMEOUT`], the wait for the root).
+const CHILD_STOP_WAIT: std::time::Duration = std::time::Duration::from_millis(1200);
+
 /// The exit reason ractor gives an actor whose task was dropped without finishing (its
 /// `ActorLifecycleGuard`).
 const TASK_CANCELLED: &str = "actor_task_cancelled";
@@ -146,6 +150,42 @@ impl Actor for Root {
             calls,
             shutting_down: false,
         })
+    }
+
+    /// Stops the children in order and logs each stop, then its own (contract §4: every actor
+    /// start and stop is one log event naming the actor). ractor would otherwise end them with
+    /// the root and no event would say so: the root no longer handles their supervision events.
+    /// Order: the registry (it routes into the others), the call and the connection supervisors
+    /// (each stops and logs what is left of its children), persistence last (it commits what
+    /// the others queued; the shutdown drained it already).
+    async fn post_stop(
+        &self,
+        me: ActorRef<Self::Msg>,
+        s: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        s.shutting_down = true;
+        let node = &s.args.settings.server.instance_id;
+        let children = [
+            ("registry", s.registry.clone()),
+            ("calls", s.calls.get_cell()),
+            ("connections", s.connections.get_cell()),
+            ("persistence", s.persistence.clone()),
+        ];
+        for (actor, cell) in children {
+            if cell.get_status() >= ractor::ActorStatus::Stopping {
+                continue; // stopped before, and logged then
+            }
+            let reason = match cell
+                .stop_and_wait(Some("shutdown".into()), Some(CHILD_STOP_WAIT))
+                .await
+            {
+                Ok(()) => "shutdown",
+                Err(_) => "shutdown (did not stop in time)",
+            };
+            tracing::info!(target: "supervision", event = "stopped", node = %node, actor, actor_id = %cell.get_id(), reason, "actor stopped");
+        }
+        tracing::info!(target: "supervision", event = "stopped", node = %node, actor = "root", actor_id = %me.get_id(), reason = "shutdown", "actor stopped");
+        Ok(())
     }
 
     async fn handle(

@@ -100,6 +100,9 @@ impl Kind {
     }
 }
 
+/// How long a supervisor waits for its remaining children to stop when it stops.
+const CHILDREN_STOP_WAIT: std::time::Duration = std::time::Duration::from_millis(1000);
+
 impl Actor for Supervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
@@ -134,6 +137,26 @@ impl Actor for Supervisor {
                 let id = args.id.0;
                 let _ = reply.send(state.spawn(&me, id, Call, *args).await);
             }
+        }
+        Ok(())
+    }
+
+    /// Stops what is left of its children (at shutdown: connections in their resume grace,
+    /// say) and logs each stop: it no longer handles their supervision events (contract §4).
+    async fn post_stop(
+        &self,
+        me: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.children.is_empty() {
+            return Ok(());
+        }
+        me.stop_children_and_wait(Some("shutdown".into()), Some(CHILDREN_STOP_WAIT))
+            .await;
+        let actor = state.kind.child();
+        for (actor_id, id) in std::mem::take(&mut state.children) {
+            state.gauge().dec();
+            tracing::info!(target: "supervision", event = "stopped", node = %state.node, actor, id = %id, actor_id = %actor_id, reason = "shutdown", "actor stopped");
         }
         Ok(())
     }

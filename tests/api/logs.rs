@@ -234,3 +234,80 @@ fn a_mistyped_database_url_never_prints_its_password() {
     );
     assert!(!text.contains("hunter2-secret"), "{text}");
 }
+
+/// Every actor whose start is logged logs its stop when the server ends on SIGTERM (contract
+/// §4: every actor start and stop is one log event naming the actor). Found by an operator's
+/// eye: root, registry, persistence and the two supervisors logged `started` and never
+/// `stopped`; a connection waiting in its resume grace at shutdown neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_actor_that_started_logs_its_stop_at_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TracedServer::start(dir.path());
+    let http = reqwest::Client::new();
+    let alice = server.user(&http, "alice").await;
+    let bob = server.user(&http, "bob").await;
+    // Alice's socket goes away without a close frame: her connection waits in its grace.
+    drop(server.ws(&alice).await);
+    let _bob = server.ws(&bob).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut exited = None;
+    for _ in 0..200 {
+        exited = server.child.try_wait().unwrap();
+        if exited.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the server exits 0 on SIGTERM: {exited:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await; // the collectors read the last lines
+    let logs = server.output.lock().unwrap().clone();
+    let mut started = std::collections::BTreeMap::new();
+    let mut stopped = std::collections::BTreeSet::new();
+    for v in logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        let (Some(event), Some(id)) = (v["event"].as_str(), v["actor_id"].as_str()) else {
+            continue;
+        };
+        match event {
+            "started" => {
+                started.insert(id.to_owned(), v["actor"].as_str().unwrap_or("?").to_owned());
+            }
+            "stopped" | "failed" => {
+                stopped.insert(id.to_owned());
+            }
+            _ => {}
+        }
+    }
+    let kinds: std::collections::BTreeSet<&str> = started.values().map(String::as_str).collect();
+    for kind in [
+        "root",
+        "registry",
+        "persistence",
+        "connections",
+        "calls",
+        "connection",
+    ] {
+        assert!(kinds.contains(kind), "{kind} logged its start: {kinds:?}");
+    }
+    let silent: Vec<_> = started
+        .iter()
+        .filter(|(id, _)| !stopped.contains(*id))
+        .collect();
+    assert!(
+        silent.is_empty(),
+        "started but never logged a stop: {silent:?}"
+    );
+}
