@@ -2,15 +2,25 @@
 //! its first byte to its last idle moment, and the cap on connections held by one client address.
 //! Nothing here parses HTTP (hyper does); [`super::serve`] wires these around every connection.
 //!
-//! Why our own deadlines and not only hyper's: hyper's `header_read_timeout` starts only once
-//! the HTTP/1 parser runs, but the version detection in front of it (hyper-util's `auto`) waits
-//! for the first 24 bytes without any deadline, and an HTTP/2 connection with no streams lives
-//! as long as its peer answers pings. A connection that does nothing useful must still end.
+//! Why our own deadlines and not hyper's: hyper's `header_read_timeout` starts only once the
+//! HTTP/1 parser runs, but the version detection in front of it (hyper-util's `auto`) waits for
+//! the first 24 bytes without any deadline, and an HTTP/2 connection with no streams lives as
+//! long as its peer answers pings. A connection that does nothing useful must still end. And
+//! hyper's HTTP/1 header timer starts as soon as it waits for the next head, data or not: it
+//! closed every idle keep-alive connection at `header_read_timeout_secs` (10 s), not at
+//! `idle_timeout_secs` (60 s) — a proxy keeping upstream connections for 50 s then sent
+//! requests into connections the server was closing. So hyper's timer is off, and a later
+//! HTTP/1 head's deadline runs from its first byte ([`Watched`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -26,7 +36,8 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
     /// From accept to the first complete request head, whatever the protocol: a silent socket,
-    /// a trickled HTTP/1 head (slowloris) or an HTTP/2 preface with no stream all end here
+    /// a trickled HTTP/1 head (slowloris) or an HTTP/2 preface with no stream all end here; and
+    /// from the first byte of every later HTTP/1 head to its end
     /// (`server.header_read_timeout_secs`).
     pub first_request: Duration,
     /// No request in progress for this long after the last one finished: the connection is
@@ -43,12 +54,22 @@ pub struct Activity {
     state: Mutex<ActivityState>,
     /// Woken whenever a request starts or ends, so the deadline is recomputed at once.
     changed: Notify,
+    /// Set while an HTTP/1 connection is between requests and no byte of the next head has
+    /// arrived: the next read that brings bytes notes the head's start ([`Watched`]). One
+    /// relaxed load per read otherwise (also after a WebSocket upgrade, where it stays false
+    /// after the first read).
+    awaiting_head: AtomicBool,
+    /// The connection speaks HTTP/2 (its streams are requests; bytes between them are pings
+    /// and settings, not heads).
+    http2: AtomicBool,
 }
 
 #[derive(Debug)]
 struct ActivityState {
     in_flight: usize,
     last_done: Option<Instant>,
+    /// When the first byte of the next HTTP/1 head arrived (after `last_done`).
+    head_started: Option<Instant>,
 }
 
 /// Marks one request in progress; dropping it (the handler finished or was cancelled) records
@@ -63,8 +84,11 @@ impl Default for Activity {
             state: Mutex::new(ActivityState {
                 in_flight: 0,
                 last_done: None,
+                head_started: None,
             }),
             changed: Notify::new(),
+            awaiting_head: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
         }
     }
 }
@@ -74,11 +98,37 @@ impl Activity {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A request's head arrived and its handler starts.
-    pub fn begin(self: &Arc<Self>) -> RequestGuard {
-        self.lock().in_flight += 1;
+    /// A request's head arrived and its handler starts; `http2` for a request of an HTTP/2
+    /// connection.
+    pub fn begin(self: &Arc<Self>, http2: bool) -> RequestGuard {
+        if http2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        self.awaiting_head.store(false, Ordering::Relaxed);
+        {
+            let mut s = self.lock();
+            s.in_flight += 1;
+            s.head_started = None;
+        }
         self.changed.notify_waiters();
         RequestGuard(self.clone())
+    }
+
+    /// Bytes arrived: if the connection was waiting for a next HTTP/1 head, it started now.
+    fn bytes_arrived(&self) {
+        if !self.awaiting_head.load(Ordering::Relaxed)
+            || !self.awaiting_head.swap(false, Ordering::Relaxed)
+        {
+            return;
+        }
+        {
+            let mut s = self.lock();
+            if s.in_flight > 0 || s.head_started.is_some() {
+                return;
+            }
+            s.head_started = Some(Instant::now());
+        }
+        self.changed.notify_waiters();
     }
 
     /// When the connection must close if nothing changes, or `None` while a request is in
@@ -88,9 +138,11 @@ impl Activity {
         if s.in_flight > 0 {
             return None;
         }
-        Some(match s.last_done {
-            None => self.opened + deadlines.first_request,
-            Some(done) => done + deadlines.idle,
+        Some(match (s.last_done, s.head_started) {
+            (None, _) => self.opened + deadlines.first_request,
+            // A head under way has its own deadline, whatever the idle one says.
+            (Some(_), Some(head)) => head + deadlines.first_request,
+            (Some(done), None) => done + deadlines.idle,
         })
     }
 
@@ -121,8 +173,67 @@ impl Drop for RequestGuard {
             let mut s = self.0.lock();
             s.in_flight = s.in_flight.saturating_sub(1);
             s.last_done = Some(Instant::now());
+            if s.in_flight == 0 && !self.0.http2.load(Ordering::Relaxed) {
+                self.0.awaiting_head.store(true, Ordering::Relaxed);
+            }
         }
         self.0.changed.notify_waiters();
+    }
+}
+
+/// A connection's byte stream, noting in its [`Activity`] when the first byte of a next HTTP/1
+/// request head arrives (the head's deadline runs from then).
+#[derive(Debug)]
+pub struct Watched<IO> {
+    io: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO> Watched<IO> {
+    /// `io`, watched for `activity`.
+    pub fn new(io: IO, activity: Arc<Activity>) -> Self {
+        Self { io, activity }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -245,7 +356,7 @@ mod tests {
         let activity = Arc::new(Activity::default());
         let opened = Instant::now();
         assert_eq!(activity.deadline(d), Some(opened + d.first_request));
-        let guard = activity.begin();
+        let guard = activity.begin(false);
         assert_eq!(
             activity.deadline(d),
             None,
@@ -260,6 +371,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_later_http1_head_runs_on_the_header_deadline_from_its_first_byte() {
+        let d = Deadlines {
+            first_request: Duration::from_secs(2),
+            idle: Duration::from_secs(60),
+        };
+        let activity = Arc::new(Activity::default());
+        drop(activity.begin(false));
+        let done = Instant::now();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(
+            activity.deadline(d),
+            Some(done + d.idle),
+            "idle, no byte yet"
+        );
+        activity.bytes_arrived();
+        let head = Instant::now();
+        assert_eq!(activity.deadline(d), Some(head + d.first_request));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        activity.bytes_arrived();
+        assert_eq!(
+            activity.deadline(d),
+            Some(head + d.first_request),
+            "from the head's first byte, not its latest"
+        );
+        drop(activity.begin(false));
+        let done = Instant::now();
+        assert_eq!(
+            activity.deadline(d),
+            Some(done + d.idle),
+            "the head completed"
+        );
+        // HTTP/2: bytes between streams are pings and settings, not heads.
+        let h2 = Arc::new(Activity::default());
+        drop(h2.begin(true));
+        let done = Instant::now();
+        h2.bytes_arrived();
+        assert_eq!(h2.deadline(d), Some(done + d.idle));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_waiting_watchdog_sees_a_request_end() {
         let d = Deadlines {
             first_request: Duration::from_secs(30),
@@ -271,7 +422,7 @@ mod tests {
             async move { activity.expired(d).await }
         });
         tokio::task::yield_now().await;
-        drop(activity.begin());
+        drop(activity.begin(false));
         let done = Instant::now();
         watchdog.await.expect("watchdog");
         assert_eq!(Instant::now(), done + d.idle, "not the 30 s first deadline");

@@ -114,7 +114,8 @@ async fn serve_connection<IO>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(deadlines.first_request)
+        // Off: our own deadlines bound each head from its first byte (connection.rs says why).
+        .header_read_timeout(None)
         .max_buf_size(64 * 1024);
     builder
         .http2()
@@ -128,13 +129,14 @@ async fn serve_connection<IO>(
     let service_activity = activity.clone();
     let service = service_fn(move |req| {
         let state = state.clone();
-        let request = service_activity.begin();
+        let request = service_activity.begin(req.version() == hyper::Version::HTTP_2);
         async move {
             let resp = handle(&state, req, peer).await;
             drop(request);
             Ok::<_, Infallible>(resp)
         }
     });
+    let io = connection::Watched::new(io, activity.clone());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {

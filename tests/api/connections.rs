@@ -205,3 +205,102 @@ async fn one_address_holding_its_share_leaves_room_for_others() {
         "refusals are counted"
     );
 }
+
+/// Reads one HTTP/1 response (head and a `Content-Length` body) from `s`.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(CLOSED_WITHIN, s.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        if n == 0 {
+            return text;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// hyper's HTTP/1 header timer ran while a keep-alive connection waited for its next request,
+/// so an idle connection was closed at `header_read_timeout_secs` (10 s), not at
+/// `idle_timeout_secs` (60 s) — and a proxy keeping upstream connections for less than the
+/// idle deadline (as docs/operations.md advises) raced with the server's close.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_lives_until_the_idle_deadline_not_the_header_one() {
+    let app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("server.header_read_timeout_secs", 1))
+            .merge(("server.idle_timeout_secs", 30))
+    })
+    .await;
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(request).await.unwrap();
+    let first = read_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200 OK"), "{first}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.write_all(request).await.unwrap();
+    let second = read_response(&mut s).await;
+    assert!(
+        second.starts_with("HTTP/1.1 200 OK"),
+        "the keep-alive connection still serves after 2.5 s idle: {second:?}"
+    );
+}
+
+/// A later HTTP/1 head on a kept-alive connection is still bounded by the header deadline,
+/// counted from its first byte (slowloris after a first honest request).
+#[tokio::test]
+async fn a_trickled_later_head_is_cut_at_the_header_deadline() {
+    let app = spawn_app_with(Backend::Sqlite, |f| {
+        f.merge(("server.header_read_timeout_secs", 1))
+            .merge(("server.idle_timeout_secs", 30))
+    })
+    .await;
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 200 OK"), "{first}");
+    let started = Instant::now();
+    let (mut read, mut write) = s.split();
+    let trickle = async {
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if write.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        std::future::pending::<()>().await
+    };
+    let closed = async {
+        let mut buf = Vec::new();
+        let _ = read.read_to_end(&mut buf).await;
+        buf
+    };
+    let answer = tokio::select! {
+        _ = trickle => unreachable!(),
+        buf = closed => buf,
+    };
+    let took = started.elapsed();
+    assert!(
+        took < CLOSED_WITHIN,
+        "closed after {took:?} (idle deadline 30 s)"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.contains("200 OK"), "{answer}");
+}
