@@ -105,6 +105,8 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Messages refused by the rate limit.
     pub rate_limited: Counter,
+    /// WebSocket upgrades refused for their `Origin`.
+    pub origin_refused: Counter,
     /// Resumes that could not replay everything the client missed (`resume_gap`).
     pub resume_gaps: Counter,
     /// Connections resumed (by token) or taken over (same session, reloaded page).
@@ -257,6 +259,7 @@ impl Metrics {
             relayed_ice: Default::default(),
             slow_consumers: Counter::default(),
             rate_limited: Counter::default(),
+            origin_refused: Counter::default(),
             resume_gaps: Counter::default(),
             resumes: Counter::default(),
             events_written: Counter::default(),
@@ -338,6 +341,11 @@ impl Metrics {
             "callsignal_rate_limited",
             "Messages refused by the rate limit",
             self.rate_limited.clone(),
+        );
+        r.register(
+            "callsignal_origin_refused",
+            "WebSocket upgrades refused for their Origin (cross-site or misconfigured)",
+            self.origin_refused.clone(),
         );
         r.register(
             "callsignal_resume_gaps",

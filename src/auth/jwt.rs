@@ -123,7 +123,12 @@ impl TokenIssuer {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
             })?;
-        if data.header.alg != Algorithm::HS256 || data.claims.typ != ACCESS_TYPE {
+        // `crit` lists header extensions the recipient must understand or reject the token
+        // (RFC 7515 §4.1.11); callsignal understands none, and an empty list is itself invalid.
+        if data.header.alg != Algorithm::HS256
+            || data.header.crit.is_some()
+            || data.claims.typ != ACCESS_TYPE
+        {
             return Err(TokenError::Invalid);
         }
         Ok(TokenIdentity {
@@ -149,6 +154,42 @@ mod tests {
         let (u, s) = (UserId::new(), SessionId::new());
         let id = i.verify(&i.issue(u, s)).expect("valid");
         assert_eq!((id.user_id, id.session_id), (u, s));
+    }
+
+    /// A correctly signed token with a `crit` header (extensions the recipient must understand,
+    /// RFC 7515 §4.1.11) was accepted.
+    #[test]
+    fn a_token_with_critical_header_extensions_is_invalid() {
+        let key = [7u8; 32];
+        let i = issuer(&key);
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            iss: i.issuer.clone(),
+            aud: i.audience.clone(),
+            sub: UserId::new().0,
+            sid: SessionId::new().0,
+            typ: ACCESS_TYPE.into(),
+            iat: now,
+            nbf: now,
+            exp: now + 60,
+            jti: Uuid::new_v4(),
+        };
+        let sign = |crit: Option<Vec<String>>| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.crit = crit;
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&key)).expect("signs")
+        };
+        assert!(
+            i.verify(&sign(None)).is_ok(),
+            "the same token without crit is valid"
+        );
+        for crit in [vec!["exp".to_owned()], vec!["b64".to_owned()], vec![]] {
+            assert_eq!(
+                i.verify(&sign(Some(crit.clone()))).err(),
+                Some(TokenError::Invalid),
+                "crit {crit:?}"
+            );
+        }
     }
 
     #[test]

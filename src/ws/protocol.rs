@@ -107,6 +107,7 @@ pub struct Inbound {
 
 /// Every field any client message may carry; unknown fields are ignored.
 #[derive(Deserialize)]
+#[serde(expecting = "a message object")]
 struct Frame<'a> {
     /// Borrowed from the frame's text unless it has escapes.
     #[serde(rename = "type", borrow)]
@@ -342,6 +343,14 @@ fn need<T>(field: Option<T>, name: &str, kind: &str) -> Result<T, String> {
 
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<Inbound, BadMessage> {
+    // Only an object is a message (contract §2): serde would also read a struct from a JSON
+    // array of its fields in order, and its errors for one named the internal type.
+    if !text.trim_start().starts_with('{') {
+        return Err(BadMessage {
+            message: "not a valid message: a message is a JSON object".into(),
+            reference: None,
+        });
+    }
     let frame: Frame = serde_json::from_str(text).map_err(|e| BadMessage {
         message: format!("not a valid message: {e}"),
         reference: serde_json::from_str::<RefOnly>(text)
@@ -775,6 +784,24 @@ mod tests {
         assert_eq!(e.reference.as_deref(), Some("r3"));
         assert!(parse("not json").is_err());
         assert!(parse(r#"{"type":"sdp","call_id":"6f1c7c3e-8f57-4b2a-9f4e-0a0b0c0d0e0f","description":{"type":"bogus","sdp":""}}"#).is_err());
+    }
+
+    /// `[]` got "expected struct Frame with 11 elements" (an internal name), and an array of
+    /// the fields in order was read as a message.
+    #[test]
+    fn only_an_object_is_a_message_and_errors_name_no_internal_type() {
+        let positional = r#"["ping",null,null,null,null,null,null,null,null,null,null]"#;
+        for text in ["[]", positional, "\"ping\"", "7", "null", " [1]"] {
+            let e = parse(text).expect_err(text);
+            assert_eq!(
+                e.message, "not a valid message: a message is a JSON object",
+                "{text}"
+            );
+        }
+        for text in [r#"{"type":1}"#, r#"{"type":"ping","ref":{}}"#, "{"] {
+            let e = parse(text).expect_err(text);
+            assert!(!e.message.contains("Frame"), "{text}: {}", e.message);
+        }
     }
 
     #[test]

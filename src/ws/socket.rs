@@ -134,10 +134,13 @@ async fn close_after_framing_error(ws: &mut Ws, code: u16, reason: &'static str)
 }
 
 /// The close a broken frame earns (RFC 6455 §7.4.1): 1002 for a protocol violation, 1007 for
-/// text that is not UTF-8; `None` for an error that is just the connection ending.
+/// text that is not UTF-8, 1009 for a frame or message over `ws.max_message_bytes` (contract
+/// §2.1); `None` for an error that is just the connection ending. The same before `hello` as
+/// after it.
 fn violation(e: &WsError) -> Option<(u16, &'static str)> {
     use tokio_tungstenite::tungstenite::error::ProtocolError;
     match e {
+        WsError::Capacity(_) => Some((close::TOO_BIG, "message too big")),
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         WsError::Protocol(_) => Some((close::PROTOCOL_ERROR, "protocol error")),
         WsError::Utf8(_) => Some((close::INVALID_PAYLOAD, "invalid UTF-8")),
@@ -593,9 +596,6 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                             Some(CloseCode::Away) => SocketEnd::GoingAway,
                             _ => SocketEnd::Dropped,
                         });
-                    }
-                    Some(Err(WsError::Capacity(_))) => {
-                        return Exit::FramingError(close::TOO_BIG, "message too big");
                     }
                     Some(Err(e)) => {
                         return match violation(&e) {

@@ -304,7 +304,8 @@ async fn raw_upgrade(app: &TestApp, extra: &[(&str, &str)]) -> String {
 }
 
 /// A frame that breaks RFC 6455 gets a Close with the code §7.4.1 names (1002 protocol error,
-/// 1007 text that is not UTF-8), not a silent TCP drop: before `hello` and after `welcome`.
+/// 1007 text that is not UTF-8, 1009 too big), not a silent TCP drop: before `hello` and after
+/// `welcome`.
 async fn protocol_violations_get_1002_or_1007(app: TestApp) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mask = [0x11u8, 0x22, 0x33, 0x44];
@@ -316,11 +317,27 @@ async fn protocol_violations_get_1002_or_1007(app: TestApp) {
     };
     let user = app.user("alice").await;
     let hello = json!({"type": "hello", "token": user.access}).to_string();
-    let cases: [(&str, Vec<u8>, u16); 4] = [
+    // A text frame whose header announces `len` bytes (64-bit length form), masked.
+    let long_header = |len: u64| {
+        let mut f = vec![0x81u8, 0x80 | 127];
+        f.extend_from_slice(&len.to_be_bytes());
+        f.extend_from_slice(&mask);
+        f
+    };
+    let full = {
+        let mut f = long_header(65_537);
+        f.extend((0..65_537usize).map(|i| b'x' ^ mask[i % 4]));
+        f
+    };
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("unmasked text", vec![0x81, 0x02, b'h', b'i'], 1002),
         ("reserved opcode", masked(0x83, b"x"), 1002),
         ("stray continuation", masked(0x80, b"x"), 1002),
         ("invalid UTF-8", masked(0x81, &[0xc3, 0x28]), 1007),
+        // Over ws.max_message_bytes (65,536): 1009, before hello as after it (before hello it
+        // was a silent TCP drop).
+        ("a header announcing 70 KiB", long_header(70 * 1024), 1009),
+        ("a 65,537-byte frame", full, 1009),
     ];
     for authenticated in [false, true] {
         for (what, frame, code) in &cases {
@@ -343,7 +360,8 @@ async fn protocol_violations_get_1002_or_1007(app: TestApp) {
                 s.read_exact(&mut body).await.unwrap();
                 assert!(String::from_utf8_lossy(&body).contains("welcome"));
             }
-            s.write_all(frame).await.unwrap();
+            // The server may close before it has read all of a large frame.
+            let _ = s.write_all(frame).await;
             let mut got = [0u8; 4];
             tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
                 .await
@@ -398,13 +416,26 @@ async fn origin_variants_are_refused(app: TestApp) {
         format!("ws://{host}:{port}"),
         format!("http://{host}:{port}@evil.example"),
         format!("http://{host}:{port}/x"),
+        // A serialized origin has no path, not even `/` (RFC 6454 §6.2); browsers never send one.
+        format!("http://{host}:{port}/"),
     ] {
         let head = raw_upgrade(&app, &[("Origin", &origin)]).await;
         assert!(head.starts_with("http/1.1 403"), "{origin:?} → {head}");
     }
+    // Each refusal is counted (the log has at most one warn line a minute of them).
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("callsignal_origin_refused_total 10"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("origin"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     for origin in [
         format!("http://{host}:{port}"),
-        format!("HTTP://{host}:{port}/"),
+        format!("HTTP://{host}:{port}"),
     ] {
         let head = raw_upgrade(&app, &[("Origin", &origin)]).await;
         assert!(head.starts_with("http/1.1 101"), "{origin:?} → {head}");

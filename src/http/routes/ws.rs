@@ -32,7 +32,7 @@ pub fn origin_allowed(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let origin = origin.trim_end_matches('/');
+    // Compared as sent: a serialized origin has no path, not even `/` (RFC 6454 §6.2).
     if state
         .settings
         .server
@@ -55,6 +55,39 @@ pub fn origin_allowed(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -
     let scheme = if https { "https" } else { "http" };
     origin.eq_ignore_ascii_case(&format!("{scheme}://{host}"))
 }
+
+/// Logs a refused `Origin`: at warn level at most once per [`ORIGIN_WARN_EVERY`] (a
+/// misconfigured `server.allowed_origins` shows; anyone on the internet cannot make the server
+/// write one warn line per request), at debug level otherwise; the value as text, at most 100
+/// characters. `callsignal_origin_refused_total` counts them all.
+fn refused_origin_log(origin: Option<&hyper::header::HeaderValue>) {
+    static LAST_WARN_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let text = origin.map_or_else(
+        || "(none)".to_owned(),
+        |v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(100)
+                .collect()
+        },
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = LAST_WARN_SECS.load(Ordering::Relaxed);
+    if now >= last + ORIGIN_WARN_EVERY.as_secs()
+        && LAST_WARN_SECS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(origin = %text, "WebSocket upgrade refused: origin not allowed (further ones for a minute at debug level; callsignal_origin_refused_total counts them)");
+    } else {
+        tracing::debug!(origin = %text, "WebSocket upgrade refused: origin not allowed");
+    }
+}
+
+/// At most one warn line per this long for refused origins.
+const ORIGIN_WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `GET /ws`
 pub async fn upgrade(
@@ -81,7 +114,8 @@ pub async fn upgrade(
         return Err(ApiError::BadRequest("missing Sec-WebSocket-Key".into()));
     };
     if !origin_allowed(state, headers, peer) {
-        tracing::warn!(origin = ?headers.get(header::ORIGIN), "WebSocket upgrade refused: origin not allowed");
+        state.metrics.origin_refused.inc();
+        refused_origin_log(headers.get(header::ORIGIN));
         return Err(ApiError::Forbidden("origin not allowed"));
     }
     if state.shutting_down.load(Ordering::Acquire) {
