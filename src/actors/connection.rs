@@ -60,7 +60,9 @@ pub enum SocketEnd {
 
 #[derive(Default)]
 struct ControlInner {
-    kill: tokio::sync::Notify,
+    /// The task waiting in [`SocketControl::killed`].
+    kill: futures_util::task::AtomicWaker,
+    /// The close code asked for by [`SocketControl::kill`]; 0 until then.
     kill_code: AtomicU16,
     written: AtomicU64,
     /// The answered call whose `sdp`/`ice` the socket task relays itself.
@@ -104,14 +106,29 @@ impl SocketControl {
         self.0.relay_generation.fetch_add(1, Ordering::AcqRel);
     }
     /// Asks the socket task to close with `code` now (closing handshake, bounded in time).
+    /// `code` is a WebSocket close code (RFC 6455 §7.4: never 0); a later call replaces the
+    /// code if the task has not seen the first yet.
     pub fn kill(&self, code: u16) {
-        self.0.kill_code.store(code, Ordering::Release);
-        self.0.kill.notify_one();
+        self.0.kill_code.store(code.max(1), Ordering::Release);
+        self.0.kill.wake();
     }
-    /// Resolves with the close code once [`kill`](Self::kill) was called.
+    /// Resolves with the close code once [`kill`](Self::kill) was called (at once if it was
+    /// already). One task waits at a time: the socket task, or a cluster bridge's sender.
+    /// The wait is a few atomic operations per poll (no lock), as it is polled after every
+    /// frame the socket reads.
     pub async fn killed(&self) -> u16 {
-        self.0.kill.notified().await;
-        self.0.kill_code.load(Ordering::Acquire)
+        std::future::poll_fn(|cx| {
+            let code = self.0.kill_code.load(Ordering::Acquire);
+            if code != 0 {
+                return std::task::Poll::Ready(code);
+            }
+            self.0.kill.register(cx.waker());
+            match self.0.kill_code.load(Ordering::Acquire) {
+                0 => std::task::Poll::Pending,
+                code => std::task::Poll::Ready(code),
+            }
+        })
+        .await
     }
     /// The highest `seq` written to the socket.
     pub fn written(&self) -> u64 {

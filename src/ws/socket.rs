@@ -511,8 +511,14 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
     let actor = a.connected.actor.clone();
     let heartbeat = settings.heartbeat();
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    let mut last_heard = Instant::now();
+    // Whether any frame arrived since the last heartbeat tick, and ticks in a row without one
+    // (a flag per frame, not a clock read per frame).
+    let mut heard = true;
+    let mut silent_ticks = 0u32;
     let mut delivered = 0u64;
+    // Arrival times of the relayed frames of a write batch (kept between batches: no allocation
+    // per batch; given back once it grew past a small burst).
+    let mut relayed: Vec<Instant> = Vec::new();
     // The call whose `sdp`/`ice` this socket sent through its connection actor.
     let mut via_actor = crate::actors::connection::RecentCalls::default();
     // The direct relay as of a generation of the control's (refreshed when it moves): no lock
@@ -532,8 +538,10 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                     // Gather what else is queued: one write to the kernel for the whole batch.
                     let mut last = 0;
                     let mut then_close = None;
-                    // Arrival times of relayed frames in the batch (allocated only when relaying).
-                    let mut relayed: Vec<Instant> = Vec::new();
+                    relayed.clear();
+                    if relayed.capacity() > MAX_BATCH {
+                        relayed.shrink_to(0);
+                    }
                     let mut frame = |out: Outbound| match out {
                         Outbound::Text(seq, text) => {
                             last = last.max(seq);
@@ -577,8 +585,14 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                         return Exit::Dropped;
                     }
                     a.control.mark_written(last);
-                    for at in relayed {
-                        state.metrics.relay_seconds.observe(at.elapsed().as_secs_f64());
+                    if !relayed.is_empty() {
+                        let now = Instant::now();
+                        for at in &relayed {
+                            state
+                                .metrics
+                                .relay_seconds
+                                .observe(now.saturating_duration_since(*at).as_secs_f64());
+                        }
                     }
                     if let Some((code, reason)) = then_close {
                         return Exit::Close(code, reason);
@@ -605,7 +619,7 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                     }
                     Some(Ok(msg)) => msg,
                 };
-                last_heard = Instant::now();
+                heard = true;
                 // Every frame counts, of any kind.
                 let verdict = a
                     .connected
@@ -703,7 +717,10 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                 }
             }
             _ = ticker.tick() => {
-                if last_heard.elapsed() > heartbeat * 2 {
+                // Dropped after two whole heartbeat intervals without a frame of any kind
+                // (as "more than two heartbeats since the last frame", checked at each tick).
+                silent_ticks = if std::mem::replace(&mut heard, false) { 0 } else { silent_ticks + 1 };
+                if silent_ticks >= 2 {
                     tracing::debug!("peer silent for two heartbeats; dropping the socket");
                     return Exit::Dropped;
                 }
