@@ -182,17 +182,22 @@ impl Drop for RequestGuard {
 }
 
 /// A connection's byte stream, noting in its [`Activity`] when the first byte of a next HTTP/1
-/// request head arrives (the head's deadline runs from then).
+/// request head arrives (the head's deadline runs from then). It lets go of the activity once
+/// nothing else holds it (the connection was upgraded to a WebSocket and its HTTP deadlines are
+/// gone): an idle WebSocket keeps no HTTP state.
 #[derive(Debug)]
 pub struct Watched<IO> {
     io: IO,
-    activity: Arc<Activity>,
+    activity: Option<Arc<Activity>>,
 }
 
 impl<IO> Watched<IO> {
     /// `io`, watched for `activity`.
     pub fn new(io: IO, activity: Arc<Activity>) -> Self {
-        Self { io, activity }
+        Self {
+            io,
+            activity: Some(activity),
+        }
     }
 }
 
@@ -204,8 +209,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.bytes_arrived();
+        if let Some(activity) = &self.activity {
+            if buf.filled().len() > before {
+                activity.bytes_arrived();
+            }
+            if Arc::strong_count(activity) == 1 {
+                self.activity = None;
+            }
         }
         polled
     }
@@ -408,6 +418,35 @@ mod tests {
         let done = Instant::now();
         h2.bytes_arrived();
         assert_eq!(h2.deadline(d), Some(done + d.idle));
+    }
+
+    /// After a WebSocket upgrade the stream is the only holder of the connection's activity:
+    /// it lets go at its next read (an idle WebSocket keeps no HTTP state; ~128 bytes each).
+    #[tokio::test]
+    async fn the_stream_lets_go_of_the_activity_once_only_it_holds_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, server) = tokio::io::duplex(64);
+        let activity = Arc::new(Activity::default());
+        let weak = Arc::downgrade(&activity);
+        let mut watched = Watched::new(server, activity.clone());
+        let mut client = client;
+        let mut buf = [0u8; 8];
+        client.write_all(b"a").await.expect("write");
+        watched.read(&mut buf).await.expect("read");
+        assert!(weak.upgrade().is_some(), "the connection still holds it");
+        drop(activity);
+        client.write_all(b"b").await.expect("write");
+        watched.read(&mut buf).await.expect("read");
+        assert!(
+            weak.upgrade().is_none(),
+            "let go once only the stream held it"
+        );
+        client.write_all(b"c").await.expect("write");
+        assert_eq!(
+            watched.read(&mut buf).await.expect("read"),
+            1,
+            "still reads"
+        );
     }
 
     #[tokio::test(start_paused = true)]
