@@ -15,9 +15,54 @@ use serde::{Deserialize, Deserializer};
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 /// A value that must never be printed (keys, secrets). `Debug` shows `[redacted]`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
+/// Read from a string, or from a whole number or boolean as written (an environment variable's
+/// value is typed: `CALLSIGNAL_ICE__TURN_SECRET=918273645546372819` arrives as a number, and
+/// serde's error for it printed the secret). A value read as a fractional number is refused
+/// without showing it (its digits may already be rounded): quote it (`"3.14…"`).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string (a secret; its value is not shown)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(
+                    "a secret read as a fractional number (its value is not shown); quote it",
+                ))
+            }
+            fn visit_char<E: serde::de::Error>(self, v: char) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 impl Secret {
     /// Wraps a secret value.
@@ -784,8 +829,10 @@ impl Settings {
         // The database drivers built in: a URL for another (mysql://…) passed `config check`
         // and failed only at `serve`.
         let url = self.database.url.expose();
-        let scheme = url.split_once(':').map_or("", |(s, _)| s);
-        if !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|p| url.starts_with(p))
+        {
             return Err(ConfigError::Rule(format!(
                 "database.url {} must start with sqlite:, postgres:// or postgresql:// (the \
                  drivers built in)",
@@ -964,6 +1011,32 @@ mod tests {
                 assert!(err.to_string().contains(key.as_str()), "{key}: {err}");
             }
         }
+    }
+
+    /// An environment value is typed: a secret made of digits arrived as a number, was refused,
+    /// and the error printed it.
+    #[test]
+    fn a_secret_that_reads_as_a_number_is_taken_as_written_and_never_printed() {
+        let s = Settings::from_figment(
+            Settings::defaults()
+                .merge(("ice.turn_secret", 918_273_645_546_372_819u64))
+                .merge((
+                    "auth.jwt_secret",
+                    12_345_678_901_234_567_890_123_456_789_012u128,
+                )),
+        )
+        .expect("numbers are secrets as written");
+        assert_eq!(
+            s.ice.turn_secret.as_ref().map(Secret::expose),
+            Some("918273645546372819")
+        );
+        let err = Settings::from_figment(
+            Settings::defaults().merge(("ice.turn_secret", 4.567_891_23f64)),
+        )
+        .expect_err("fractional")
+        .to_string();
+        assert!(err.contains("ice.turn_secret"), "{err}");
+        assert!(!err.contains("4.56"), "the value is not shown: {err}");
     }
 
     #[test]

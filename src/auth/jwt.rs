@@ -118,6 +118,9 @@ impl TokenIssuer {
 
     /// Verifies signature, algorithm, required claims, issuer, audience, time and type.
     pub fn verify(&self, token: &str) -> Result<TokenIdentity, TokenError> {
+        if header_names_crit(token) {
+            return Err(TokenError::Invalid);
+        }
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
@@ -136,6 +139,24 @@ impl TokenIssuer {
             session_id: SessionId(data.claims.sid),
         })
     }
+}
+
+/// Whether the token's JOSE header has a `crit` member at all — `"crit": null` included, which
+/// `Header`'s `Option` reads as absent (RFC 7515 §4.1.11 makes it a non-empty array, and
+/// callsignal understands no extension, so any `crit` makes the token invalid). A header that
+/// does not decode is left to `jsonwebtoken::decode` to refuse.
+fn header_names_crit(token: &str) -> bool {
+    use base64::Engine;
+    let Some(segment) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .ok()
+        .and_then(|bytes| {
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok()
+        })
+        .is_some_and(|header| header.contains_key("crit"))
 }
 
 #[cfg(test)]
@@ -190,6 +211,24 @@ mod tests {
                 "crit {crit:?}"
             );
         }
+        // `"crit": null` (read as absent by `Header`), signed by hand.
+        use base64::Engine;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let valid = sign(None);
+        let payload = valid.split('.').nth(1).expect("payload");
+        let head = b64(br#"{"alg":"HS256","typ":"JWT","crit":null}"#);
+        let input = format!("{head}.{payload}");
+        let signature = jsonwebtoken::crypto::sign(
+            input.as_bytes(),
+            &EncodingKey::from_secret(&key),
+            Algorithm::HS256,
+        )
+        .expect("signs");
+        assert_eq!(
+            i.verify(&format!("{input}.{signature}")).err(),
+            Some(TokenError::Invalid),
+            "crit: null"
+        );
     }
 
     #[test]

@@ -114,9 +114,12 @@ impl Activity {
         RequestGuard(self.clone())
     }
 
-    /// Bytes arrived: if the connection was waiting for a next HTTP/1 head, it started now.
-    fn bytes_arrived(&self) {
+    /// `bytes` arrived: if the connection was waiting for a next HTTP/1 head, it started now —
+    /// unless they are only empty lines, which a server ignores before a request line (RFC 9112
+    /// §2.2; some clients send one after a body): they keep the idle deadline.
+    fn bytes_arrived(&self, bytes: &[u8]) {
         if !self.awaiting_head.load(Ordering::Relaxed)
+            || bytes.iter().all(|b| matches!(b, b'\r' | b'\n'))
             || !self.awaiting_head.swap(false, Ordering::Relaxed)
         {
             return;
@@ -211,7 +214,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
         let polled = Pin::new(&mut self.io).poll_read(cx, buf);
         if let Some(activity) = &self.activity {
             if buf.filled().len() > before {
-                activity.bytes_arrived();
+                activity.bytes_arrived(&buf.filled()[before..]);
             }
             if Arc::strong_count(activity) == 1 {
                 self.activity = None;
@@ -395,11 +398,17 @@ mod tests {
             Some(done + d.idle),
             "idle, no byte yet"
         );
-        activity.bytes_arrived();
+        activity.bytes_arrived(b"\r\n");
+        assert_eq!(
+            activity.deadline(d),
+            Some(done + d.idle),
+            "an empty line before a request line is not a head (RFC 9112 §2.2)"
+        );
+        activity.bytes_arrived(b"G");
         let head = Instant::now();
         assert_eq!(activity.deadline(d), Some(head + d.first_request));
         tokio::time::advance(Duration::from_secs(1)).await;
-        activity.bytes_arrived();
+        activity.bytes_arrived(b"ET / HTTP/1.1");
         assert_eq!(
             activity.deadline(d),
             Some(head + d.first_request),
@@ -416,7 +425,7 @@ mod tests {
         let h2 = Arc::new(Activity::default());
         drop(h2.begin(true));
         let done = Instant::now();
-        h2.bytes_arrived();
+        h2.bytes_arrived(b"\0\0\0\x04");
         assert_eq!(h2.deadline(d), Some(done + d.idle));
     }
 
@@ -432,11 +441,11 @@ mod tests {
         let mut client = client;
         let mut buf = [0u8; 8];
         client.write_all(b"a").await.expect("write");
-        watched.read(&mut buf).await.expect("read");
+        assert_eq!(watched.read(&mut buf).await.expect("read"), 1);
         assert!(weak.upgrade().is_some(), "the connection still holds it");
         drop(activity);
         client.write_all(b"b").await.expect("write");
-        watched.read(&mut buf).await.expect("read");
+        assert_eq!(watched.read(&mut buf).await.expect("read"), 1);
         assert!(
             weak.upgrade().is_none(),
             "let go once only the stream held it"

@@ -118,28 +118,52 @@ pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `url` with its password (the `user:password@` part) replaced by `***`, for messages.
+/// `url` with its password replaced by `***`, for messages: the `user:password@` part (everything
+/// before the last `@`, since a password may hold an unencoded `/`, `?` or `#` — a malformed
+/// URL, but one an operator typed and that must not be printed) and the values of query
+/// parameters that carry secrets (`password=`, `sslpassword=`, anything with `pass`, `secret`,
+/// `token` or `key` in its name).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    // The authority ends at the first '/', '?' or '#'; userinfo is before its last '@'.
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        None => url.to_owned(),
+    let rest = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => rest.to_owned(),
+    };
+    let (before, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest.as_str(), None),
+    };
+    let mut out = format!("{scheme}://{before}");
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _))
+                    if ["pass", "secret", "token", "key"]
+                        .iter()
+                        .any(|w| k.to_ascii_lowercase().contains(w)) =>
+                {
+                    format!("{k}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
     }
+    out
 }
 
 /// The password of a database URL, if it has one (to scrub it from any error text).
 fn url_password(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let (userinfo, _) = authority.rsplit_once('@')?;
+    // Before the last `@`, as in `redact_url`: a password may hold an unencoded `/`.
+    let (userinfo, _) = rest.rsplit_once('@')?;
     userinfo
         .split_once(':')
         .map(|(_, p)| p)
@@ -200,7 +224,9 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<DatabaseConn
 pub fn describe(settings: &DatabaseSettings) -> String {
     let url = settings.url.expose();
     match url.split_once("://") {
-        Some(("sqlite", rest)) => {
+        Some(("sqlite", _)) => {
+            let redacted = redact_url(url);
+            let rest = redacted.split_once("://").map_or("", |(_, r)| r);
             let path = rest.split('?').next().unwrap_or(rest);
             format!("sqlite {path}")
         }
@@ -270,6 +296,38 @@ mod tests {
             redact_url("postgres://a:p@ss@db/x"),
             "postgres://a:***@db/x"
         );
+        // Found by a tester: a password with an unencoded `/`, `#` or `?` ended the authority
+        // early and was printed (config check, the first log line, errors); so did a password
+        // in the query string.
+        for (url, shown) in [
+            (
+                "postgres://alice:S3/CRETPW@db.example/app",
+                "postgres://alice:***@db.example/app",
+            ),
+            (
+                "postgres://alice:S3#CRETPW@db.example/app",
+                "postgres://alice:***@db.example/app",
+            ),
+            (
+                "postgres://alice:S3?CRETPW@db.example/app",
+                "postgres://alice:***@db.example/app",
+            ),
+            ("sqlite://alice:S3CRETPW@x", "sqlite://alice:***@x"),
+            (
+                "postgres://db/app?sslmode=require&password=S3CRETPW",
+                "postgres://db/app?sslmode=require&password=***",
+            ),
+            (
+                "mysql://db/app?sslpassword=S3CRETPW",
+                "mysql://db/app?sslpassword=***",
+            ),
+            ("postgres://alice@db/app", "postgres://alice@db/app"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+            assert!(!redact_url(url).contains("CRETPW"), "{url}");
+        }
+        let s = settings("sqlite://alice:S3CRETPW@x");
+        assert!(!describe(&s).contains("CRETPW"), "{}", describe(&s));
     }
 
     #[tokio::test]

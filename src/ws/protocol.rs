@@ -141,6 +141,45 @@ struct RefOnly {
 /// Longest `ref` a client may attach (it is echoed back).
 pub const MAX_REF_CHARS: usize = 128;
 
+/// Deepest JSON nesting a message may have (contract §2.2 as documented in docs/protocol.md).
+/// serde_json refuses deeper nesting in the fields it reads, but skipped over unknown fields
+/// (and `description`/`candidate` on a message that ignores them) at any depth.
+pub const MAX_DEPTH: usize = 128;
+
+/// Whether `text` nests arrays and objects deeper than [`MAX_DEPTH`] anywhere. First a count of
+/// opening brackets (a vectorised byte scan; fewer than the limit cannot nest deeper), then,
+/// only past it, a scan that tracks strings.
+fn too_deep(text: &[u8]) -> bool {
+    if text.iter().filter(|&&c| c == b'[' || c == b'{').count() <= MAX_DEPTH {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &c in text {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == b'\\' {
+                escaped = true;
+            } else if c == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Most keys beyond the WebRTC ones that a `description` or `candidate` may carry; each must be
 /// a scalar (string, number, boolean or null), so nothing nested is ever relayed.
 const MAX_EXTRA_KEYS: usize = 4;
@@ -348,6 +387,12 @@ pub fn parse(text: &str) -> Result<Inbound, BadMessage> {
     if !text.trim_start().starts_with('{') {
         return Err(BadMessage {
             message: "not a valid message: a message is a JSON object".into(),
+            reference: None,
+        });
+    }
+    if too_deep(text.as_bytes()) {
+        return Err(BadMessage {
+            message: format!("not a valid message: JSON nested deeper than {MAX_DEPTH} levels"),
             reference: None,
         });
     }
@@ -802,6 +847,33 @@ mod tests {
             let e = parse(text).expect_err(text);
             assert!(!e.message.contains("Frame"), "{text}: {}", e.message);
         }
+    }
+
+    /// Nesting in a field the message ignores was not limited (a tester sent 20,000 levels in
+    /// an unknown field of a `ping` and got `pong`).
+    #[test]
+    fn nesting_deeper_than_the_limit_is_refused_in_any_field() {
+        let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        for (field, n) in [
+            ("x", 129),
+            ("x", 20_000),
+            ("description", 129),
+            ("candidate", 5_000),
+        ] {
+            let text = format!(r#"{{"type":"ping","{field}":{}}}"#, nest(n));
+            let e = parse(&text).expect_err(field);
+            assert!(
+                e.message.contains("nested deeper than 128"),
+                "{field} {n}: {}",
+                e.message
+            );
+        }
+        // 127 levels inside the message object: 128 in all, accepted.
+        let text = format!(r#"{{"type":"ping","x":{}}}"#, nest(127));
+        assert!(parse(&text).is_ok());
+        // Brackets inside strings are text, not nesting.
+        let text = format!(r#"{{"type":"ping","x":"{}"}}"#, "[".repeat(500));
+        assert!(parse(&text).is_ok());
     }
 
     #[test]

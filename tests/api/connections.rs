@@ -54,10 +54,14 @@ async fn a_silent_connection_is_closed_at_the_first_request_deadline() {
     assert_eq!(bytes.as_deref(), Some(&[][..]), "closed without an answer");
 }
 
-/// Sends `head` one byte every 500 ms and returns how long the server took to close, and what
-/// it answered.
+/// Sends `head` one byte every 500 ms on a new connection and returns how long the server took
+/// to close, and what it answered.
 async fn trickle(app: &TestApp, head: &[u8]) -> (Duration, String) {
-    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    trickle_on(TcpStream::connect(app.addr).await.unwrap(), head).await
+}
+
+/// [`trickle`] on a connection already open.
+async fn trickle_on(mut s: TcpStream, head: &[u8]) -> (Duration, String) {
     let started = Instant::now();
     let (mut read, mut write) = s.split();
     let trickle = async {
@@ -276,31 +280,14 @@ async fn a_trickled_later_head_is_cut_at_the_header_deadline() {
         .unwrap();
     let first = read_response(&mut s).await;
     assert!(first.starts_with("HTTP/1.1 200 OK"), "{first}");
-    let started = Instant::now();
-    let (mut read, mut write) = s.split();
-    let trickle = async {
-        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
-            if write.write_all(&[*byte]).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        std::future::pending::<()>().await
-    };
-    let closed = async {
-        let mut buf = Vec::new();
-        let _ = read.read_to_end(&mut buf).await;
-        buf
-    };
-    let answer = tokio::select! {
-        _ = trickle => unreachable!(),
-        buf = closed => buf,
-    };
-    let took = started.elapsed();
+    let (took, answer) = trickle_on(
+        s,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    )
+    .await;
     assert!(
         took < CLOSED_WITHIN,
         "closed after {took:?} (idle deadline 30 s)"
     );
-    let answer = String::from_utf8_lossy(&answer);
     assert!(!answer.contains("200 OK"), "{answer}");
 }

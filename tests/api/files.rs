@@ -3,16 +3,23 @@
 
 use std::process::Command;
 
-/// `callsignal migrate status` in `dir`, with a clean `CALLSIGNAL_*` environment.
-fn migrate_status(dir: &std::path::Path) -> std::process::Output {
+/// `callsignal ARGS` in `dir`, with a clean `CALLSIGNAL_*` environment.
+fn callsignal(dir: &std::path::Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_callsignal"));
-    cmd.args(["migrate", "status"]).current_dir(dir);
+    cmd.args(args).current_dir(dir);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("CALLSIGNAL_") {
             cmd.env_remove(k);
         }
     }
-    cmd.output().expect("binary runs")
+    cmd
+}
+
+/// `callsignal migrate status` in `dir`, with a clean `CALLSIGNAL_*` environment.
+fn migrate_status(dir: &std::path::Path) -> std::process::Output {
+    callsignal(dir, &["migrate", "status"])
+        .output()
+        .expect("binary runs")
 }
 
 #[test]
@@ -155,14 +162,9 @@ fn no_bench_rebuilds_the_server_binary_with_test_hooks() {
 #[test]
 fn a_binary_with_test_hooks_says_so() {
     let work = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_callsignal"));
-    cmd.args(["config", "check"]).current_dir(work.path());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("CALLSIGNAL_") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd.output().expect("binary runs");
+    let out = callsignal(work.path(), &["config", "check"])
+        .output()
+        .expect("binary runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -180,14 +182,7 @@ fn a_binary_with_test_hooks_says_so() {
 #[test]
 fn a_bad_environment_value_is_named_by_its_variable_once() {
     let work = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_callsignal"));
-    cmd.args(["config", "check"]).current_dir(work.path());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("CALLSIGNAL_") {
-            cmd.env_remove(k);
-        }
-    }
-    let out = cmd
+    let out = callsignal(work.path(), &["config", "check"])
         .env("CALLSIGNAL_WS__HEARTBEAT_SECS", "abc")
         .output()
         .expect("binary runs");

@@ -422,10 +422,20 @@ async fn origin_variants_are_refused(app: TestApp) {
         let head = raw_upgrade(&app, &[("Origin", &origin)]).await;
         assert!(head.starts_with("http/1.1 403"), "{origin:?} → {head}");
     }
+    // Not ASCII (was taken as "no Origin" and allowed), and two Origin headers (the second was
+    // never checked).
+    let own = format!("http://{host}:{port}");
+    for headers in [
+        vec![("Origin", "http://évil.example")],
+        vec![("Origin", own.as_str()), ("Origin", "http://evil.example")],
+    ] {
+        let head = raw_upgrade(&app, &headers).await;
+        assert!(head.starts_with("http/1.1 403"), "{headers:?} → {head}");
+    }
     // Each refusal is counted (the log has at most one warn line a minute of them).
     let metrics = app.get("/metrics", None).await.text().await.unwrap();
     assert!(
-        metrics.contains("callsignal_origin_refused_total 10"),
+        metrics.contains("callsignal_origin_refused_total 12"),
         "{}",
         metrics
             .lines()

@@ -29,8 +29,17 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 /// No `Origin` at all (not a browser) is allowed. The request's scheme is `https` on a TLS
 /// listener, or when a trusted proxy (`server.trusted_proxies`) says so in `X-Forwarded-Proto`.
 pub fn origin_allowed(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
+    // One `Origin` of visible ASCII, or none. A value that is not ASCII counted as "no Origin"
+    // (allowed), and a second header went unchecked: both are refused (RFC 6454 §7: one
+    // serialized origin, ASCII).
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    let origin = match (origins.next(), origins.next()) {
+        (None, _) => return true,
+        (Some(_), Some(_)) => return false,
+        (Some(v), None) => match v.to_str() {
+            Ok(origin) => origin,
+            Err(_) => return false,
+        },
     };
     // Compared as sent: a serialized origin has no path, not even `/` (RFC 6454 §6.2).
     if state
