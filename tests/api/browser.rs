@@ -6,6 +6,7 @@
 //! Chromium sessions (two users, separate profiles) and drives them over WebDriver.
 //! Screenshots land in `target/artifacts/`.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -111,7 +112,14 @@ pub(crate) struct Driver {
 }
 
 impl Drop for Driver {
+    /// Kills chromedriver's whole process group: killing chromedriver alone left every Chromium
+    /// it had started running (orphans; dozens per test run piled up on the machine).
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -124,7 +132,9 @@ impl Driver {
             .local_addr()
             .unwrap()
             .port();
+        // Its own process group, with the browsers it starts: dropped together.
         let child = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
