@@ -56,8 +56,8 @@ pub struct Activity {
     changed: Notify,
     /// Set while an HTTP/1 connection is between requests and no byte of the next head has
     /// arrived: the next read that brings bytes notes the head's start ([`Watched`]). One
-    /// relaxed load per read otherwise (also after a WebSocket upgrade, where it stays false
-    /// after the first read).
+    /// relaxed load per read otherwise (after a WebSocket upgrade [`Watched`] lets go of the
+    /// activity at its next read).
     awaiting_head: AtomicBool,
     /// The connection speaks HTTP/2 (its streams are requests; bytes between them are pings
     /// and settings, not heads).
