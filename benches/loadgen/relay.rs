@@ -18,6 +18,7 @@
 //! number), and for callsignal that every message carries the next `seq`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -183,6 +184,40 @@ impl Received {
     }
 }
 
+/// A callsignal connection's acknowledgements, shared by its reader (which records the highest
+/// `seq` processed) and whoever sends on it (which attaches it as `"ack"` to a message it sends
+/// anyway — the protocol's piggybacked ack, as the browser client does).
+#[derive(Debug, Default)]
+pub(crate) struct Acks {
+    last: AtomicU64,
+    acked: AtomicU64,
+}
+
+impl Acks {
+    /// A connection whose welcome or resume left it at `seq`.
+    fn at(seq: u64) -> Arc<Self> {
+        Arc::new(Self {
+            last: AtomicU64::new(seq),
+            acked: AtomicU64::new(seq),
+        })
+    }
+
+    /// The highest `seq` processed, if it was not acknowledged yet (it counts as acknowledged
+    /// from now on).
+    pub(crate) fn take(&self) -> Option<u64> {
+        let last = self.last.load(Ordering::Relaxed);
+        (self.acked.fetch_max(last, Ordering::Relaxed) < last).then_some(last)
+    }
+
+    /// `frame` (a JSON object) with the acknowledgement attached, if there is one to give.
+    pub(crate) fn attach(this: Option<&Self>, frame: String) -> String {
+        match this.and_then(Self::take) {
+            Some(seq) => format!("{{\"ack\":{seq},{}", &frame[1..]),
+            None => frame,
+        }
+    }
+}
+
 /// The relay schedule: when message `k` of call `i` is meant to be sent.
 #[derive(Clone, Copy)]
 struct Schedule {
@@ -201,14 +236,16 @@ impl Schedule {
 }
 
 /// Reads one connection's relayed messages until it has `expect.count` of them or `deadline`.
-/// Checks order and exactly-once delivery by message number, and callsignal's `seq`; acks the
-/// highest `seq` about once a second, as the browser client does (`ack_to`).
+/// Checks order and exactly-once delivery by message number, and callsignal's `seq`; acks as
+/// the browser client does (`ack_to`): the highest `seq` rides on the next message the
+/// connection sends anyway ([`Acks::take`], by the sender), and an `ack` frame of its own goes
+/// only when nothing carried it within a second.
 #[allow(clippy::too_many_arguments)]
 async fn receive(
     call: u64,
     mut stream: Stream,
     mut last_seq: Option<u64>,
-    ack_to: Option<Sink>,
+    ack_to: Option<(Sink, Arc<Acks>)>,
     expect: Expect,
     schedule: Option<Schedule>,
     credit: Option<Arc<Semaphore>>,
@@ -221,7 +258,6 @@ async fn receive(
     };
     let mut next = expect.start;
     let mut last_ack = Instant::now();
-    let mut acked = last_seq.unwrap_or(0);
     while r.got < expect.count {
         let frame = match tokio::time::timeout_at(deadline.into(), stream.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => t,
@@ -270,16 +306,17 @@ async fn receive(
         if let Some(c) = &credit {
             c.add_permits(1);
         }
-        if let (Some(sink), Some(last)) = (&ack_to, last_seq)
-            && last > acked
-            && now.duration_since(last_ack) >= Duration::from_secs(1)
-        {
-            let ack = json!({"type": "ack", "seq": last}).to_string();
-            if sink.lock().await.send(Message::text(ack)).await.is_err() {
-                r.violations.push(format!("call {call}: ack failed"));
+        if let (Some((sink, acks)), Some(last)) = (&ack_to, last_seq) {
+            acks.last.store(last, Ordering::Relaxed);
+            if now.duration_since(last_ack) >= Duration::from_secs(1) {
+                last_ack = now;
+                if let Some(seq) = acks.take() {
+                    let ack = json!({"type": "ack", "seq": seq}).to_string();
+                    if sink.lock().await.send(Message::text(ack)).await.is_err() {
+                        r.violations.push(format!("call {call}: ack failed"));
+                    }
+                }
             }
-            acked = last;
-            last_ack = now;
         }
     }
     if r.got < expect.count {
@@ -342,10 +379,11 @@ pub(crate) async fn run_schedule(
         let msgs = total / n + u64::from(i < total % n);
         let (a_sink, a_stream, a_seq) = c.a;
         let (b_sink, b_stream, b_seq) = c.b;
+        let (a_acks, b_acks) = (Acks::at(a_seq), Acks::at(b_seq));
         // The callee receives the caller's (even k), the caller the callee's (odd k).
-        for (stream, seq, start, ack_sink) in [
-            (b_stream, b_seq, 0, b_sink.clone()),
-            (a_stream, a_seq, 1, a_sink.clone()),
+        for (stream, seq, start, ack_to) in [
+            (b_stream, b_seq, 0, (b_sink.clone(), b_acks.clone())),
+            (a_stream, a_seq, 1, (a_sink.clone(), a_acks.clone())),
         ] {
             let expect = Expect {
                 start,
@@ -356,14 +394,15 @@ pub(crate) async fn run_schedule(
                 i,
                 stream,
                 callsignal.then_some(seq),
-                (callsignal && ack).then_some(ack_sink),
+                (callsignal && ack).then_some(ack_to),
                 expect,
                 Some(schedule),
                 None,
                 deadline,
             )));
         }
-        senders.push((a_sink, b_sink, c.frames, c.call_id, msgs));
+        let acks = (callsignal && ack).then_some((a_acks, b_acks));
+        senders.push((a_sink, b_sink, c.frames, c.call_id, msgs, acks));
     }
     wait_until(schedule.t0).await;
     let meter = Meter::start(target);
@@ -373,9 +412,13 @@ pub(crate) async fn run_schedule(
         let (i, k) = (j % n, j / n);
         let at = schedule.at(j);
         wait_until(at).await;
-        let (a, b, frames, _, _) = &senders[usize::try_from(i).expect("call index")];
-        let sink = if k.is_multiple_of(2) { a } else { b };
-        let frame = frames.scheduled(k);
+        let (a, b, frames, _, _, acks) = &senders[usize::try_from(i).expect("call index")];
+        let (sink, acks) = if k.is_multiple_of(2) {
+            (a, acks.as_ref().map(|(a, _)| &**a))
+        } else {
+            (b, acks.as_ref().map(|(_, b)| &**b))
+        };
+        let frame = Acks::attach(acks, frames.scheduled(k));
         send_lag.push(u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX));
         if sink.lock().await.send(Message::text(frame)).await.is_err() {
             failed.push(format!("call {i}: send of message {k} failed"));
@@ -394,7 +437,7 @@ pub(crate) async fn run_schedule(
         sent: total,
         calls: senders
             .into_iter()
-            .map(|(a, _, _, id, msgs)| (id, a, msgs))
+            .map(|(a, _, _, id, msgs, _)| (id, a, msgs))
             .collect(),
         unavailable,
     }
@@ -423,7 +466,7 @@ pub(crate) async fn run_flood(
             i as u64,
             b_stream,
             callsignal.then_some(b_seq),
-            (callsignal && ack).then_some(b_sink),
+            (callsignal && ack).then_some((b_sink, Acks::at(b_seq))),
             Expect {
                 start: 0,
                 step: 1,

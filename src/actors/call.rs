@@ -43,7 +43,11 @@ impl SignalCounts {
     pub fn count(&self, from_caller: bool, kind: SignalingKind) {
         let i = usize::from(!from_caller) * 2 + usize::from(kind == SignalingKind::Ice);
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        let now = Utc::now().timestamp_millis();
+        // The wall clock as Unix milliseconds straight from the system (no calendar conversion,
+        // as `Utc::now()` would do, on the relay path).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         let _ = self
             .first_ms
             .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);

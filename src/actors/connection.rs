@@ -869,6 +869,11 @@ impl Connection {
         let reply = |msg: ServerMessage| {
             let _ = me.cast(ConnectionMsg::Deliver(msg));
         };
+        // A piggybacked ack (the socket task applies it itself and passes none on; a message
+        // cast here by other means may still carry one).
+        if let Some(seq) = inbound.ack {
+            state.line.lock().acked(seq);
+        }
         // `sdp`/`ice` of the answered call that reached the actor (not relayed by the socket
         // task: sent before it learned of the pairing, or through a bridge).
         let call_id = match &inbound.message {

@@ -470,6 +470,7 @@ impl Cluster {
                     message: message.into(),
                     reference,
                     received: Instant::now(),
+                    ack: None,
                 })
             }
             BridgeOp::Delivered { written, seq } => {

@@ -10,7 +10,8 @@
 const RETRY_MS = [250, 500, 1000, 2000, 4000];
 const RESUME_KEY = "callsignal.resume_token";
 const SEQ_KEY = "callsignal.last_seq";
-// `ack` counts against the server's rate limit (20 msg/s), so at most one a second.
+// `ack` counts against the server's rate limit (20 msg/s), so at most one a second — and none
+// when a message sent in that second carried the acknowledgement (`ack` field).
 const ACK_EVERY_MS = 1000;
 // Call messages (sdp/ice) written while the socket is down wait for the resumed connection.
 const OUTBOX_MAX = 100;
@@ -57,7 +58,12 @@ export class Signaling extends EventTarget {
   /** Sends now; with `queue`, a message that cannot go now is sent once the connection resumes. */
   send(msg, { queue = false } = {}) {
     if (this.ws && this.ws.readyState === WebSocket.OPEN && this.welcome) {
-      this.ws.send(JSON.stringify(msg));
+      // Sending anyway: the acknowledgement rides along (`ack`, an extension) instead of
+      // costing a frame of its own later.
+      const seq = this.lastSeq;
+      const piggyback = msg.type !== "ack" && seq > this.ackedSeq;
+      this.ws.send(JSON.stringify(piggyback ? { ...msg, ack: seq } : msg));
+      if (piggyback) this.ackedSeq = seq;
       return true;
     }
     if (queue && !this.stopped && this.outbox.length < OUTBOX_MAX) this.outbox.push(msg);

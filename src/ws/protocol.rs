@@ -103,6 +103,10 @@ pub struct Inbound {
     pub reference: Option<String>,
     /// When the frame was parsed (for the relay-latency histogram).
     pub received: std::time::Instant,
+    /// A piggybacked acknowledgement (**extension**, docs/protocol.md "Sequence numbers"): any
+    /// client message may carry `"ack": n`, meaning what the `ack` message with `seq: n` means
+    /// — every message up to `n` was processed — without a frame of its own.
+    pub ack: Option<u64>,
 }
 
 /// Every field any client message may carry; unknown fields are ignored.
@@ -120,6 +124,7 @@ struct Frame<'a> {
     call_id: Option<CallId>,
     last_seq: Option<u64>,
     seq: Option<u64>,
+    ack: Option<u64>,
     cause: Option<EndCause>,
     #[serde(default, deserialize_with = "present")]
     description: Option<Box<RawValue>>,
@@ -404,6 +409,7 @@ pub fn parse(text: &str) -> Result<Inbound, BadMessage> {
             .and_then(|v| v.as_str().map(str::to_owned)),
     })?;
     let reference = frame.reference.clone();
+    let ack = frame.ack;
     if reference
         .as_ref()
         .is_some_and(|r| r.chars().count() > MAX_REF_CHARS)
@@ -418,6 +424,7 @@ pub fn parse(text: &str) -> Result<Inbound, BadMessage> {
             received: std::time::Instant::now(),
             message,
             reference: reference.clone(),
+            ack,
         })
         .map_err(|message| BadMessage { message, reference })
 }

@@ -11,9 +11,11 @@
 //! the Close (errors, `session_revoked`, `call.ended`) reaches the client instead of being
 //! destroyed by a reset.
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -575,11 +577,24 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                         }
                         ws.flush().await
                     };
-                    let sent = tokio::select! {
-                        // Boxed, as every write below: an idle socket task then keeps no room for
-                        // a write's state (and its timer), only for the waits of `select!`.
-                        r = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, batch)) => matches!(r, Ok(Ok(()))),
-                        code = &mut killed => return Exit::Close(code, "closed by the server"),
+                    // Boxed, as every write below: an idle socket task then keeps no room for a
+                    // write's state, only for the waits of `select!`. Polled once first: a write
+                    // the kernel takes at once (the usual case) needs no timer; only one that
+                    // waits for room in the socket gets its deadline.
+                    let mut batch = Box::pin(batch);
+                    let at_once = std::future::poll_fn(|cx| {
+                        Poll::Ready(batch.as_mut().poll(cx))
+                    })
+                    .await;
+                    let sent = match at_once {
+                        Poll::Ready(r) => {
+                            drop(batch);
+                            r.is_ok()
+                        }
+                        Poll::Pending => tokio::select! {
+                            r = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, batch)) => matches!(r, Ok(Ok(()))),
+                            code = &mut killed => return Exit::Close(code, "closed by the server"),
+                        },
                     };
                     if !sent {
                         return Exit::Dropped;
@@ -669,7 +684,24 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                     _ => continue,
                 };
                 match protocol::parse(text.as_str()) {
-                    Ok(inbound) => {
+                    Ok(mut inbound) => {
+                        // A piggybacked ack first, as an `ack` of its own would be.
+                        if let Some(seq) = inbound.ack.take() {
+                            match &a.connected.line {
+                                Some(line) => line.lock().acked(seq),
+                                None => {
+                                    let ack = protocol::Inbound {
+                                        message: ClientMessage::Ack { seq },
+                                        reference: None,
+                                        received: inbound.received,
+                                        ack: None,
+                                    };
+                                    if actor.cast(ConnectionMsg::Client(ack)).is_err() {
+                                        return Exit::Close(close::INTERNAL, "connection failed");
+                                    }
+                                }
+                            }
+                        }
                         // `sdp`/`ice` of the answered call go straight to the peer's connection
                         // — unless one of this call's went through the connection actor (sent
                         // before the pairing reached this task): the rest follow it there, so

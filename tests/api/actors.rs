@@ -586,6 +586,22 @@ async fn a_resume_during_a_stream_of_relayed_messages_keeps_welcome_first_and_se
     streamer.await.unwrap();
 }
 
+/// A message cast to the connection actor with a piggybacked `ack` (docs/protocol.md) trims as
+/// the `ack` message does.
+#[tokio::test]
+async fn an_ack_carried_by_another_message_trims() {
+    let app = app().await;
+    let (a, mut b, id) = answered(&app).await;
+    let sent = send_ice(&a, &id, 3, "x");
+    let seqs = expect_ice(&mut b, &sent).await;
+    b.send(json!({"type": "ack", "seq": seqs[0]}));
+    eventually_pending(&b, 2).await;
+    b.send(json!({"type": "ice", "call_id": id, "candidate": {"candidate": "y"}, "ack": seqs[1]}));
+    eventually_pending(&b, 1).await;
+    b.send(json!({"type": "ping", "ack": seqs[2]}));
+    eventually_pending(&b, 0).await;
+}
+
 #[tokio::test]
 async fn a_pong_proves_delivery_and_trims() {
     let app = app().await;

@@ -444,7 +444,59 @@ async fn revocation_errors_and_close_reach_a_busy_client(app: TestApp) {
     assert_eq!(end, Closed::Code(4401));
 }
 
+// --- Acknowledgements riding on other messages (docs/protocol.md, "Sequence numbers") ----
+
+/// An `ack` field on a message the client sends anyway — an `ice` relayed straight by the
+/// socket task, a `ping` handled by the connection — frees what it covers, as the `ack` message
+/// does: a resume from before it then finds those messages gone (`resume_gap`) and gets only
+/// the rest. Before the extension the field was ignored and everything was replayed.
+async fn an_ack_riding_on_any_message_frees_what_it_covers(app: TestApp) {
+    let (ua, ub) = (app.user("alice").await, app.user("bob").await);
+    let mut a = app.ws(&ua).await;
+    let mut b = app.ws(&ub).await;
+    let call = active_call(&mut a, &mut b, "bob").await;
+    let mut seqs = vec![];
+    for i in 0..4 {
+        b.send(
+            json!({"type": "ice", "call_id": call, "candidate": {"candidate": format!("c{i}")}}),
+        )
+        .await;
+        seqs.push(a.expect("ice").await["seq"].as_u64().expect("seq"));
+    }
+    // Alice's own candidate acknowledges the first two (the direct relay path) …
+    a.send(
+        json!({"type": "ice", "call_id": call, "candidate": {"candidate": "back"}, "ack": seqs[1]}),
+    )
+    .await;
+    assert_eq!(b.expect("ice").await["candidate"]["candidate"], "back");
+    // … and a ping the third.
+    a.send(json!({"type": "ping", "ack": seqs[2], "ref": "p"}))
+        .await;
+    a.expect("pong").await;
+    close_with(&mut a, CloseCode::from(4000)).await;
+    let (mut a2, w) = resume(&app, &ua, &a, seqs[0]).await;
+    assert_eq!(w["resumed"], true, "{w}");
+    a2.expect_error("resume_gap").await;
+    let rest = a2.expect("ice").await;
+    assert_eq!(
+        (
+            rest["candidate"]["candidate"].as_str(),
+            rest["seq"].as_u64()
+        ),
+        (Some("c3"), Some(seqs[3]))
+    );
+    // The pong came after the ack it carried: not covered, so replayed too.
+    assert_eq!(a2.expect("pong").await["seq"], seqs[3] + 1);
+    a2.silent_for(300).await;
+    // An `ack` that is not a sequence number refuses the whole message.
+    a2.send(json!({"type": "ping", "ack": "all", "ref": "bad"}))
+        .await;
+    let e = a2.expect_error("bad_message").await;
+    assert_eq!(e["ref"], "bad", "{e}");
+}
+
 db_tests!(
+    an_ack_riding_on_any_message_frees_what_it_covers,
     frames_written_into_a_dead_path_are_replayed_after_last_seq,
     a_backlog_queued_for_a_dead_socket_survives_the_resume,
     a_reload_mid_call_takes_the_call_over,
