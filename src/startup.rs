@@ -144,6 +144,7 @@ impl App {
             },
             metrics,
             db,
+            heartbeats: crate::ws::heartbeat::Heartbeats::new(settings.ws.heartbeat()),
             settings,
             shutting_down: AtomicBool::new(false),
         });

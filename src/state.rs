@@ -37,4 +37,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Set when shutdown begins: new sockets are refused.
     pub shutting_down: AtomicBool,
+    /// The heartbeat wheel of every socket (`ws.heartbeat_secs`).
+    pub heartbeats: Arc<crate::ws::heartbeat::Heartbeats>,
 }

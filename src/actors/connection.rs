@@ -12,7 +12,8 @@
 //! When the socket drops the connection waits: `ws.resume_grace_secs` after a network drop,
 //! `ws.going_away_grace_secs` after close 1001; close 1000 ends it at once.
 
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::ws::outbox;
@@ -58,12 +59,20 @@ pub enum SocketEnd {
     ServerClosed,
 }
 
+/// The state behind a [`SocketControl`].
 #[derive(Default)]
-struct ControlInner {
-    /// The task waiting in [`SocketControl::killed`].
+pub struct ControlInner {
+    /// The task waiting in [`SocketControl::killed`] or [`SocketControl::signal`].
     kill: futures_util::task::AtomicWaker,
-    /// The close code asked for by [`SocketControl::kill`]; 0 until then.
+    /// The close code asked for by [`SocketControl::kill`]; 0 until then; [`DROP_CODE`] for a
+    /// drop without a closing handshake.
     kill_code: AtomicU16,
+    /// A frame arrived since the heartbeat wheel's last visit (set by the socket task).
+    heard: AtomicBool,
+    /// Heartbeat visits in a row that found nothing heard.
+    silent: AtomicU8,
+    /// The heartbeat wheel asks the socket task to ping.
+    ping_due: AtomicBool,
     written: AtomicU64,
     /// The answered call whose `sdp`/`ice` the socket task relays itself.
     relay: Mutex<Option<Arc<DirectRelay>>>,
@@ -78,6 +87,31 @@ impl std::fmt::Debug for ControlInner {
             .field("written", &self.written)
             .finish_non_exhaustive()
     }
+}
+
+/// The kill code that drops the socket without a closing handshake (a silent peer is gone);
+/// not a WebSocket close code (those end at 4999).
+const DROP_CODE: u16 = u16::MAX;
+
+/// What [`SocketControl::signal`] tells the socket task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Close with this code now (closing handshake, bounded in time).
+    Close(u16),
+    /// Drop the connection without a closing handshake: the peer was silent for two heartbeat
+    /// intervals.
+    Drop,
+    /// Send a heartbeat ping.
+    Ping,
+}
+
+/// What a heartbeat visit decided ([`SocketControl::beat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// Pinged; visit again next turn.
+    Watching,
+    /// The socket is ending (dropped as silent, or killed): stop watching it.
+    Left,
 }
 
 /// State shared by a socket task and its connection actor: the highest `seq` the socket wrote,
@@ -129,6 +163,67 @@ impl SocketControl {
             }
         })
         .await
+    }
+    /// Resolves with what the socket task must do now: close ([`kill`](Self::kill)), drop
+    /// (silent for two heartbeats) or ping (asked by the heartbeat wheel). Unlike
+    /// [`killed`](Self::killed) it may be polled again after it resolved: a ping is told once
+    /// per request, a close or drop every time. A few atomic operations per poll, no lock.
+    pub fn signal(&self) -> impl Future<Output = Signal> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Some(s) = self.pending_signal() {
+                return std::task::Poll::Ready(s);
+            }
+            self.0.kill.register(cx.waker());
+            match self.pending_signal() {
+                Some(s) => std::task::Poll::Ready(s),
+                None => std::task::Poll::Pending,
+            }
+        })
+    }
+    fn pending_signal(&self) -> Option<Signal> {
+        match self.0.kill_code.load(Ordering::Acquire) {
+            0 => {}
+            DROP_CODE => return Some(Signal::Drop),
+            code => return Some(Signal::Close(code)),
+        }
+        (self.0.ping_due.load(Ordering::Acquire) && self.0.ping_due.swap(false, Ordering::AcqRel))
+            .then_some(Signal::Ping)
+    }
+    /// A frame arrived from the client (socket task; a load and no write when already set).
+    pub fn heard(&self) {
+        if !self.0.heard.load(Ordering::Relaxed) {
+            self.0.heard.store(true, Ordering::Relaxed);
+        }
+    }
+    /// A heartbeat visit ([`crate::ws::heartbeat`]): a socket silent since the last two visits
+    /// is dropped; any other is asked to ping.
+    pub fn beat(&self) -> Beat {
+        if self.0.kill_code.load(Ordering::Acquire) != 0 {
+            return Beat::Left;
+        }
+        let silent = if self.0.heard.swap(false, Ordering::AcqRel) {
+            0
+        } else {
+            self.0.silent.load(Ordering::Relaxed).saturating_add(1)
+        };
+        self.0.silent.store(silent, Ordering::Relaxed);
+        if silent >= 2 {
+            self.kill(DROP_CODE);
+            return Beat::Left;
+        }
+        self.0.ping_due.store(true, Ordering::Release);
+        self.0.kill.wake();
+        Beat::Watching
+    }
+    /// Whether `code` (from [`killed`](Self::killed)) means a drop without a closing handshake.
+    pub fn is_drop(code: u16) -> bool {
+        code == DROP_CODE
+    }
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<ControlInner> {
+        Arc::downgrade(&self.0)
+    }
+    pub(crate) fn from_inner(inner: Arc<ControlInner>) -> Self {
+        Self(inner)
     }
     /// The highest `seq` written to the socket.
     pub fn written(&self) -> u64 {

@@ -1,9 +1,9 @@
 //! One task per WebSocket: it owns the stream, runs the `hello` handshake (deadline, token and
 //! session check, resume), then pumps frames both ways. Every inbound frame counts against the
 //! user's limits; text is parsed into typed messages and cast to the connection actor; outbound
-//! frames come from the actor over a queue. It sends heartbeat pings (their payload is the
-//! highest `seq` written, so the pong proves delivery) and drops a peer silent for two
-//! intervals.
+//! frames come from the actor over a queue. It sends a heartbeat ping when the heartbeat wheel
+//! asks (its payload is the highest `seq` written, so the pong proves delivery), and drops the
+//! connection when the wheel finds the peer silent for two intervals ([`super::heartbeat`]).
 //!
 //! Every close the server starts is a complete closing handshake (RFC 6455 §7.1.1–7.1.2): write
 //! Close, stop handling application data, read and discard until the client's Close or EOF
@@ -32,7 +32,9 @@ use super::coalesce::Coalesce;
 use super::limit::Verdict;
 use super::protocol::{self, ClientMessage, ErrorCode, ServerMessage, close};
 use crate::actors::ask;
-use crate::actors::connection::{ConnectionMsg, Outbound, SocketControl, SocketEnd, SocketLink};
+use crate::actors::connection::{
+    ConnectionMsg, Outbound, Signal, SocketControl, SocketEnd, SocketLink,
+};
 use crate::actors::registry::{ConnectRequest, Connected, LocalJoin, RegistryMsg};
 use crate::domain::{SessionId, UserRef};
 use crate::http::request::{AuthFailure, verify_token};
@@ -509,14 +511,10 @@ async fn reply_error(
 
 /// Pumps frames both ways until the socket ends; says how it ended.
 async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
-    let settings = &state.settings.ws;
     let actor = a.connected.actor.clone();
-    let heartbeat = settings.heartbeat();
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    // Whether any frame arrived since the last heartbeat tick, and ticks in a row without one
-    // (a flag per frame, not a clock read per frame).
-    let mut heard = true;
-    let mut silent_ticks = 0u32;
+    // Heartbeats come from the one wheel of all sockets (crate::ws::heartbeat): it asks for a
+    // ping, or drops the socket after two silent intervals, through the control's signal.
+    state.heartbeats.watch(&a.control);
     let mut delivered = 0u64;
     // Arrival times of the relayed frames of a write batch (kept between batches: no allocation
     // per batch; given back once it grew past a small burst).
@@ -527,14 +525,28 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
     // per relayed message.
     let mut relay_cache: (u64, Option<Arc<crate::actors::connection::DirectRelay>>) =
         (u64::MAX, None);
-    // One wait for the kill switch for the socket's whole life (not a new waiter per frame).
+    // One wait for the control's signals for the socket's whole life (not a new waiter per
+    // frame).
     let control = a.control.clone();
-    let killed = control.killed();
-    tokio::pin!(killed);
+    let signal = control.signal();
+    tokio::pin!(signal);
     loop {
         tokio::select! {
             biased;
-            code = &mut killed => return Exit::Close(code, "closed by the server"),
+            signal = &mut signal => match signal {
+                Signal::Close(code) => return Exit::Close(code, "closed by the server"),
+                Signal::Drop => {
+                    tracing::debug!("peer silent for two heartbeats; dropping the socket");
+                    return Exit::Dropped;
+                }
+                Signal::Ping => {
+                    let mark = a.control.written().to_be_bytes();
+                    let ping = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(mark.to_vec().into()))));
+                    if !matches!(ping.await, Ok(Ok(()))) {
+                        return Exit::Dropped;
+                    }
+                }
+            },
             out = a.rx.recv() => match out {
                 Some(first @ (Outbound::Text(..) | Outbound::Relayed(..))) => {
                     // Gather what else is queued: one write to the kernel for the whole batch.
@@ -593,7 +605,13 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                         }
                         Poll::Pending => tokio::select! {
                             r = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, batch)) => matches!(r, Ok(Ok(()))),
-                            code = &mut killed => return Exit::Close(code, "closed by the server"),
+                            // A ping asked for meanwhile waits: `killed` resolves on a close or
+                            // drop only.
+                            code = Box::pin(control.killed()) => return if SocketControl::is_drop(code) {
+                                Exit::Dropped
+                            } else {
+                                Exit::Close(code, "closed by the server")
+                            },
                         },
                     };
                     if !sent {
@@ -634,7 +652,7 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                     }
                     Some(Ok(msg)) => msg,
                 };
-                heard = true;
+                a.control.heard();
                 // Every frame counts, of any kind.
                 let verdict = a
                     .connected
@@ -746,20 +764,6 @@ async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
                             return Exit::Dropped;
                         }
                     }
-                }
-            }
-            _ = ticker.tick() => {
-                // Dropped after two whole heartbeat intervals without a frame of any kind
-                // (as "more than two heartbeats since the last frame", checked at each tick).
-                silent_ticks = if std::mem::replace(&mut heard, false) { 0 } else { silent_ticks + 1 };
-                if silent_ticks >= 2 {
-                    tracing::debug!("peer silent for two heartbeats; dropping the socket");
-                    return Exit::Dropped;
-                }
-                let mark = a.control.written().to_be_bytes();
-                let ping = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(mark.to_vec().into()))));
-                if !matches!(ping.await, Ok(Ok(()))) {
-                    return Exit::Dropped;
                 }
             }
         }

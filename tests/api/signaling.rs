@@ -257,6 +257,43 @@ async fn connection_caps_are_enforced() {
     assert_eq!(second.closed().await, Closed::Code(1013));
 }
 
+/// Every socket is pinged each heartbeat interval (one wheel for all of them,
+/// `ws/heartbeat.rs`), and the ping carries the highest `seq` written to it: 0 before any
+/// numbered message, then the `seq` of the last one.
+#[tokio::test]
+async fn every_socket_is_pinged_each_interval_with_the_highest_seq_written() {
+    use futures_util::StreamExt;
+    let app = spawn_app_with(Backend::Sqlite, |f| f.merge(("ws.heartbeat_secs", 1))).await;
+    let u = app.user("pia").await;
+    let mut sockets = vec![];
+    for _ in 0..3 {
+        sockets.push(app.ws(&u).await);
+    }
+    // A numbered message to the last socket: a pong to its ping (`seq` 1).
+    sockets[2].send(json!({"type": "ping", "ref": "r"})).await;
+    assert_eq!(sockets[2].expect("pong").await["seq"], 1);
+    for (i, c) in sockets.iter_mut().enumerate() {
+        let expected = if i == 2 { 1u64 } else { 0 };
+        let mut pings = 0;
+        while pings < 2 {
+            let frame = tokio::time::timeout(Duration::from_secs(5), c.stream.next())
+                .await
+                .expect("a ping within 5 s (heartbeat 1 s)")
+                .expect("open")
+                .expect("frame");
+            match frame {
+                Message::Ping(payload) => {
+                    let mark = u64::from_be_bytes(payload.as_ref().try_into().expect("8 bytes"));
+                    assert_eq!(mark, expected, "socket {i}");
+                    pings += 1;
+                }
+                Message::Text(t) => panic!("socket {i}: unexpected {t}"),
+                _ => {}
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn silent_peers_are_dropped_after_two_heartbeats() {
     let app = spawn_app_with(Backend::Sqlite, |f| f.merge(("ws.heartbeat_secs", 1))).await;
