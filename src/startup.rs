@@ -144,7 +144,11 @@ impl App {
             },
             metrics,
             db,
-            heartbeats: crate::ws::heartbeat::Heartbeats::new(settings.ws.heartbeat()),
+            heartbeats: {
+                let wheel = crate::ws::heartbeat::Heartbeats::new(settings.ws.heartbeat());
+                wheel.start();
+                wheel
+            },
             settings,
             shutting_down: AtomicBool::new(false),
         });

@@ -208,7 +208,16 @@ impl SocketControl {
         };
         self.0.silent.store(silent, Ordering::Relaxed);
         if silent >= 2 {
-            self.kill(DROP_CODE);
+            // Only if no close was asked for meanwhile: a real close code (4001, 4401…) wins
+            // over the silent drop.
+            if self
+                .0
+                .kill_code
+                .compare_exchange(0, DROP_CODE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.0.kill.wake();
+            }
             return Beat::Left;
         }
         self.0.ping_due.store(true, Ordering::Release);

@@ -11,7 +11,7 @@
 //! ping (its payload is the highest `seq` written, so the pong proves delivery). The slot holds
 //! a weak reference: a socket that ended is forgotten at its next visit.
 
-use std::sync::{Arc, Mutex, Once, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::actors::connection::{Beat, ControlInner, SocketControl};
@@ -23,7 +23,6 @@ pub const TICK: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub struct Heartbeats {
     wheel: Mutex<Wheel>,
-    started: Once,
 }
 
 #[derive(Debug)]
@@ -44,8 +43,13 @@ impl Heartbeats {
                 slots: (0..n).map(|_| Vec::new()).collect(),
                 current: 0,
             }),
-            started: Once::new(),
         })
+    }
+
+    /// Starts turning the wheel on the current tokio runtime (at server start, beside the
+    /// listener); the task ends once the wheel is dropped.
+    pub fn start(self: &Arc<Self>) {
+        tokio::spawn(turn(Arc::downgrade(self)));
     }
 
     fn wheel(&self) -> std::sync::MutexGuard<'_, Wheel> {
@@ -53,12 +57,8 @@ impl Heartbeats {
         self.wheel.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Watches `control`'s socket from now on: first visit one interval from now. Starts the
-    /// wheel's task on first use (it needs a tokio runtime; it ends once the wheel is dropped).
-    pub fn watch(self: &Arc<Self>, control: &SocketControl) {
-        self.started.call_once(|| {
-            tokio::spawn(turn(Arc::downgrade(self)));
-        });
+    /// Watches `control`'s socket from now on: first visit one interval from now.
+    pub fn watch(&self, control: &SocketControl) {
         // The frame that got the socket here (its `hello`) was heard.
         control.heard();
         let mut w = self.wheel();
@@ -99,6 +99,9 @@ impl Heartbeats {
 
 async fn turn(wheel: Weak<Heartbeats>) {
     let mut tick = tokio::time::interval(TICK);
+    // After a stall the wheel goes on from where it was, one slot per tick: catching up in a
+    // burst could count two silent intervals before any pong was read.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
@@ -166,6 +169,16 @@ mod tests {
             0,
             "an ended socket is forgotten at its visit"
         );
+    }
+
+    #[tokio::test]
+    async fn a_close_asked_for_wins_over_the_silent_drop() {
+        let c = SocketControl::default();
+        c.kill(4001);
+        for _ in 0..3 {
+            let _ = c.beat();
+        }
+        assert_eq!(signal_now(&c), Some(Signal::Close(4001)));
     }
 
     #[tokio::test]
