@@ -1,9 +1,47 @@
-//! Live-heap accounting for measurements (feature `heap-stats`): a global-allocator wrapper
-//! that counts bytes currently allocated, exported at `/metrics` as
-//! `callsignal_heap_live_bytes`. Off by default: it adds an atomic add to every allocation.
+//! The process's memory: transparent huge pages are turned off at start
+//! ([`disable_transparent_huge_pages`]), and live-heap accounting for measurements (feature
+//! `heap-stats`): a global-allocator wrapper that counts bytes currently allocated, exported at
+//! `/metrics` as `callsignal_heap_live_bytes`. Off by default: it adds an atomic add to every
+//! allocation.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Whether the environment asks to keep transparent huge pages: `MIMALLOC_ALLOW_THP` set to
+/// `1`, `on`, `yes` or `true` (any case), mimalloc's own spelling of that option.
+pub fn thp_requested(value: Option<&str>) -> bool {
+    value.is_some_and(|v| {
+        let v = v.trim().to_ascii_lowercase();
+        matches!(v.as_str(), "1" | "on" | "yes" | "true")
+    })
+}
+
+/// Turns transparent huge pages (THP) off for this process and the programs it starts
+/// (`prctl(PR_SET_THP_DISABLE, 1)`, Linux ≥ 3.15), unless `MIMALLOC_ALLOW_THP` asks to keep
+/// them ([`thp_requested`]). Call it first thing in `main`, before the runtime allocates.
+///
+/// Why: mimalloc marks its arenas `MADV_HUGEPAGE`, so where the kernel's THP mode is
+/// `madvise` (Debian's default) or `always`, the first touch of each 2 MiB of fresh heap clears
+/// a whole huge page (and may compact memory first, `defrag=madvise`) while the socket tasks
+/// wait: milliseconds of stall when a burst of SDP grows the held messages. A signaling
+/// server's heap is small and its latency matters more than TLB reach (the advice Redis gives
+/// for the same reason). Measured in docs/benchmarks.md ("Transparent huge pages").
+///
+/// Returns whether THP is off now; on another OS, or if the kernel refuses, `false` and
+/// nothing changed (the server runs as before).
+pub fn disable_transparent_huge_pages() -> bool {
+    if thp_requested(std::env::var("MIMALLOC_ALLOW_THP").ok().as_deref()) {
+        return false;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        rustix::thread::disable_transparent_huge_pages(true).is_ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
@@ -50,5 +88,27 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
             LIVE.fetch_add(new_size, Ordering::Relaxed);
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thp_requested;
+
+    #[test]
+    fn only_an_explicit_yes_keeps_transparent_huge_pages() {
+        for yes in ["1", "on", "YES", " true "] {
+            assert!(thp_requested(Some(yes)), "{yes:?}");
+        }
+        for no in [
+            None,
+            Some(""),
+            Some("0"),
+            Some("off"),
+            Some("no"),
+            Some("2"),
+        ] {
+            assert!(!thp_requested(no), "{no:?}");
+        }
     }
 }

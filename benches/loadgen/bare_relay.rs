@@ -12,7 +12,8 @@
 //!   `write` syscall per batch, not per frame).
 //! * The same small read buffer as callsignal's sockets (1 KiB), so idle memory compares like
 //!   for like; mimalloc is the allocator (the load generator's binary, which this runs in, sets
-//!   it, as callsignal does).
+//!   it, as callsignal does), and transparent huge pages are off, as callsignal turns them off
+//!   for itself (the load generator's `main` does it for its whole binary).
 //!
 //! Run standalone with `cargo bench -p loadgen -- bare-relay 127.0.0.1:9000`; the load
 //! generator starts it as a child process of its own binary (pinned to core 0 with `--pin`).

@@ -26,6 +26,13 @@
 //! * `--pin`: the server under test runs on core 0 (`taskset -c 0`), the load generator on
 //!   core 1 (it pins itself before its runtime starts; its runtime is single-threaded). In
 //!   `cross` both nodes and nats-server share core 0.
+//! * `--rt`: the servers under test run under SCHED_FIFO at the lowest real-time priority
+//!   (`chrt -f 1`), so the kernel's own threads of normal priority (`kdamond`, `rcu_preempt`,
+//!   `ksoftirqd`, kworkers) and other programs cannot preempt them for a scheduler slice
+//!   (milliseconds). It takes the machine's noise on the server's core out of the latency
+//!   figures, for every target alike. The load generator stays at normal priority: it spins
+//!   between sends, and a real-time task that never sleeps is throttled by the kernel for
+//!   50 ms of every second (`kernel.sched_rt_runtime_us`). Needs root (CAP_SYS_NICE).
 //! * `--secs S`: length of the relay schedule (default 10).
 //! * `--only callsignal|bare|peerjs`: measure one target (default callsignal, then the bare
 //!   relay, then PeerJS if `--peerjs` is given).
@@ -85,6 +92,7 @@ pub(crate) enum Db {
 /// Command-line options.
 pub(crate) struct Opts {
     pin: bool,
+    rt: bool,
     secs: f64,
     targets: Vec<Kind>,
     env: Vec<(String, String)>,
@@ -112,12 +120,13 @@ pub(crate) struct Stats {
     violations: usize,
 }
 
-const USAGE: &str = "usage: cargo bench -p loadgen -- [--pin] [--secs S] [--only callsignal|bare|peerjs] [--peerjs DIR] [--env K=V]... [--log-signaling] [--db sqlite|postgres] [--inflight K] [--window W] [--no-ack] \
+const USAGE: &str = "usage: cargo bench -p loadgen -- [--pin] [--rt] [--secs S] [--only callsignal|bare|peerjs] [--peerjs DIR] [--env K=V]... [--log-signaling] [--db sqlite|postgres] [--inflight K] [--window W] [--no-ack] \
 idle [N] | relay [CALLS] [RATE] | cross [CALLS] [RATE] | flood [CALLS] [MSGS] | calls [PAIRS] [ROUNDS] | smoke | login [N] | bare-relay ADDR";
 
 fn parse(args: Vec<String>) -> (Opts, Vec<String>) {
     let mut o = Opts {
         pin: false,
+        rt: false,
         secs: 10.0,
         targets: vec![Kind::Callsignal, Kind::Bare],
         env: vec![],
@@ -137,6 +146,7 @@ fn parse(args: Vec<String>) -> (Opts, Vec<String>) {
         match a.as_str() {
             "--bench" => {}
             "--pin" => o.pin = true,
+            "--rt" => o.rt = true,
             "--no-ack" => o.no_ack = true,
             "--secs" => o.secs = value(&mut it, "--secs").parse().expect("--secs"),
             "--inflight" => o.inflight = value(&mut it, "--inflight").parse().expect("--inflight"),
@@ -193,7 +203,27 @@ fn pin_self(core: usize) {
     );
 }
 
+/// Turns transparent huge pages off for this process and its children, as callsignal does for
+/// itself (callsignal::heap::disable_transparent_huge_pages), unless `MIMALLOC_ALLOW_THP` is
+/// `1`/`on`/`yes`/`true`. For the bare relay (this binary) it is the same setting as the server
+/// it is compared with; for the load generator it keeps its own page clearing (2 MiB at a time
+/// while the SDP burst grows its buffers) out of the latencies it measures. The flag is
+/// inherited: with it off here, every server started by the run has it off too, so
+/// `MIMALLOC_ALLOW_THP=1` in the load generator's environment is the way to measure with THP.
+fn disable_transparent_huge_pages() {
+    let keep = std::env::var("MIMALLOC_ALLOW_THP").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "on" | "yes" | "true"
+        )
+    });
+    if !keep {
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+    }
+}
+
 fn main() {
+    disable_transparent_huge_pages();
     let (opts, args) = parse(std::env::args().skip(1).collect());
     let num = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     if args.first().map(String::as_str) == Some("bare-relay") {
@@ -203,6 +233,7 @@ fn main() {
     if opts.pin {
         pin_self(LOADGEN_CORE);
     }
+
     // One thread: with --pin it owns core 1, and the relay schedule spins on it.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -172,6 +172,9 @@ pub(crate) struct Received {
     pub(crate) expected: u64,
     /// Microseconds from intended send to receipt.
     pub(crate) latencies: Vec<u32>,
+    /// For each of `latencies` (same index), its intended send time in microseconds from the
+    /// schedule's start (for the tail's timeline, [`tail_timeline`]).
+    pub(crate) intended: Vec<u32>,
     pub(crate) violations: Vec<String>,
 }
 
@@ -180,6 +183,7 @@ impl Received {
         self.got += o.got;
         self.expected += o.expected;
         self.latencies.extend(o.latencies);
+        self.intended.extend(o.intended);
         self.violations.extend(o.violations);
     }
 }
@@ -299,9 +303,13 @@ async fn receive(
         next = k + expect.step;
         r.got += 1;
         if let Some(s) = &schedule {
-            let lat = now.saturating_duration_since(s.of(call, k));
+            let due = s.of(call, k);
+            let lat = now.saturating_duration_since(due);
             r.latencies
                 .push(u32::try_from(lat.as_micros()).unwrap_or(u32::MAX));
+            r.intended.push(
+                u32::try_from(due.saturating_duration_since(s.t0).as_micros()).unwrap_or(u32::MAX),
+            );
         }
         if let Some(c) = &credit {
             c.add_permits(1);
@@ -627,9 +635,47 @@ fn report_relay(label: &str, n_calls: usize, rate: f64, run: &RelayRun) {
         ms(&lag, 1.0),
         r.violations.len()
     );
+    println!("  {}", tail_timeline(&r.latencies, &r.intended));
     for v in r.violations.iter().take(10) {
         println!("  violation: {v}");
     }
+}
+
+/// Where the tail lies in time: the messages over 1 ms and the 10 ms windows (by intended send
+/// time) they fall in, and when the windows with a message over 3 ms began. Clustered windows
+/// mean stalls (the server or the machine stopped for a while); spread ones mean per-message
+/// cost. Latencies and intended times are microseconds, index for index.
+pub(crate) fn tail_timeline(latencies: &[u32], intended: &[u32]) -> String {
+    const WINDOW_US: u32 = 10_000;
+    let mut windows: std::collections::BTreeMap<u32, (u32, usize)> = Default::default();
+    let mut over_1ms = 0;
+    for (&lat, &at) in latencies.iter().zip(intended) {
+        if lat > 1000 {
+            over_1ms += 1;
+            let w = windows.entry(at / WINDOW_US).or_default();
+            w.0 = w.0.max(lat);
+            w.1 += 1;
+        }
+    }
+    let over_3ms: Vec<_> = windows.iter().filter(|(_, (max, _))| *max > 3000).collect();
+    let starts: Vec<String> = over_3ms
+        .iter()
+        .take(40)
+        .map(|(w, (max, n))| {
+            format!(
+                "{:.2}s({:.1}ms,{n})",
+                f64::from(**w * WINDOW_US) / 1e6,
+                f64::from(*max) / 1000.0
+            )
+        })
+        .collect();
+    format!(
+        "tail: {over_1ms} of {} messages over 1 ms, in {} 10-ms windows; {} windows with one over 3 ms, at (max, count over 1 ms): {}",
+        latencies.len(),
+        windows.len(),
+        over_3ms.len(),
+        starts.join(" ")
+    )
 }
 
 /// `flood CALLS MSGS`: messages per server CPU-second on each target.

@@ -82,15 +82,20 @@ pub(crate) const NO_RATE_LIMITS: &[(&str, &str)] = &[
     ("CALLSIGNAL_WS__RATE_LIMIT_BYTES_BURST", "1000000000"),
 ];
 
-/// `program`, under `taskset -c 0` with `--pin`.
+/// `program`, under `taskset -c 0` with `--pin`, under `chrt -f 1` (SCHED_FIFO, the lowest
+/// real-time priority) with `--rt`.
 pub(crate) fn wrapped(opts: &Opts, program: &str) -> Command {
-    if opts.pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", &SERVER_CORE.to_string(), program]);
-        c
-    } else {
-        Command::new(program)
+    let mut argv: Vec<String> = vec![];
+    if opts.rt {
+        argv.extend(["chrt", "-f", "1"].map(String::from));
     }
+    if opts.pin {
+        argv.extend(["taskset".into(), "-c".into(), SERVER_CORE.to_string()]);
+    }
+    argv.push(program.into());
+    let mut c = Command::new(&argv[0]);
+    c.args(&argv[1..]);
+    c
 }
 
 /// Starts `cmd` and waits for the line `ready(line)` recognises (the listening address).

@@ -1575,3 +1575,68 @@ fn deploy_first_log_line_summarises_and_pipes_get_no_colour() {
         );
     }
 }
+
+/// The `THP_enabled:` value of a process's `/proc/<pid>/status` (Linux ≥ 5.0).
+fn thp_enabled(pid: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_owned())
+}
+
+/// Starts `serve` and waits (20 s at most) for its `callsignal listening` line; then the
+/// process has been running `main` for a while.
+fn serving_until_listening(mut cmd: Command) -> Child {
+    cmd.arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("server starts");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("callsignal listening") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(20)).is_err() {
+        stop_child(&mut child);
+        panic!("the server did not start listening within 20 s");
+    }
+    child
+}
+
+/// The server's process runs without transparent huge pages (callsignal::heap): mimalloc
+/// marks its heap MADV_HUGEPAGE, and where the kernel honours it (Debian's default THP mode
+/// `madvise`) every first touch of fresh heap cleared a whole 2 MiB page while the sockets
+/// waited — found as 10–30 ms relay stalls during the SDP burst of the relay benchmark
+/// (docs/benchmarks.md). `MIMALLOC_ALLOW_THP=1`, mimalloc's own switch, keeps them.
+#[test]
+fn deploy_the_server_runs_without_transparent_huge_pages() {
+    let own = thp_enabled("self").expect("the kernel reports THP_enabled (Linux >= 5.0)");
+    assert_eq!(
+        own, "1",
+        "the test process itself has THP enabled (otherwise the server would inherit it off)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = serving_until_listening(callsignal_serving(dir.path()));
+    let pid = child.id().to_string();
+    let off = thp_enabled(&pid);
+    stop_child(&mut child);
+    assert_eq!(
+        off.as_deref(),
+        Some("0"),
+        "THP is off in the serving process"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut keep = callsignal_serving(dir.path());
+    keep.env("MIMALLOC_ALLOW_THP", "1");
+    let mut child = serving_until_listening(keep);
+    let on = thp_enabled(&child.id().to_string());
+    stop_child(&mut child);
+    assert_eq!(on.as_deref(), Some("1"), "MIMALLOC_ALLOW_THP=1 keeps THP");
+}
