@@ -164,7 +164,7 @@ fn route_label(method: &Method, path: &str) -> &'static str {
     let segments = segments(path);
     if let Some(r) = matching_routes(&segments)
         .into_iter()
-        .find(|r| r.method == method.as_str())
+        .find(|r| r.method == method.as_str() || (method == Method::HEAD && head_too(r)))
     {
         return r.path;
     }
@@ -322,20 +322,33 @@ fn matching_routes(segments: &[&str]) -> Vec<&'static Route> {
     fitting.into_iter().filter(|r| literal(r) == best).collect()
 }
 
-/// The row of [`ROUTES`] that serves `method` on `segments`, if any.
+/// Whether a `GET` row also serves `HEAD`: every one but the WebSocket upgrade, which is a
+/// `GET` only (RFC 6455 §4.1).
+fn head_too(route: &Route) -> bool {
+    route.method == "GET" && route.endpoint != Endpoint::WebSocket
+}
+
+/// The row of [`ROUTES`] that serves `method` on `segments`, if any. `HEAD` is served by the
+/// `GET` row (RFC 9110 §9.3.2: the same response without content; hyper leaves the body out),
+/// except the WebSocket upgrade's.
 fn resolve(method: &Method, segments: &[&str]) -> Option<Endpoint> {
     matching_routes(segments)
         .into_iter()
-        .find(|r| r.method == method.as_str())
+        .find(|r| r.method == method.as_str() || (method == Method::HEAD && head_too(r)))
         .map(|r| r.endpoint)
 }
 
-/// The methods [`ROUTES`] serves on `segments`, in table order; empty for an unknown path.
+/// The methods [`ROUTES`] serves on `segments`, in table order (`HEAD` after the `GET` that
+/// serves it); empty for an unknown path.
 fn allowed_methods(segments: &[&str]) -> Vec<&'static str> {
-    matching_routes(segments)
-        .into_iter()
-        .map(|r| r.method)
-        .collect()
+    let mut methods = vec![];
+    for r in matching_routes(segments) {
+        methods.push(r.method);
+        if head_too(r) {
+            methods.push("HEAD");
+        }
+    }
+    methods
 }
 
 async fn route(

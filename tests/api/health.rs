@@ -163,3 +163,70 @@ fn forwarded_for_is_believed_only_from_trusted_proxies() {
     h.insert("x-forwarded-for", "203.0.113.9, garbage".parse().unwrap());
     assert_eq!(client_ip(&h, proxy, &trusted).to_string(), "10.0.0.1");
 }
+
+/// Every `GET` route answers `HEAD` with the same status and headers and no content (RFC 9110
+/// §9.3.2: a general-purpose server supports both; uptime monitors and load balancers probe
+/// with `HEAD`) — but the WebSocket upgrade, a `GET` only (RFC 6455 §4.1). Found by an
+/// operator: `HEAD /healthz` was 405.
+#[tokio::test]
+async fn head_is_served_wherever_get_is_except_the_websocket_upgrade() {
+    let app = spawn_app_with(Backend::Sqlite, |f| f).await;
+    // Raw HTTP/1.1, so a body sent after the head would be seen.
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(b"HEAD /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = vec![];
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("the server closes after the response")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a complete head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let get = app.get("/healthz", None).await;
+    let get_type = get.headers()["content-type"].to_str().unwrap().to_owned();
+    let get_len = get.bytes().await.unwrap().len();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-type: {get_type}")),
+        "the GET's content type: {head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {get_len}")),
+        "the GET's length: {head}"
+    );
+    assert_eq!(rest, "", "no content after the head");
+
+    for (path, status) in [
+        ("/readyz", 200),
+        ("/api/openapi.yaml", 200),
+        ("/api/me", 401),
+        ("/api/calls", 401),
+        ("/", 200),
+    ] {
+        let r = app.http.head(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), status, "HEAD {path}");
+        assert_eq!(
+            app.get(path, None).await.status(),
+            status,
+            "GET {path} answers the same"
+        );
+    }
+
+    let r = app.http.head(app.url("/ws")).send().await.unwrap();
+    assert_eq!(r.status(), 405, "HEAD /ws");
+    assert_eq!(r.headers()["allow"], "GET");
+    let r = app.http.post(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+    let r = app
+        .http
+        .head(app.url("/api/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405, "HEAD on a POST-only route");
+    assert_eq!(r.headers()["allow"], "POST");
+}
