@@ -705,6 +705,9 @@ impl Settings {
                 crate::auth::jwt::MIN_SECRET_BYTES
             )));
         }
+        for origin in &self.server.allowed_origins {
+            check_origin(origin)?;
+        }
         // Deadlines are added to the clock; a day bounds them far from overflow and far beyond
         // any sensible value.
         let (server, throttle) = (&self.server, &self.auth.throttle);
@@ -964,6 +967,65 @@ impl IpNet {
     }
 }
 
+/// `server.allowed_origins` holds serialized origins (RFC 6454 §6.2): `http` or `https`, `://`,
+/// a host and an optional port — what a browser sends in `Origin`, compared case-insensitively
+/// (a trailing `/` is tolerated). Anything else could never match: a bare host, a path, a
+/// query, user info, another scheme, or a wildcard (none is supported: list every origin). A
+/// refused entry names the key and the entry, so an operator's typo stops the start instead of
+/// turning every browser away.
+fn check_origin(origin: &str) -> Result<(), ConfigError> {
+    let refuse = |why: &str| {
+        let shown: String = origin.chars().take(100).collect();
+        Err(ConfigError::Rule(format!(
+            "server.allowed_origins entry {shown:?} is not an origin ({why}); write each as \
+             scheme://host[:port], e.g. \"https://app.example.org\""
+        )))
+    };
+    let trimmed = origin.strip_suffix('/').unwrap_or(origin);
+    if trimmed.contains('*') {
+        return refuse("wildcards are not supported");
+    }
+    if trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return refuse("it contains white space");
+    }
+    let Some((scheme, authority)) = trimmed.split_once("://") else {
+        return refuse("no scheme: it needs http:// or https://");
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return refuse("the scheme must be http or https");
+    }
+    if authority.is_empty() {
+        return refuse("no host");
+    }
+    if authority.contains(['/', '?', '#']) {
+        return refuse("an origin has no path, query or fragment");
+    }
+    if authority.contains('@') {
+        return refuse("an origin has no user info");
+    }
+    // The port, if any, follows the host (an IPv6 address is in brackets): digits, ≤ 65535.
+    let port = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((_, "")) => None,
+            Some((_, rest)) => match rest.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return refuse("not a valid host[:port]"),
+            },
+            None => return refuse("not a valid host[:port]"),
+        },
+        None => authority.split_once(':').map(|(_, port)| port),
+    };
+    if port.is_some_and(|p| {
+        p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err()
+    }) {
+        return refuse("the port must be a number up to 65535");
+    }
+    match hyper::http::uri::Authority::try_from(authority) {
+        Ok(a) if !a.host().is_empty() => Ok(()),
+        _ => refuse("not a valid host[:port]"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1199,6 +1261,45 @@ mod tests {
             let f = Settings::defaults().merge((key, secs));
             let err = Settings::from_figment(f).expect_err(key);
             assert!(err.to_string().contains(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn allowed_origins_must_be_origins() {
+        for good in [
+            "https://app.example.org",
+            "http://localhost:8080",
+            "https://app.example.org/",
+            "HTTPS://App.Example.org",
+            "http://[::1]:3000",
+            "http://127.0.0.1",
+        ] {
+            let f = Settings::defaults().merge(("server.allowed_origins", vec![good]));
+            assert!(Settings::from_figment(f).is_ok(), "{good}");
+        }
+        for bad in [
+            "app.example.org",
+            "*",
+            "https://*.example.org",
+            "https://app.example.org/path",
+            "https://app.example.org?x=1",
+            "https://app.example.org#f",
+            "ftp://app.example.org",
+            "https://user@app.example.org",
+            "https://",
+            "https://app.example.org:notaport",
+            "https://app.example.org:70000",
+            "https://app.example.org:",
+            "https://a:b:c",
+            "https://app .example.org",
+            "",
+        ] {
+            let f = Settings::defaults().merge(("server.allowed_origins", vec![bad]));
+            let err = Settings::from_figment(f).expect_err(bad).to_string();
+            assert!(
+                err.contains("server.allowed_origins") && err.contains(&format!("{bad:?}")),
+                "{bad}: {err}"
+            );
         }
     }
 

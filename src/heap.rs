@@ -8,7 +8,8 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Whether the environment asks to keep transparent huge pages: `MIMALLOC_ALLOW_THP` set to
-/// `1`, `on`, `yes` or `true` (any case), mimalloc's own spelling of that option.
+/// `1`, `on`, `yes` or `true` (any case). mimalloc's own option of that name defaults to
+/// allowing them (unset or empty); callsignal defaults to not, so only an explicit yes counts.
 pub fn thp_requested(value: Option<&str>) -> bool {
     value.is_some_and(|v| {
         let v = v.trim().to_ascii_lowercase();
@@ -17,15 +18,19 @@ pub fn thp_requested(value: Option<&str>) -> bool {
 }
 
 /// Turns transparent huge pages (THP) off for this process and the programs it starts
-/// (`prctl(PR_SET_THP_DISABLE, 1)`, Linux ≥ 3.15), unless `MIMALLOC_ALLOW_THP` asks to keep
+/// (`prctl(PR_SET_THP_DISABLE, 1)`; since Linux 4.13 it covers regions already mapped, such as
+/// the arena mimalloc reserved before `main`), unless `MIMALLOC_ALLOW_THP` asks to keep
 /// them ([`thp_requested`]). Call it first thing in `main`, before the runtime allocates.
 ///
-/// Why: mimalloc marks its arenas `MADV_HUGEPAGE`, so where the kernel's THP mode is
-/// `madvise` (Debian's default) or `always`, the first touch of each 2 MiB of fresh heap clears
+/// Why: mimalloc marked its arenas `MADV_HUGEPAGE`, so where the kernel's THP mode is
+/// `madvise` (Debian's default) or `always`, the first touch of each 2 MiB of fresh heap cleared
 /// a whole huge page (and may compact memory first, `defrag=madvise`) while the socket tasks
-/// wait: milliseconds of stall when a burst of SDP grows the held messages. A signaling
-/// server's heap is small and its latency matters more than TLB reach (the advice Redis gives
-/// for the same reason). Measured in docs/benchmarks.md ("Transparent huge pages").
+/// waited: milliseconds of stall when a burst of SDP grows the held messages. A signaling
+/// server's heap is small and its latency matters more than TLB reach. mimalloc is built with
+/// its `no_thp` feature (it no longer asks for huge pages, not even for the arena it reserves
+/// before `main`), and this call keeps the kernel's `always` mode from giving them anyway, to
+/// any allocation of the process (SQLite's own, thread stacks). Measured in
+/// docs/benchmarks.md (session 8).
 ///
 /// Returns whether THP is off now; on another OS, or if the kernel refuses, `false` and
 /// nothing changed (the server runs as before).

@@ -243,13 +243,17 @@ impl Schedule {
 /// Checks order and exactly-once delivery by message number, and callsignal's `seq`; acks as
 /// the browser client does (`ack_to`): the highest `seq` rides on the next message the
 /// connection sends anyway ([`Acks::take`], by the sender), and an `ack` frame of its own goes
-/// only when nothing carried it within a second.
+/// only when nothing carried it within a second. `ack_phase`: how far into its first second
+/// this connection's ack clock starts. Browsers' ack timers run in independent phases; started
+/// all at once, 2,000 connections would send their `ack` frames in one burst every second (a
+/// periodic stall of the load generator's own making, seen in session 8's tail timelines).
 #[allow(clippy::too_many_arguments)]
 async fn receive(
     call: u64,
     mut stream: Stream,
     mut last_seq: Option<u64>,
     ack_to: Option<(Sink, Arc<Acks>)>,
+    ack_phase: Duration,
     expect: Expect,
     schedule: Option<Schedule>,
     credit: Option<Arc<Semaphore>>,
@@ -258,10 +262,13 @@ async fn receive(
     let mut r = Received {
         expected: expect.count,
         latencies: Vec::with_capacity(usize::try_from(expect.count).unwrap_or(0)),
+        intended: Vec::with_capacity(usize::try_from(expect.count).unwrap_or(0)),
         ..Received::default()
     };
     let mut next = expect.start;
-    let mut last_ack = Instant::now();
+    let mut last_ack = Instant::now()
+        .checked_sub(ack_phase)
+        .unwrap_or_else(Instant::now);
     while r.got < expect.count {
         let frame = match tokio::time::timeout_at(deadline.into(), stream.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => t,
@@ -403,6 +410,8 @@ pub(crate) async fn run_schedule(
                 stream,
                 callsignal.then_some(seq),
                 (callsignal && ack).then_some(ack_to),
+                // Spread over the second: receiver r of the run's 2n starts r / 2n s in.
+                Duration::from_secs_f64((2 * i + start) as f64 / (2 * n) as f64),
                 expect,
                 Some(schedule),
                 None,
@@ -465,6 +474,7 @@ pub(crate) async fn run_flood(
     let mut receivers = vec![];
     let mut senders = vec![];
     let start = Arc::new(tokio::sync::Notify::new());
+    let n_calls = calls.len().max(1);
     for (i, c) in calls.into_iter().enumerate() {
         let credit = Arc::new(Semaphore::new(window));
         let (a_sink, a_stream, _) = c.a;
@@ -475,6 +485,7 @@ pub(crate) async fn run_flood(
             b_stream,
             callsignal.then_some(b_seq),
             (callsignal && ack).then_some((b_sink, Acks::at(b_seq))),
+            Duration::from_secs_f64(i as f64 / n_calls as f64),
             Expect {
                 start: 0,
                 step: 1,
