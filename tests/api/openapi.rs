@@ -140,7 +140,8 @@ async fn every_documented_operation_is_served() {
         .await
         .expect("request");
     assert_eq!(r.status(), 405);
-    assert_eq!(r.headers()["allow"], "GET");
+    // A GET route serves HEAD too (RFC 9110 §9.3.2), and says so.
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
     let r = app
         .http
         .get(app.url(&instantiate("/api/sessions/{id}")))
