@@ -253,6 +253,20 @@ impl CallState {
                 let _ = conn.actor.cast(ConnectionMsg::Unpaired(self.id));
             }
         }
+        // Queued for the database before anyone is told: a client that reads its history on
+        // `call.ended` (or a drain after it) must find the end among the events to commit.
+        // The parties were unpaired above; what they relayed up to now is counted.
+        if let Some(summary) = self.counts.summary() {
+            self.persistence.record(CallEvent::Signals {
+                call_id: self.id,
+                summary,
+            });
+        }
+        self.persistence.record(CallEvent::Ended {
+            call_id: self.id,
+            reason: reason.as_str(),
+            at: Utc::now(),
+        });
         let mut told = vec![self.caller.id];
         self.caller.send(ended(&self.caller));
         match &self.phase {
@@ -269,18 +283,6 @@ impl CallState {
             acker.send(ended(&acker));
         }
         self.metrics.call_ended(reason.as_str());
-        // The parties were unpaired above; what they relayed up to now is counted.
-        if let Some(summary) = self.counts.summary() {
-            self.persistence.record(CallEvent::Signals {
-                call_id: self.id,
-                summary,
-            });
-        }
-        self.persistence.record(CallEvent::Ended {
-            call_id: self.id,
-            reason: reason.as_str(),
-            at: Utc::now(),
-        });
         tracing::info!(call_id = %self.id, reason = reason.as_str(), "call ended");
         me.stop(Some(reason.as_str().into()));
     }

@@ -829,6 +829,12 @@ impl RegistryState {
 
     fn call_failed(&mut self, id: CallId) {
         let Some(c) = self.calls.get(&id) else { return };
+        // Queued for the database before anyone is told (as `Call::end_acking` does).
+        self.args.persistence.record(CallEvent::Ended {
+            call_id: id,
+            reason: EndReason::ServerError.as_str(),
+            at: Utc::now(),
+        });
         let ended = ServerMessage::CallEnded {
             call_id: id,
             reason: EndReason::ServerError,
@@ -854,11 +860,6 @@ impl RegistryState {
         self.args
             .metrics
             .call_ended(EndReason::ServerError.as_str());
-        self.args.persistence.record(CallEvent::Ended {
-            call_id: id,
-            reason: EndReason::ServerError.as_str(),
-            at: Utc::now(),
-        });
         tracing::warn!(call_id = %id, "call ended after its actor failed");
         self.forget_call(id);
     }
