@@ -509,18 +509,61 @@ fn unknown_keys(figment: &Figment) -> Result<Vec<String>, ConfigError> {
         .collect())
 }
 
-fn describe_unknown(figment: &Figment, known: &[String], path: &str) -> String {
-    let source = match figment.find_metadata(path) {
-        Some(m) if m.name.contains("environment") => format!(
-            " (environment variable CALLSIGNAL_{})",
+/// Where the value of `path` (a dotted key) was set: `environment variable CALLSIGNAL_…`,
+/// `in <file>`, or `from <provider>`; `None` for the built-in defaults (`config/default.toml`
+/// compiled in) and for a key nobody set.
+fn set_by(figment: &Figment, path: &str) -> Option<String> {
+    let m = figment.find_metadata(path)?;
+    if m.name.contains("environment") {
+        return Some(format!(
+            "environment variable {ENV_PREFIX}{}",
             path.to_ascii_uppercase().replace('.', "__")
-        ),
-        Some(m) => match &m.source {
-            Some(figment::Source::File(f)) => format!(" (in {})", f.display()),
-            _ => format!(" (from {})", m.name),
-        },
-        None => String::new(),
-    };
+        ));
+    }
+    match &m.source {
+        Some(figment::Source::File(f)) => Some(format!("in {}", f.display())),
+        _ if m.name == DEFAULTS_NAME => None,
+        _ => Some(format!("from {}", m.name)),
+    }
+}
+
+/// The name the built-in defaults (`Toml::string`) go by in figment's metadata.
+const DEFAULTS_NAME: &str = "TOML source string";
+
+/// `message` (a rule's complaint, naming keys such as `ws.heartbeat_secs`) with where each key
+/// it names was set, so that an operator knows which file or environment variable to fix:
+/// `ws.heartbeat_secs is 0; it must be between 1 and 86400 (ws.heartbeat_secs: environment
+/// variable CALLSIGNAL_WS__HEARTBEAT_SECS)`. Keys left at their defaults are not listed.
+fn with_sources(figment: &Figment, message: String) -> String {
+    let known = known_keys();
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+    let mut named: Vec<(usize, &str)> = known
+        .iter()
+        .filter_map(|k| {
+            message.match_indices(k.as_str()).find_map(|(at, _)| {
+                let before = message[..at].chars().next_back();
+                let after = message[at + k.len()..].chars().next();
+                (!before.is_some_and(is_key_char) && !after.is_some_and(is_key_char))
+                    .then_some((at, k.as_str()))
+            })
+        })
+        .collect();
+    named.sort_unstable();
+    let sources: Vec<String> = named
+        .iter()
+        .filter_map(|(_, k)| set_by(figment, k).map(|s| format!("{k}: {s}")))
+        .collect();
+    if sources.is_empty() {
+        message
+    } else {
+        format!("{message} ({})", sources.join(", "))
+    }
+}
+
+fn describe_unknown(figment: &Figment, known: &[String], path: &str) -> String {
+    let source = set_by(figment, path)
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
     let nearest = known
         .iter()
         .min_by_key(|k| edit_distance(k, path))
@@ -682,7 +725,7 @@ impl Settings {
             Ok(settings) => match settings.validate() {
                 Ok(()) if problems.is_empty() => return Ok(settings),
                 Ok(()) => {}
-                Err(e) => problems.push(strip_prefix(e.to_string())),
+                Err(e) => problems.push(with_sources(&figment, strip_prefix(e.to_string()))),
             },
             Err(e) => problems.push(describe_errors(e)),
         }
@@ -1173,6 +1216,62 @@ mod tests {
                 Settings::from_figment(Settings::defaults().merge((key, value))).expect_err(key);
             assert!(err.to_string().contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn a_value_out_of_range_names_where_it_was_set() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("callsignal.toml");
+        std::fs::write(
+            &file,
+            "[ws]\nmax_message_bytes = 65536\noutbound_queue_bytes = 1000\n",
+        )
+        .expect("write");
+        let err = Settings::from_figment(Settings::defaults().merge(Toml::file(&file)))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "(ws.outbound_queue_bytes: in {f}, ws.max_message_bytes: in {f})",
+                f = file.display()
+            )),
+            "{err}"
+        );
+        // The environment as figment's `Env` provider presents it (same metadata name; the
+        // process environment itself is shared by every test, so not touched here).
+        struct FakeEnv;
+        impl figment::Provider for FakeEnv {
+            fn metadata(&self) -> figment::Metadata {
+                figment::Metadata::named(format!("`{ENV_PREFIX}` environment variable(s)"))
+            }
+            fn data(
+                &self,
+            ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error>
+            {
+                figment::providers::Serialized::defaults(serde_json::json!({
+                    "ws": {"heartbeat_secs": 0}
+                }))
+                .data()
+            }
+        }
+        assert!(
+            env_provider().metadata().name == FakeEnv.metadata().name,
+            "{}",
+            env_provider().metadata().name
+        );
+        let err = Settings::from_figment(Settings::defaults().merge(FakeEnv))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("(ws.heartbeat_secs: environment variable CALLSIGNAL_WS__HEARTBEAT_SECS)"),
+            "{err}"
+        );
+        // A value left at its default is not blamed on anyone.
+        let err = Settings::from_figment(Settings::defaults().merge(("ws.max_message_bytes", 10)))
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("ws.max_message_bytes"), "{err}");
+        assert!(!err.contains("TOML source string"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`cluster`]: cluster mode over NATS (node membership, presence, stand-ins for remote
 //!   connections and calls); absent without `cluster.nats_url`.
 //! - [`ice`]: ICE server lists and TURN credentials.
+//! - [`json`]: client-facing explanations of JSON of the wrong shape.
 //! - [`metrics`], [`telemetry`], [`heap`]: observability.
 //! - [`startup`], [`state`]: building and running the server.
 
@@ -24,6 +25,7 @@ pub mod domain;
 pub mod heap;
 pub mod http;
 pub mod ice;
+pub mod json;
 pub mod metrics;
 pub mod probe;
 pub mod startup;

@@ -56,11 +56,26 @@ pub async fn json_body<T: DeserializeOwned>(
 }
 
 /// Parses a request body as JSON into `T`, as every JSON route does (separate from reading the
-/// body so that it can be fuzzed, see `fuzz/`). Not JSON, or not `T`'s shape (unknown fields
-/// are ignored) → [`ApiError::BadRequest`], i.e. 400 `bad_request` (contract §1).
+/// body so that it can be fuzzed, see `fuzz/`). Not a JSON object, or not `T`'s shape (unknown
+/// fields are ignored) → [`ApiError::BadRequest`], i.e. 400 `bad_request` (contract §1), whose
+/// message names the field at fault ([`crate::json::explain`]).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::BadRequest(format!("request body is not the expected JSON: {e}")))
+    // Every JSON body is an object (contract §1): serde would also read a struct from a JSON
+    // array of its fields in order (`["alice","password"]` registered alice).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::BadRequest(
+            "request body is not the expected JSON: a JSON object is required".into(),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        // The field and what it should hold, in JSON's terms (crate::json), when the body is
+        // text; serde's own words otherwise.
+        let why = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(crate::json::explain::<T>)
+            .unwrap_or_else(|| e.to_string());
+        ApiError::BadRequest(format!("request body is not the expected JSON: {why}"))
+    })
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {

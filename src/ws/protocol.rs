@@ -402,7 +402,10 @@ pub fn parse(text: &str) -> Result<Inbound, BadMessage> {
         });
     }
     let frame: Frame = serde_json::from_str(text).map_err(|e| BadMessage {
-        message: format!("not a valid message: {e}"),
+        message: format!(
+            "not a valid message: {}",
+            crate::json::explain::<Frame>(text).unwrap_or_else(|| e.to_string())
+        ),
         reference: serde_json::from_str::<RefOnly>(text)
             .ok()
             .and_then(|r| r.reference)
@@ -853,6 +856,62 @@ mod tests {
         for text in [r#"{"type":1}"#, r#"{"type":"ping","ref":{}}"#, "{"] {
             let e = parse(text).expect_err(text);
             assert!(!e.message.contains("Frame"), "{text}: {}", e.message);
+        }
+    }
+
+    /// serde's texts named Rust types and no field (`invalid type: string "x", expected u64`).
+    #[test]
+    fn an_ill_typed_field_is_named_in_json_terms() {
+        let id = "6f1c7c3e-8f57-4b2a-9f4e-0a0b0c0d0e0f";
+        for (text, field, expect) in [
+            (
+                r#"{"type":"ack","seq":"x"}"#.to_owned(),
+                "`seq`",
+                "expected a non-negative integer",
+            ),
+            (
+                r#"{"type":"ack","seq":-3}"#.to_owned(),
+                "`seq`",
+                "expected a non-negative integer",
+            ),
+            (
+                r#"{"type":"ping","ack":1.5}"#.to_owned(),
+                "`ack`",
+                "expected a non-negative integer",
+            ),
+            (
+                r#"{"type":"call.invite","to":7}"#.to_owned(),
+                "`to`",
+                "expected a string",
+            ),
+            (r#"{"type":7}"#.to_owned(), "`type`", "expected a string"),
+            // With a raw description present, the path still names the field at fault.
+            (
+                format!(
+                    r#"{{"type":"sdp","call_id":"{id}","description":{{"type":"offer","sdp":"v=0"}},"ack":"n"}}"#
+                ),
+                "`ack`",
+                "expected a non-negative integer",
+            ),
+            (
+                format!(
+                    r#"{{"type":"sdp","description":{{"type":"offer","sdp":"v=0"}},"call_id":5}}"#
+                ),
+                "`call_id`",
+                "",
+            ),
+        ] {
+            let e = parse(&text).expect_err(&text);
+            assert!(
+                e.message
+                    .starts_with(&format!("not a valid message: {field}: "))
+                    && e.message.contains(expect),
+                "{text}: {}",
+                e.message
+            );
+            for rust in ["u64", "u16", "Frame", "struct", "borrowed"] {
+                assert!(!e.message.contains(rust), "{text}: {}", e.message);
+            }
         }
     }
 

@@ -120,7 +120,42 @@ async fn malformed_bodies_are_400_and_large_ones_413(app: TestApp) {
     let r = app
         .post("/api/auth/register", &json!({"username": 5}), None)
         .await;
-    assert_eq!(error_code(r).await, (400, "bad_request".into()));
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "bad_request");
+    // The field at fault, in JSON's terms (serde said "expected a string" for no field, or
+    // named Rust types such as `u64` and internal structs).
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`username`: invalid type: integer `5`, expected a string"),
+        "{message}"
+    );
+    let r = app
+        .post(
+            "/api/auth/login",
+            &json!({"username": "dave", "password": ["x"]}),
+            None,
+        )
+        .await;
+    let v: Value = r.json().await.unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`password`"), "{message}");
+    // Only an object is a body: serde would read the fields in order from an array, and
+    // `["eve", PASSWORD]` registered eve.
+    for body in [json!([1, 2]), json!(["eve", PASSWORD]), json!("eve")] {
+        let r = app.post("/api/auth/register", &body, None).await;
+        assert_eq!(r.status(), 400, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            v["error"]["message"],
+            "request body is not the expected JSON: a JSON object is required",
+            "{body}"
+        );
+    }
+    let r = app
+        .post("/api/auth/login", &json!(["eve", PASSWORD]), None)
+        .await;
+    assert_eq!(r.status(), 400);
     let big = json!({"username": "dave", "password": "p".repeat(17 * 1024)});
     let r = app.post("/api/auth/register", &big, None).await;
     assert_eq!(error_code(r).await, (413, "body_too_large".into()));
