@@ -15,6 +15,9 @@ use crate::{Opts, Stats};
 
 const WARM_UP: usize = 50;
 
+/// How long the server is left alone before each RSS reading.
+const SETTLE: Duration = Duration::from_secs(3);
+
 /// Opens connection number `i` and keeps reading it in a task of its own.
 async fn open(target: &Target, token: &str, i: usize) {
     let ws = match target.kind {
@@ -40,7 +43,11 @@ async fn measure(opts: &Opts, kind: Kind, n: usize) -> f64 {
     for i in 0..WARM_UP {
         open(&target, &token, i).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // As long as before the second reading: memory freed by the setup (callsignal's Argon2
+    // hashes of the registration and login, 19 MiB each) is given back by the allocator after
+    // a delay, and a baseline read 0.5 s after them sometimes still held one (RSS before the
+    // connections 40–59 MiB between runs of the same binary: ±1.2 KiB per connection).
+    tokio::time::sleep(SETTLE).await;
     let before = target.rss();
     let started = Instant::now();
     let gate = Arc::new(Semaphore::new(opts.inflight));
@@ -59,7 +66,7 @@ async fn measure(opts: &Opts, kind: Kind, n: usize) -> f64 {
         t.await.expect("open");
     }
     let took = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(SETTLE).await;
     let after = target.rss();
     let per = after.saturating_sub(before) as f64 / (n - WARM_UP) as f64;
     println!(

@@ -5,16 +5,14 @@
 //! (≈ 1.8 KiB for `Outbound`) plus a separate shared state, for every socket, even an idle one.
 //! This queue is a `VecDeque` behind a mutex: it allocates nothing until a frame is queued and
 //! gives back a grown buffer once drained, so an idle connection pays for a few words. The
-//! mutex is uncontended in practice (one producer, one consumer, held for a push or a pop).
+//! mutex is uncontended in practice (one producer, one consumer, held for a push or a pop). A
+//! drained queue frees its buffer at once, so an idle connection's queue allocates nothing.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
-
-/// Capacity kept by a drained queue; a larger buffer (after a burst) is released.
-const KEEP_CAPACITY: usize = 8;
 
 #[derive(Debug)]
 struct Shared<T> {
@@ -110,8 +108,11 @@ impl<T> Receiver<T> {
     pub fn try_recv(&mut self) -> Option<T> {
         let mut q = self.0.queue();
         let item = q.pop_front();
-        if q.is_empty() && q.capacity() > KEEP_CAPACITY {
-            q.shrink_to(KEEP_CAPACITY);
+        // A drained queue frees its buffer: an idle connection holds no allocation here
+        // (keeping even the 4 slots `VecDeque` first grows to cost 224 bytes per idle
+        // connection — its `welcome`'s); a busy one pays one small allocation per batch.
+        if q.is_empty() && q.capacity() > 0 {
+            *q = VecDeque::new();
         }
         item
     }
@@ -171,6 +172,9 @@ mod tests {
             tx.try_send(i).unwrap();
         }
         while rx.try_recv().is_some() {}
-        assert!(rx.0.queue().capacity() <= KEEP_CAPACITY);
+        assert_eq!(rx.0.queue().capacity(), 0);
+        tx.try_send(1).unwrap();
+        assert_eq!(rx.try_recv(), Some(1));
+        assert_eq!(rx.0.queue().capacity(), 0, "one item taken: nothing kept");
     }
 }

@@ -69,10 +69,13 @@ type Ws = WebSocketStream<Coalesce<TokioIo<Upgraded>>>;
 /// Most frames gathered into one write.
 const MAX_BATCH: usize = 64;
 
-/// The socket configuration: bounded frames and messages, small buffers, no compression
+/// The socket configuration: bounded frames and messages, small buffers that are let go of
+/// when not in use (`release_buffers`, a patch of ours: vendor/tungstenite/PATCHES.md — else a
+/// connection kept its largest frame's size in both buffers for life), no compression
 /// (tungstenite implements no permessage-deflate, so none is ever negotiated).
 pub fn config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
+        .release_buffers(true)
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .max_write_buffer_size(max_message_bytes * 4)
@@ -509,263 +512,356 @@ async fn reply_error(
     send(ws, &ServerMessage::error(code, message, reference, None)).await
 }
 
+/// What woke the socket task.
+enum Event {
+    Signal(Signal),
+    Out(Option<Outbound>),
+    Frame(Option<Result<Message, WsError>>),
+}
+
+/// What a client frame asks of the socket task after it was handled.
+enum FrameStep {
+    /// Nothing more.
+    Done,
+    /// Answer this socket with an error (no `seq`).
+    Reply(ErrorCode, String, Option<String>),
+    /// End the socket.
+    Exit(Exit),
+}
+
+/// The per-socket state [`pump`] keeps between frames (besides the socket and its admission).
+struct PumpState {
+    actor: ractor::ActorRef<ConnectionMsg>,
+    /// Highest `seq` a pong proved delivered.
+    delivered: u64,
+    /// Arrival times of the relayed frames of a write batch (kept between batches: no
+    /// allocation per batch; given back once it grew past a small burst).
+    relayed: Vec<Instant>,
+    /// The call whose `sdp`/`ice` this socket sent through its connection actor.
+    via_actor: crate::actors::connection::RecentCalls,
+    /// The direct relay as of a generation of the control's (refreshed when it moves): no lock
+    /// per relayed message.
+    relay_cache: (u64, Option<Arc<crate::actors::connection::DirectRelay>>),
+}
+
 /// Pumps frames both ways until the socket ends; says how it ended.
+///
+/// Shaped for the size of an idle socket task: the task's future is as large as its largest
+/// suspended state, and an idle socket sits in the one `select!` below for most of its life.
+/// So every other wait (a write batch, a ping, an error reply) is a boxed future of its own,
+/// allocated only while it runs, and a client frame is handled without awaiting at all
+/// ([`on_frame`]); inline, those states made every idle socket task ≈ 340 bytes larger
+/// (docs/benchmarks.md, session 9).
 async fn pump(state: &Arc<AppState>, ws: &mut Ws, a: &mut Admitted) -> Exit {
-    let actor = a.connected.actor.clone();
     // Heartbeats come from the one wheel of all sockets (crate::ws::heartbeat): it asks for a
     // ping, or drops the socket after two silent intervals, through the control's signal.
     state.heartbeats.watch(&a.control);
-    let mut delivered = 0u64;
-    // Arrival times of the relayed frames of a write batch (kept between batches: no allocation
-    // per batch; given back once it grew past a small burst).
-    let mut relayed: Vec<Instant> = Vec::new();
-    // The call whose `sdp`/`ice` this socket sent through its connection actor.
-    let mut via_actor = crate::actors::connection::RecentCalls::default();
-    // The direct relay as of a generation of the control's (refreshed when it moves): no lock
-    // per relayed message.
-    let mut relay_cache: (u64, Option<Arc<crate::actors::connection::DirectRelay>>) =
-        (u64::MAX, None);
+    let mut p = PumpState {
+        actor: a.connected.actor.clone(),
+        delivered: 0,
+        relayed: Vec::new(),
+        via_actor: crate::actors::connection::RecentCalls::default(),
+        relay_cache: (u64::MAX, None),
+    };
     // One wait for the control's signals for the socket's whole life (not a new waiter per
     // frame).
     let control = a.control.clone();
     let signal = control.signal();
     tokio::pin!(signal);
     loop {
-        tokio::select! {
+        let event = tokio::select! {
             biased;
-            signal = &mut signal => match signal {
-                Signal::Close(code) => return Exit::Close(code, "closed by the server"),
-                Signal::Drop => {
-                    tracing::debug!("peer silent for two heartbeats; dropping the socket");
+            signal = &mut signal => Event::Signal(signal),
+            out = a.rx.recv() => Event::Out(out),
+            frame = ws.next() => Event::Frame(frame),
+        };
+        match event {
+            Event::Signal(Signal::Close(code)) => return Exit::Close(code, "closed by the server"),
+            Event::Signal(Signal::Drop) => {
+                tracing::debug!("peer silent for two heartbeats; dropping the socket");
+                return Exit::Dropped;
+            }
+            Event::Signal(Signal::Ping) => {
+                let mark = a.control.written().to_be_bytes();
+                let ping = Box::pin(tokio::time::timeout(
+                    WRITE_TIMEOUT,
+                    ws.send(Message::Ping(mark.to_vec().into())),
+                ));
+                if !matches!(ping.await, Ok(Ok(()))) {
                     return Exit::Dropped;
                 }
-                Signal::Ping => {
-                    let mark = a.control.written().to_be_bytes();
-                    let ping = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(mark.to_vec().into()))));
-                    if !matches!(ping.await, Ok(Ok(()))) {
+            }
+            Event::Out(Some(Outbound::Close(code, reason))) => return Exit::Close(code, reason),
+            Event::Out(None) => return Exit::Close(close::INTERNAL, "connection failed"),
+            Event::Out(Some(first)) => {
+                if let Some(exit) =
+                    Box::pin(write_batch(state, ws, a, &control, first, &mut p.relayed)).await
+                {
+                    return exit;
+                }
+            }
+            Event::Frame(frame) => match on_frame(state, a, &mut p, frame) {
+                FrameStep::Done => {}
+                FrameStep::Exit(exit) => return exit,
+                FrameStep::Reply(code, message, reference) => {
+                    if !Box::pin(reply_error(ws, code, message, reference)).await {
                         return Exit::Dropped;
                     }
                 }
             },
-            out = a.rx.recv() => match out {
-                Some(first @ (Outbound::Text(..) | Outbound::Relayed(..))) => {
-                    // Gather what else is queued: one write to the kernel for the whole batch.
-                    let mut last = 0;
-                    let mut then_close = None;
-                    relayed.clear();
-                    if relayed.capacity() > MAX_BATCH {
-                        relayed.shrink_to(0);
+        }
+    }
+}
+
+/// Writes `first` and whatever else is queued for the socket with one flush (one write to the
+/// kernel for the batch); records the relay latency of the relayed frames among them. `Some`
+/// when the socket must end.
+async fn write_batch(
+    state: &AppState,
+    ws: &mut Ws,
+    a: &mut Admitted,
+    control: &SocketControl,
+    first: Outbound,
+    relayed: &mut Vec<Instant>,
+) -> Option<Exit> {
+    let mut last = 0;
+    let mut then_close = None;
+    relayed.clear();
+    if relayed.capacity() > MAX_BATCH {
+        relayed.shrink_to(0);
+    }
+    let sent = {
+        let mut frame = |out: Outbound| match out {
+            Outbound::Text(seq, text) => {
+                last = last.max(seq);
+                Some(text)
+            }
+            Outbound::Relayed(seq, text, at) => {
+                last = last.max(seq);
+                relayed.push(at);
+                Some(text)
+            }
+            Outbound::Close(..) => None,
+        };
+        let first = frame(first);
+        let rx = &mut a.rx;
+        let batch = async {
+            if let Some(text) = first {
+                ws.feed(Message::Text(text)).await?;
+            }
+            for _ in 1..MAX_BATCH {
+                match rx.try_recv() {
+                    Some(Outbound::Close(code, reason)) => {
+                        then_close = Some((code, reason));
+                        break;
                     }
-                    let mut frame = |out: Outbound| match out {
-                        Outbound::Text(seq, text) => {
-                            last = last.max(seq);
-                            Some(text)
-                        }
-                        Outbound::Relayed(seq, text, at) => {
-                            last = last.max(seq);
-                            relayed.push(at);
-                            Some(text)
-                        }
-                        Outbound::Close(..) => None,
-                    };
-                    let first = frame(first);
-                    let batch = async {
-                        if let Some(text) = first {
+                    Some(out) => {
+                        if let Some(text) = frame(out) {
                             ws.feed(Message::Text(text)).await?;
                         }
-                        for _ in 1..MAX_BATCH {
-                            match a.rx.try_recv() {
-                                Some(Outbound::Close(code, reason)) => {
-                                    then_close = Some((code, reason));
-                                    break;
-                                }
-                                Some(out) => {
-                                    if let Some(text) = frame(out) {
-                                        ws.feed(Message::Text(text)).await?;
-                                    }
-                                }
-                                None => break,
-                            }
-                        }
-                        ws.flush().await
-                    };
-                    // Boxed, as every write below: an idle socket task then keeps no room for a
-                    // write's state, only for the waits of `select!`. Polled once first: a write
-                    // the kernel takes at once (the usual case) needs no timer; only one that
-                    // waits for room in the socket gets its deadline.
-                    let mut batch = Box::pin(batch);
-                    let at_once = std::future::poll_fn(|cx| {
-                        Poll::Ready(batch.as_mut().poll(cx))
-                    })
-                    .await;
-                    let sent = match at_once {
-                        Poll::Ready(r) => {
-                            drop(batch);
-                            r.is_ok()
-                        }
-                        Poll::Pending => tokio::select! {
-                            r = Box::pin(tokio::time::timeout(WRITE_TIMEOUT, batch)) => matches!(r, Ok(Ok(()))),
-                            // A ping asked for meanwhile waits: `killed` resolves on a close or
-                            // drop only.
-                            code = Box::pin(control.killed()) => return if SocketControl::is_drop(code) {
-                                Exit::Dropped
-                            } else {
-                                Exit::Close(code, "closed by the server")
-                            },
-                        },
-                    };
-                    if !sent {
-                        return Exit::Dropped;
                     }
-                    a.control.mark_written(last);
-                    if !relayed.is_empty() {
-                        let now = Instant::now();
-                        for at in &relayed {
-                            state
-                                .metrics
-                                .relay_seconds
-                                .observe(now.saturating_duration_since(*at).as_secs_f64());
-                        }
-                    }
-                    if let Some((code, reason)) = then_close {
-                        return Exit::Close(code, reason);
-                    }
+                    None => break,
                 }
-                Some(Outbound::Close(code, reason)) => return Exit::Close(code, reason),
-                None => return Exit::Close(close::INTERNAL, "connection failed"),
+            }
+            ws.flush().await
+        };
+        tokio::pin!(batch);
+        // Polled once first: a write the kernel takes at once (the usual case) needs no timer;
+        // only one that waits for room in the socket gets its deadline.
+        let at_once = std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx))).await;
+        match at_once {
+            Poll::Ready(r) => r.is_ok(),
+            Poll::Pending => tokio::select! {
+                r = tokio::time::timeout(WRITE_TIMEOUT, &mut batch) => matches!(r, Ok(Ok(()))),
+                // A ping asked for meanwhile waits: `killed` resolves on a close or drop only.
+                code = control.killed() => return Some(if SocketControl::is_drop(code) {
+                    Exit::Dropped
+                } else {
+                    Exit::Close(code, "closed by the server")
+                }),
             },
-            frame = ws.next() => {
-                let msg = match frame {
-                    None => return Exit::Dropped,
-                    Some(Ok(Message::Close(frame))) => {
-                        return Exit::ClientClosed(match frame.map(|f| f.code) {
-                            Some(CloseCode::Normal) => SocketEnd::Left,
-                            Some(CloseCode::Away) => SocketEnd::GoingAway,
-                            _ => SocketEnd::Dropped,
-                        });
-                    }
-                    Some(Err(e)) => {
-                        return match violation(&e) {
-                            Some((code, reason)) => Exit::FramingError(code, reason),
-                            None => Exit::Dropped,
-                        };
-                    }
-                    Some(Ok(msg)) => msg,
-                };
-                a.control.heard();
-                // Every frame counts, of any kind.
-                let verdict = a
-                    .connected
-                    .limiter
-                    .lock()
-                    .map(|mut l| l.take(msg.len()))
-                    .unwrap_or(Verdict::Abuse);
-                match verdict {
-                    Verdict::Pass => {}
-                    Verdict::Limited => {
-                        state.metrics.rate_limited.inc();
-                        if !Box::pin(reply_error(ws, ErrorCode::RateLimited, "too many messages; slow down".into(), None)).await {
-                            return Exit::Dropped;
-                        }
-                        continue;
-                    }
-                    Verdict::Abuse => {
-                        state.metrics.rate_limited.inc();
-                        return Exit::Close(close::POLICY, "rate limit exceeded");
-                    }
-                }
-                let text = match msg {
-                    Message::Text(t) => t,
-                    Message::Binary(_) => {
-                        if !Box::pin(reply_error(ws, ErrorCode::BadMessage, "binary frames are not accepted".into(), None)).await {
-                            return Exit::Dropped;
-                        }
-                        continue;
-                    }
-                    Message::Pong(payload) => {
-                        // Our pings carry the highest seq written before them: the pong proves
-                        // the client has everything up to it.
-                        if let Ok(bytes) = <[u8; 8]>::try_from(payload.as_ref()) {
-                            let seq = u64::from_be_bytes(bytes);
-                            if seq > delivered {
-                                delivered = seq;
-                                match &a.connected.line {
-                                    Some(line) => line.lock().delivered(seq),
-                                    None => {
-                                        let _ = actor.cast(ConnectionMsg::Delivered(seq));
-                                    }
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                    _ => continue,
-                };
-                match protocol::parse(text.as_str()) {
-                    Ok(mut inbound) => {
-                        // A piggybacked ack first, as an `ack` of its own would be.
-                        if let Some(seq) = inbound.ack.take() {
-                            match &a.connected.line {
-                                Some(line) => line.lock().acked(seq),
-                                None => {
-                                    let ack = protocol::Inbound {
-                                        message: ClientMessage::Ack { seq },
-                                        reference: None,
-                                        received: inbound.received,
-                                        ack: None,
-                                    };
-                                    if actor.cast(ConnectionMsg::Client(ack)).is_err() {
-                                        return Exit::Close(close::INTERNAL, "connection failed");
-                                    }
-                                }
-                            }
-                        }
-                        // `sdp`/`ice` of the answered call go straight to the peer's connection
-                        // — unless one of this call's went through the connection actor (sent
-                        // before the pairing reached this task): the rest follow it there, so
-                        // none overtakes it.
-                        let inbound = match &inbound.message {
-                            // An `ack` only trims the connection's held messages: done here,
-                            // under the line's lock, not through the actor's mailbox.
-                            ClientMessage::Ack { seq } if a.connected.line.is_some() => {
-                                if let Some(line) = &a.connected.line {
-                                    line.lock().acked(*seq);
-                                }
-                                continue;
-                            }
-                            ClientMessage::Sdp { call_id, .. } | ClientMessage::Ice { call_id, .. } => {
-                                let generation = a.control.relay_generation();
-                                if relay_cache.0 != generation {
-                                    relay_cache = (generation, a.control.relay());
-                                }
-                                let relay = relay_cache
-                                    .1
-                                    .as_ref()
-                                    .filter(|r| !via_actor.contains(call_id) && r.call_id == *call_id);
-                                match relay {
-                                    Some(relay) => match relay.relay(inbound) {
-                                        Ok(()) => continue,
-                                        Err(other) => other,
-                                    },
-                                    None => {
-                                        via_actor.insert(*call_id);
-                                        inbound
-                                    }
-                                }
-                            }
-                            _ => inbound,
-                        };
-                        if actor.cast(ConnectionMsg::Client(inbound)).is_err() {
-                            return Exit::Close(close::INTERNAL, "connection failed");
-                        }
-                    }
-                    Err(bad) => {
-                        if !Box::pin(reply_error(ws, ErrorCode::BadMessage, bad.message, bad.reference)).await {
-                            return Exit::Dropped;
+        }
+    };
+    if !sent {
+        return Some(Exit::Dropped);
+    }
+    a.control.mark_written(last);
+    if !relayed.is_empty() {
+        let now = Instant::now();
+        for at in relayed.iter() {
+            state
+                .metrics
+                .relay_seconds
+                .observe(now.saturating_duration_since(*at).as_secs_f64());
+        }
+    }
+    then_close.map(|(code, reason)| Exit::Close(code, reason))
+}
+
+/// Handles one thing read from the client, without awaiting: a frame of any kind counts
+/// against the rate limit; a pong proves delivery; a text frame is parsed and its `ack`
+/// applied, then an `sdp`/`ice` of the answered call goes straight to the peer's line and
+/// anything else to the connection actor.
+fn on_frame(
+    state: &AppState,
+    a: &mut Admitted,
+    p: &mut PumpState,
+    frame: Option<Result<Message, WsError>>,
+) -> FrameStep {
+    let msg = match frame {
+        None => return FrameStep::Exit(Exit::Dropped),
+        Some(Ok(Message::Close(frame))) => {
+            return FrameStep::Exit(Exit::ClientClosed(match frame.map(|f| f.code) {
+                Some(CloseCode::Normal) => SocketEnd::Left,
+                Some(CloseCode::Away) => SocketEnd::GoingAway,
+                _ => SocketEnd::Dropped,
+            }));
+        }
+        Some(Err(e)) => {
+            return FrameStep::Exit(match violation(&e) {
+                Some((code, reason)) => Exit::FramingError(code, reason),
+                None => Exit::Dropped,
+            });
+        }
+        Some(Ok(msg)) => msg,
+    };
+    a.control.heard();
+    // Every frame counts, of any kind.
+    let verdict = a
+        .connected
+        .limiter
+        .lock()
+        .map(|mut l| l.take(msg.len()))
+        .unwrap_or(Verdict::Abuse);
+    match verdict {
+        Verdict::Pass => {}
+        Verdict::Limited => {
+            state.metrics.rate_limited.inc();
+            return FrameStep::Reply(
+                ErrorCode::RateLimited,
+                "too many messages; slow down".into(),
+                None,
+            );
+        }
+        Verdict::Abuse => {
+            state.metrics.rate_limited.inc();
+            return FrameStep::Exit(Exit::Close(close::POLICY, "rate limit exceeded"));
+        }
+    }
+    let text = match msg {
+        Message::Text(t) => t,
+        Message::Binary(_) => {
+            return FrameStep::Reply(
+                ErrorCode::BadMessage,
+                "binary frames are not accepted".into(),
+                None,
+            );
+        }
+        Message::Pong(payload) => {
+            // Our pings carry the highest seq written before them: the pong proves the client
+            // has everything up to it.
+            if let Ok(bytes) = <[u8; 8]>::try_from(payload.as_ref()) {
+                let seq = u64::from_be_bytes(bytes);
+                if seq > p.delivered {
+                    p.delivered = seq;
+                    match &a.connected.line {
+                        Some(line) => line.lock().delivered(seq),
+                        None => {
+                            let _ = p.actor.cast(ConnectionMsg::Delivered(seq));
                         }
                     }
                 }
             }
+            return FrameStep::Done;
         }
+        _ => return FrameStep::Done,
+    };
+    let mut inbound = match protocol::parse(text.as_str()) {
+        Ok(inbound) => inbound,
+        Err(bad) => return FrameStep::Reply(ErrorCode::BadMessage, bad.message, bad.reference),
+    };
+    // A piggybacked ack first, as an `ack` of its own would be.
+    if let Some(seq) = inbound.ack.take() {
+        match &a.connected.line {
+            Some(line) => line.lock().acked(seq),
+            None => {
+                let ack = protocol::Inbound {
+                    message: ClientMessage::Ack { seq },
+                    reference: None,
+                    received: inbound.received,
+                    ack: None,
+                };
+                if p.actor.cast(ConnectionMsg::Client(ack)).is_err() {
+                    return FrameStep::Exit(Exit::Close(close::INTERNAL, "connection failed"));
+                }
+            }
+        }
+    }
+    // `sdp`/`ice` of the answered call go straight to the peer's connection — unless one of
+    // this call's went through the connection actor (sent before the pairing reached this
+    // task): the rest follow it there, so none overtakes it.
+    let inbound = match &inbound.message {
+        // An `ack` only trims the connection's held messages: done here, under the line's
+        // lock, not through the actor's mailbox.
+        ClientMessage::Ack { seq } if a.connected.line.is_some() => {
+            if let Some(line) = &a.connected.line {
+                line.lock().acked(*seq);
+            }
+            return FrameStep::Done;
+        }
+        ClientMessage::Sdp { call_id, .. } | ClientMessage::Ice { call_id, .. } => {
+            let generation = a.control.relay_generation();
+            if p.relay_cache.0 != generation {
+                p.relay_cache = (generation, a.control.relay());
+            }
+            let relay = p
+                .relay_cache
+                .1
+                .as_ref()
+                .filter(|r| !p.via_actor.contains(call_id) && r.call_id == *call_id);
+            match relay {
+                Some(relay) => match relay.relay(inbound) {
+                    Ok(()) => return FrameStep::Done,
+                    Err(other) => other,
+                },
+                None => {
+                    p.via_actor.insert(*call_id);
+                    inbound
+                }
+            }
+        }
+        _ => inbound,
+    };
+    if p.actor.cast(ConnectionMsg::Client(inbound)).is_err() {
+        return FrameStep::Exit(Exit::Close(close::INTERNAL, "connection failed"));
+    }
+    FrameStep::Done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an async fn returns, without calling it.
+    fn future_size<A, B, C, F: FnOnce(A, B, C) -> Fut, Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every idle connection keeps one socket task whose future is as large as its largest
+    /// suspended state: 1,208 bytes before [`pump`] boxed its rare waits (session 9, with
+    /// rustc 1.95), 960 after. A change that makes it grow again should be a decision, not an
+    /// accident (docs/benchmarks.md, "Where each KiB of an idle connection goes").
+    #[test]
+    fn an_idle_socket_task_stays_small() {
+        let run_size = future_size(&run);
+        let pump_size =
+            future_size(&|s: &'static Arc<AppState>,
+                          w: &'static mut Ws,
+                          a: &'static mut Admitted| { pump(s, w, a) });
+        assert!(pump_size <= 448, "pump's future is {pump_size} bytes");
+        assert!(
+            run_size <= 1024,
+            "the socket task's future is {run_size} bytes"
+        );
     }
 }

@@ -74,7 +74,7 @@ pub mod lazy_unbounded {
         /// actor's life; tokio's channel frees its blocks too).
         fn pop(&mut self) -> Option<T> {
             let v = self.items.pop_front();
-            if self.items.is_empty() && self.items.capacity() > 64 {
+            if self.items.is_empty() && self.items.capacity() > 8 {
                 self.items = VecDeque::new();
             }
             v
