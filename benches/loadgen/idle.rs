@@ -53,31 +53,48 @@ async fn measure(opts: &Opts, kind: Kind, n: usize) -> f64 {
     let gate = Arc::new(Semaphore::new(opts.inflight));
     let target = Arc::new(target);
     let token: Arc<str> = token.into();
-    let mut tasks = vec![];
-    for i in WARM_UP..n {
-        let permit = gate.clone().acquire_owned().await.expect("gate");
-        let (target, token) = (target.clone(), token.clone());
-        tasks.push(tokio::spawn(async move {
-            open(&target, &token, i).await;
-            drop(permit);
-        }));
+    // Opened in two steps, up to a third and then the rest, with a reading after each: the
+    // second step's growth per connection (the marginal cost) does not depend on what the
+    // baseline happened to hold, which moves the first figure by up to ±1.3 KiB between runs
+    // of the same binary (freed memory the allocator had or had not given back yet, memory
+    // freed by the setup that the first connections reuse).
+    let third = (n / 3).max(WARM_UP + 1);
+    let mut mid = 0;
+    for (from, to) in [(WARM_UP, third), (third, n)] {
+        let mut tasks = vec![];
+        for i in from..to {
+            let permit = gate.clone().acquire_owned().await.expect("gate");
+            let (target, token) = (target.clone(), token.clone());
+            tasks.push(tokio::spawn(async move {
+                open(&target, &token, i).await;
+                drop(permit);
+            }));
+        }
+        for t in tasks {
+            t.await.expect("open");
+        }
+        if to == third {
+            tokio::time::sleep(SETTLE).await;
+            mid = target.rss();
+        }
     }
-    for t in tasks {
-        t.await.expect("open");
-    }
-    let took = started.elapsed();
+    let took = started.elapsed().saturating_sub(SETTLE);
     tokio::time::sleep(SETTLE).await;
     let after = target.rss();
     let per = after.saturating_sub(before) as f64 / (n - WARM_UP) as f64;
+    let marginal = after.saturating_sub(mid) as f64 / (n - third) as f64;
     println!(
-        "idle {n} [{}]: opened in {:.1}s ({} in flight); server RSS {:.1} -> {:.1} MiB; {:.0} bytes = {:.2} KiB per idle connection",
+        "idle {n} [{}]: opened in {:.1}s ({} in flight); server RSS {:.1} -> {:.1} (at {third}) -> {:.1} MiB; {:.0} bytes = {:.2} KiB per idle connection; marginal {:.0} bytes = {:.2} KiB per connection from {third} to {n}",
         kind.name(),
         took.as_secs_f64(),
         opts.inflight,
         before as f64 / 1048576.0,
+        mid as f64 / 1048576.0,
         after as f64 / 1048576.0,
         per,
-        per / 1024.0
+        per / 1024.0,
+        marginal,
+        marginal / 1024.0
     );
     if let Some(secs) = std::env::var("LOADGEN_HOLD_SECS")
         .ok()

@@ -894,9 +894,8 @@ mod tests {
                 "expected a non-negative integer",
             ),
             (
-                format!(
-                    r#"{{"type":"sdp","description":{{"type":"offer","sdp":"v=0"}},"call_id":5}}"#
-                ),
+                r#"{"type":"sdp","description":{"type":"offer","sdp":"v=0"},"call_id":5}"#
+                    .to_owned(),
                 "`call_id`",
                 "",
             ),
