@@ -649,6 +649,24 @@ pub fn load_dotenv(dir: &Path) -> Result<bool, ConfigError> {
 /// environment variable by its name), the key as written in `config/default.toml`, and what is
 /// wrong — once (figment's own message repeats itself through its error chain, and names keys
 /// as `default.ws.heartbeat_secs` or `WS.HEARTBEAT_SECS`).
+/// A parser's message without the lines it quotes from the source: a TOML syntax error shows
+/// the offending line (`2 | jwt_secret = "…`), and that line may hold a secret. What remains
+/// (`TOML parse error at line 2, column 14` and the reason) is joined into one line.
+fn without_source_lines(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            let quoted = l
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+                .starts_with('|');
+            !l.is_empty() && !quoted
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 fn describe_errors(errors: figment::Error) -> String {
     errors
         .into_iter()
@@ -670,10 +688,11 @@ fn describe_errors(errors: figment::Error) -> String {
                 }
                 _ => String::new(),
             };
+            let kind = crate::json::json_terms(&without_source_lines(&e.kind.to_string()));
             if key.is_empty() {
-                format!("{from}{}", e.kind)
+                format!("{from}{kind}")
             } else {
-                format!("{from}{key}: {}", e.kind)
+                format!("{from}{key}: {kind}")
             }
         })
         .collect::<Vec<_>>()
@@ -704,7 +723,7 @@ impl Settings {
                 return Err(ConfigError::Rule(format!(
                     "config file {}: {}",
                     path.display(),
-                    e.kind
+                    without_source_lines(&e.kind.to_string())
                 )));
             }
             figment = figment.merge(Toml::file_exact(path));
@@ -1063,6 +1082,21 @@ fn check_origin(origin: &str) -> Result<(), ConfigError> {
     }) {
         return refuse("the port must be a number up to 65535");
     }
+    // A browser's `Origin` never carries its scheme's default port (RFC 6454 §6.2), and no page
+    // is served from port 0: such an entry could never match.
+    match (
+        scheme.to_ascii_lowercase().as_str(),
+        port.and_then(|p| p.parse::<u16>().ok()),
+    ) {
+        (_, Some(0)) => return refuse("port 0 is no page's port"),
+        ("https", Some(443)) => {
+            return refuse("browsers leave out the default port 443: write it without \":443\"");
+        }
+        ("http", Some(80)) => {
+            return refuse("browsers leave out the default port 80: write it without \":80\"");
+        }
+        _ => {}
+    }
     match hyper::http::uri::Authority::try_from(authority) {
         Ok(a) if !a.host().is_empty() => Ok(()),
         _ => refuse("not a valid host[:port]"),
@@ -1216,6 +1250,32 @@ mod tests {
                 Settings::from_figment(Settings::defaults().merge((key, value))).expect_err(key);
             assert!(err.to_string().contains(key), "{key}: {err}");
         }
+    }
+
+    /// A TOML syntax error quoted the offending line, secret and all.
+    #[test]
+    fn a_syntax_error_does_not_quote_the_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("secret.toml");
+        std::fs::write(
+            &file,
+            "[auth]\njwt_secret = \"LeakMe-ABCDEFGHIJKLMNOPQRSTUVWXYZ012345\n",
+        )
+        .expect("write");
+        let err = Settings::load(Some(&file))
+            .expect_err("refused")
+            .to_string();
+        assert!(!err.contains("LeakMe"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        // Type errors speak JSON's terms, not Rust's.
+        let err = Settings::from_figment(Settings::defaults().merge(("ws.heartbeat_secs", -5)))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            !err.contains("u64") && err.contains("non-negative integer"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1372,6 +1432,8 @@ mod tests {
             "HTTPS://App.Example.org",
             "http://[::1]:3000",
             "http://127.0.0.1",
+            "https://app.example.org:8443",
+            "http://app.example.org:443",
         ] {
             let f = Settings::defaults().merge(("server.allowed_origins", vec![good]));
             assert!(Settings::from_figment(f).is_ok(), "{good}");
@@ -1392,6 +1454,9 @@ mod tests {
             "https://a:b:c",
             "https://app .example.org",
             "",
+            "https://app.example.org:443",
+            "http://app.example.org:80",
+            "http://app.example.org:0",
         ] {
             let f = Settings::defaults().merge(("server.allowed_origins", vec![bad]));
             let err = Settings::from_figment(f).expect_err(bad).to_string();

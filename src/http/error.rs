@@ -105,6 +105,13 @@ impl ApiError {
         {
             resp.headers_mut().insert(hyper::header::RETRY_AFTER, v);
         }
+        if let Self::Unauthorized(_) = self {
+            // A 401 names the scheme to use (RFC 9110 §11.6.1, §15.5.2; RFC 6750 §3).
+            resp.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+        }
         resp
     }
 }

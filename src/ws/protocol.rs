@@ -478,7 +478,14 @@ fn typed(f: Frame<'_>) -> Result<ClientMessage, String> {
             }
         }
         "ping" => ClientMessage::Ping,
-        other => return Err(format!("unknown message type {other:?}")),
+        other => {
+            // Named back to help a client developer, but never more than a short prefix: the
+            // frame may be up to the message limit, and whatever it holds (a token pasted into
+            // the wrong field) must not come back in full.
+            let shown: String = other.chars().take(64).collect();
+            let more = if shown.len() < other.len() { "…" } else { "" };
+            return Err(format!("unknown message type {shown:?}{more}"));
+        }
     })
 }
 
@@ -911,6 +918,28 @@ mod tests {
             for rust in ["u64", "u16", "Frame", "struct", "borrowed"] {
                 assert!(!e.message.contains(rust), "{text}: {}", e.message);
             }
+        }
+    }
+
+    /// An unknown `type` was quoted back whole (a tester's 60 KB type came back in the
+    /// error, and a token pasted into `type` came back too); a value in a wrong field likewise.
+    #[test]
+    fn errors_quote_no_value_and_at_most_a_short_type() {
+        let long = "A".repeat(60_000);
+        let e = parse(&format!(r#"{{"type":"{long}"}}"#)).expect_err("unknown type");
+        assert!(e.message.len() < 200, "{} bytes", e.message.len());
+        let e = parse(r#"{"type":"call.invit"}"#).expect_err("unknown type");
+        assert_eq!(e.message, r#"unknown message type "call.invit""#);
+        let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl";
+        for text in [
+            format!(r#"{{"type":"ping","ack":"{token}"}}"#),
+            format!(r#"{{"type":"ack","seq":"{token}"}}"#),
+            format!(
+                r#"{{"type":"call.hangup","call_id":"6f1c7c3e-8f57-4b2a-9f4e-0a0b0c0d0e0f","cause":"{token}"}}"#
+            ),
+        ] {
+            let e = parse(&text).expect_err(&text);
+            assert!(!e.message.contains("eyJ"), "{text}: {}", e.message);
         }
     }
 

@@ -127,9 +127,27 @@ async fn malformed_bodies_are_400_and_large_ones_413(app: TestApp) {
     // named Rust types such as `u64` and internal structs).
     let message = v["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("`username`: invalid type: integer `5`, expected a string"),
+        message.contains("`username`: invalid type: an integer, expected a string"),
         "{message}"
     );
+    // The offending value is never echoed: a password sent as a number stays out of the reply.
+    let r = app
+        .post(
+            "/api/auth/login",
+            &json!({"username": "dave", "password": 1234567890123u64}),
+            None,
+        )
+        .await;
+    let v: Value = r.json().await.unwrap();
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`password`") && !message.contains("1234567890123"),
+        "{message}"
+    );
+    // A 401 names its scheme (RFC 9110 §15.5.2).
+    let r = app.get("/api/me", None).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
     let r = app
         .post(
             "/api/auth/login",
