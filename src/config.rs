@@ -392,6 +392,9 @@ pub enum LogFormat {
 /// `CALLSIGNAL_<SECTION>__<KEY>` variables (contract §4). `CALLSIGNAL_CONFIG` names the file;
 /// `CALLSIGNAL_TEST_*`, `CALLSIGNAL_E2E_*` and `CALLSIGNAL_BIN` belong to the test suite and the
 /// load generator and are not settings. Every other `CALLSIGNAL_*` variable must name a key.
+/// Shortest `ice.turn_secret` accepted when TURN is configured.
+pub const MIN_TURN_SECRET_BYTES: usize = 16;
+
 /// The prefix of every setting's environment variable (`CALLSIGNAL_WS__HEARTBEAT_SECS`).
 const ENV_PREFIX: &str = "CALLSIGNAL_";
 
@@ -756,7 +759,45 @@ impl Settings {
         Figment::from(Toml::string(DEFAULT_TOML))
     }
 
+    /// TURN with time-limited credentials (coturn's `use-auth-secret`; the TURN REST API's
+    /// scheme): URLs without a secret would hand browsers no credentials and calls behind NAT
+    /// would fail with no word in the logs; a short secret lets anyone who guesses it mint
+    /// credentials for the relay; a URL that is not `turn:`/`turns:` (RFC 7065 §3.1), or the
+    /// same server's `stun:`/`stuns:` (RFC 7064) listed with them, is no ICE server at all.
+    fn check_turn(&self) -> Result<(), ConfigError> {
+        let ice = &self.ice;
+        if ice.turn_urls.is_empty() {
+            return Ok(());
+        }
+        for url in &ice.turn_urls {
+            let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+            if !matches!(scheme.as_deref(), Some("turn" | "turns" | "stun" | "stuns")) {
+                let shown: String = url.chars().take(100).collect();
+                return Err(ConfigError::Rule(format!(
+                    "ice.turn_urls entry {shown:?} is not a TURN URL: write turn:host[:port] or \
+                     turns:host[:port] (RFC 7065; stun:/stuns: of the same server may join them)"
+                )));
+            }
+        }
+        match &ice.turn_secret {
+            None => Err(ConfigError::Rule(
+                "ice.turn_urls is set but ice.turn_secret is not: no TURN credentials can be \
+                 made (set the secret shared with the TURN server's static-auth-secret)"
+                    .into(),
+            )),
+            Some(secret) if secret.expose().len() < MIN_TURN_SECRET_BYTES => {
+                Err(ConfigError::Rule(format!(
+                    "ice.turn_secret is {} bytes; it must be at least {MIN_TURN_SECRET_BYTES} \
+                     bytes (anyone who guesses it can mint credentials for the relay)",
+                    secret.expose().len()
+                )))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        self.check_turn()?;
         if let Some(secret) = &self.auth.jwt_secret
             && secret.expose().len() < crate::auth::jwt::MIN_SECRET_BYTES
         {
@@ -1276,6 +1317,50 @@ mod tests {
             !err.contains("u64") && err.contains("non-negative integer"),
             "{err}"
         );
+    }
+
+    /// TURN URLs with no secret (or a guessable one, or a URL that is not TURN) started
+    /// silently: browsers got no credentials and calls behind NAT failed.
+    #[test]
+    fn turn_needs_a_real_secret_and_turn_urls() {
+        let with = |urls: Vec<&str>, secret: Option<&str>| {
+            let mut f = Settings::defaults().merge(("ice.turn_urls", urls));
+            if let Some(s) = secret {
+                f = f.merge(("ice.turn_secret", s));
+            }
+            Settings::from_figment(f)
+        };
+        let long = "0123456789abcdef";
+        assert!(
+            with(
+                vec!["turn:t.example:3478", "turns:t.example:5349?transport=tcp"],
+                Some(long)
+            )
+            .is_ok()
+        );
+        assert!(
+            with(vec![], Some("s")).is_ok(),
+            "a secret without URLs is unused"
+        );
+        for (urls, secret, want) in [
+            (vec!["turn:t.example:3478"], None, "ice.turn_secret is not"),
+            (
+                vec!["turn:t.example:3478"],
+                Some(""),
+                "ice.turn_secret is 0 bytes",
+            ),
+            (
+                vec!["turn:t.example:3478"],
+                Some("31337"),
+                "ice.turn_secret is 5 bytes",
+            ),
+            (vec!["http://bad"], Some(long), "is not a TURN URL"),
+            (vec!["ftp://t.example"], Some(long), "is not a TURN URL"),
+        ] {
+            let err = with(urls, secret).expect_err(want).to_string();
+            assert!(err.contains(want), "{err}");
+            assert!(!err.contains("31337"), "the secret is not shown: {err}");
+        }
     }
 
     #[test]
