@@ -204,6 +204,10 @@ impl FrameCodec {
                     self.in_buffer.reserve(len);
                     // callsignal patch: remember that the buffer outgrew its size.
                     self.in_grown |= self.release_buffers && len > self.in_buf_max_read;
+                } else if self.release_buffers && self.in_buffer.capacity() == 0 {
+                    // callsignal patch: the buffer was let go of while idle (`read_in`); take a
+                    // whole read's worth again, not just a header's.
+                    self.in_buffer = BytesMut::with_capacity(self.in_buf_max_read);
                 } else {
                     self.in_buffer.reserve(FrameHeader::MAX_SIZE);
                 }
@@ -261,6 +265,16 @@ impl FrameCodec {
         self.in_buffer.resize(self.in_buffer.capacity().min(len + self.in_buf_max_read), 0);
         let size = stream.read(&mut self.in_buffer[len..]);
         self.in_buffer.truncate(len + size.as_ref().copied().unwrap_or(0));
+        // callsignal patch (vendor/tungstenite/PATCHES.md): a connection with nothing to read,
+        // nothing buffered and no frame begun lets its read buffer go; the next frame header
+        // takes a new one (`read_frame`). An idle connection then holds no read buffer at all.
+        if self.release_buffers
+            && len == 0
+            && self.header.is_none()
+            && matches!(&size, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        {
+            self.in_buffer = BytesMut::new();
+        }
         size
     }
 
@@ -359,6 +373,66 @@ mod tests {
             let mut stream = Cursor::new(raw);
             assert_eq!(codec.read_frame(&mut stream, None, false, true).unwrap().unwrap().into_payload(), &[2u8; 10][..]);
             assert_eq!(codec.read_frame(&mut stream, None, false, true).unwrap().unwrap().into_payload().len(), 2000);
+        }
+    }
+
+    /// A `Read` that yields its chunks one per call, then `WouldBlock`: a socket with nothing
+    /// more to read yet.
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl std::io::Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some(mut chunk) = self.0.pop_front() else {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            };
+            let n = chunk.len().min(buf.len());
+            buf[..n].copy_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                self.0.push_front(chunk.split_off(n));
+            }
+            Ok(n)
+        }
+    }
+
+    /// callsignal patch (PATCHES.md): with `release_buffers`, an idle connection (a read that
+    /// would block, nothing buffered, no frame begun) holds no read buffer; a frame split at
+    /// every byte, in its header and its payload, and a large one after, still arrive whole.
+    #[test]
+    fn release_buffers_lets_an_idle_read_buffer_go() {
+        use super::FrameCodec;
+        let binary = crate::protocol::frame::coding::OpCode::Data(crate::protocol::frame::coding::Data::Binary);
+        for release in [false, true] {
+            let mut codec = FrameCodec::new(1024);
+            codec.set_release_buffers(release);
+            let mut stream = Chunks(Default::default());
+            assert!(codec.read_frame(&mut stream, None, false, true).is_err());
+            assert_eq!(codec.in_buffer.capacity() == 0, release, "release={release}");
+            let mut raw = Vec::new();
+            Frame::message(vec![5u8; 300], binary, true).format_into_buf(&mut raw).unwrap();
+            Frame::message(vec![6u8; 70_000], binary, true).format_into_buf(&mut raw).unwrap();
+            let first_len = raw.len() - 70_000 - 10;
+            // Byte by byte, with a would-block between every byte of the first frame.
+            for (i, byte) in raw[..first_len].iter().enumerate() {
+                stream.0.push_back(vec![*byte]);
+                let got = codec.read_frame(&mut stream, None, false, true);
+                if i + 1 < first_len {
+                    assert!(got.is_err(), "byte {i}: {got:?}");
+                } else {
+                    assert_eq!(got.unwrap().unwrap().into_payload(), &[5u8; 300][..]);
+                }
+            }
+            assert!(codec.read_frame(&mut stream, None, false, true).is_err());
+            assert_eq!(codec.in_buffer.capacity() == 0, release);
+            stream.0.push_back(raw[first_len..].to_vec());
+            let frame = loop {
+                match codec.read_frame(&mut stream, None, false, true) {
+                    Ok(Some(frame)) => break frame,
+                    other => panic!("{other:?}"),
+                }
+            };
+            assert_eq!(frame.into_payload(), &[6u8; 70_000][..]);
+            assert!(codec.read_frame(&mut stream, None, false, true).is_err());
+            assert_eq!(codec.in_buffer.capacity() == 0, release);
         }
     }
 
