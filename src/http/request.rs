@@ -59,9 +59,24 @@ pub async fn json_body<T: DeserializeOwned>(
 /// body so that it can be fuzzed, see `fuzz/`). Not a JSON object, or not `T`'s shape (unknown
 /// fields are ignored) → [`ApiError::BadRequest`], i.e. 400 `bad_request` (contract §1), whose
 /// message names the field at fault ([`crate::json::explain`]).
+/// UTF-8's byte order mark (U+FEFF).
+const BOM: &[u8] = "\u{feff}".as_bytes();
+
+/// What a body or frame that begins with [`BOM`] is told (RFC 8259 §8.1); shared with the
+/// WebSocket parser (`ws::protocol::parse`).
+pub(crate) const BOM_FOUND: &str =
+    "it begins with a byte order mark (U+FEFF), which JSON text must not (RFC 8259 §8.1)";
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Every JSON body is an object (contract §1): serde would also read a struct from a JSON
     // array of its fields in order (`["alice","password"]` registered alice).
+    // A byte order mark is not JSON text (RFC 8259 §8.1: "MUST NOT add a byte order mark"):
+    // said as such, not as "not an object", so whoever sent it knows what to remove.
+    if bytes.starts_with(BOM) {
+        return Err(ApiError::BadRequest(format!(
+            "request body is not the expected JSON: {BOM_FOUND}"
+        )));
+    }
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::BadRequest(
             "request body is not the expected JSON: a JSON object is required".into(),
@@ -232,6 +247,27 @@ pub async fn authenticate<B>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A UTF-8 BOM before a JSON body got "a JSON object is required" (session 9's tester):
+    /// true, but it did not say what to remove.
+    #[test]
+    fn a_byte_order_mark_is_named() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Body {
+            #[allow(dead_code)]
+            username: String,
+        }
+        let e = parse_json::<Body>("\u{feff}{\"username\":\"eve\"}".as_bytes()).unwrap_err();
+        let ApiError::BadRequest(message) = e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(
+            message,
+            "request body is not the expected JSON: it begins with a byte order mark (U+FEFF), \
+             which JSON text must not (RFC 8259 §8.1)"
+        );
+        assert!(parse_json::<Body>(b" {\"username\":\"eve\"}").is_ok());
+    }
 
     #[test]
     fn only_application_json_is_json() {

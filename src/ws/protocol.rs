@@ -152,10 +152,14 @@ pub const MAX_REF_CHARS: usize = 128;
 pub const MAX_DEPTH: usize = 128;
 
 /// Whether `text` nests arrays and objects deeper than [`MAX_DEPTH`] anywhere. First a count of
-/// opening brackets (a vectorised byte scan; fewer than the limit cannot nest deeper), then,
-/// only past it, a scan that tracks strings.
+/// opening brackets, stopped at the limit (memchr's SIMD search: a signaling message has a
+/// handful, and fewer than the limit cannot nest deeper), then, only past it, a scan that
+/// tracks strings.
 fn too_deep(text: &[u8]) -> bool {
-    if text.iter().filter(|&&c| c == b'[' || c == b'{').count() <= MAX_DEPTH {
+    if memchr::memchr2_iter(b'[', b'{', text)
+        .nth(MAX_DEPTH)
+        .is_none()
+    {
         return false;
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
@@ -389,6 +393,12 @@ fn need<T>(field: Option<T>, name: &str, kind: &str) -> Result<T, String> {
 pub fn parse(text: &str) -> Result<Inbound, BadMessage> {
     // Only an object is a message (contract §2): serde would also read a struct from a JSON
     // array of its fields in order, and its errors for one named the internal type.
+    if text.starts_with('\u{feff}') {
+        return Err(BadMessage {
+            message: format!("not a valid message: {}", crate::http::request::BOM_FOUND),
+            reference: None,
+        });
+    }
     if !text.trim_start().starts_with('{') {
         return Err(BadMessage {
             message: "not a valid message: a message is a JSON object".into(),
@@ -968,6 +978,17 @@ mod tests {
         // Brackets inside strings are text, not nesting.
         let text = format!(r#"{{"type":"ping","x":"{}"}}"#, "[".repeat(500));
         assert!(parse(&text).is_ok());
+    }
+
+    /// A frame beginning with a UTF-8 BOM is told so, not "a message is a JSON object".
+    #[test]
+    fn a_byte_order_mark_is_named() {
+        let e = parse("\u{feff}{\"type\":\"ping\"}").unwrap_err();
+        assert_eq!(
+            e.message,
+            "not a valid message: it begins with a byte order mark (U+FEFF), which JSON text \
+             must not (RFC 8259 §8.1)"
+        );
     }
 
     #[test]
