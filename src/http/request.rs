@@ -55,10 +55,6 @@ pub async fn json_body<T: DeserializeOwned>(
     parse_json(&bytes)
 }
 
-/// Parses a request body as JSON into `T`, as every JSON route does (separate from reading the
-/// body so that it can be fuzzed, see `fuzz/`). Not a JSON object, or not `T`'s shape (unknown
-/// fields are ignored) → [`ApiError::BadRequest`], i.e. 400 `bad_request` (contract §1), whose
-/// message names the field at fault ([`crate::json::explain`]).
 /// UTF-8's byte order mark (U+FEFF).
 const BOM: &[u8] = "\u{feff}".as_bytes();
 
@@ -67,6 +63,11 @@ const BOM: &[u8] = "\u{feff}".as_bytes();
 pub(crate) const BOM_FOUND: &str =
     "it begins with a byte order mark (U+FEFF), which JSON text must not (RFC 8259 §8.1)";
 
+/// Parses a request body as JSON into `T`, as every JSON route does (separate from reading the
+/// body so that it can be fuzzed, see `fuzz/`). Not a JSON object, not `T`'s shape (unknown
+/// fields are ignored) or beginning with a byte order mark → [`ApiError::BadRequest`], i.e.
+/// 400 `bad_request` (contract §1), whose message names the field at fault
+/// ([`crate::json::explain`]).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // Every JSON body is an object (contract §1): serde would also read a struct from a JSON
     // array of its fields in order (`["alice","password"]` registered alice).
@@ -257,7 +258,8 @@ mod tests {
             #[allow(dead_code)]
             username: String,
         }
-        let e = parse_json::<Body>("\u{feff}{\"username\":\"eve\"}".as_bytes()).unwrap_err();
+        let e = parse_json::<Body>("\u{feff}{\"username\":\"eve\"}".as_bytes())
+            .expect_err("a BOM is refused");
         let ApiError::BadRequest(message) = e else {
             panic!("{e:?}");
         };

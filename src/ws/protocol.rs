@@ -983,7 +983,7 @@ mod tests {
     /// A frame beginning with a UTF-8 BOM is told so, not "a message is a JSON object".
     #[test]
     fn a_byte_order_mark_is_named() {
-        let e = parse("\u{feff}{\"type\":\"ping\"}").unwrap_err();
+        let e = parse("\u{feff}{\"type\":\"ping\"}").expect_err("a BOM is refused");
         assert_eq!(
             e.message,
             "not a valid message: it begins with a byte order mark (U+FEFF), which JSON text \

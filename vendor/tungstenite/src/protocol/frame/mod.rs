@@ -274,6 +274,7 @@ impl FrameCodec {
             && matches!(&size, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         {
             self.in_buffer = BytesMut::new();
+            self.in_grown = false;
         }
         size
     }
