@@ -6,7 +6,6 @@
 pub mod protocol;
 pub mod socket;
 
-pub mod coalesce;
 pub mod heartbeat;
 pub mod limit;
 pub mod outbox;

@@ -9,16 +9,20 @@
 //! drained queue frees its buffer at once, so an idle connection's queue allocates nothing.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 #[derive(Debug)]
 struct Shared<T> {
     queue: Mutex<VecDeque<T>>,
     capacity: usize,
-    ready: Notify,
+    /// The receiver's task, woken by a push or by the sender's drop (one consumer: an
+    /// `AtomicWaker`, not a `Notify` and its lock-guarded list of waiters).
+    ready: AtomicWaker,
     /// The sender was dropped (the connection let go of this socket).
     sender_gone: AtomicBool,
     /// The receiver was dropped (the socket task ended).
@@ -37,7 +41,7 @@ pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(VecDeque::new()),
         capacity,
-        ready: Notify::new(),
+        ready: AtomicWaker::new(),
         sender_gone: AtomicBool::new(false),
         receiver_gone: AtomicBool::new(false),
     });
@@ -70,7 +74,7 @@ impl<T> Sender<T> {
             }
             q.push_back(item);
         }
-        self.0.ready.notify_one();
+        self.0.ready.wake();
         Ok(())
     }
 }
@@ -78,7 +82,7 @@ impl<T> Sender<T> {
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         self.0.sender_gone.store(true, Ordering::Release);
-        self.0.ready.notify_one();
+        self.0.ready.wake();
     }
 }
 
@@ -88,20 +92,28 @@ pub struct Receiver<T>(Arc<Shared<T>>);
 
 impl<T> Receiver<T> {
     /// The next item; `None` once the sender is gone and everything queued was taken.
-    /// Cancel-safe: an item is only removed when it is returned.
-    pub async fn recv(&mut self) -> Option<T> {
-        loop {
+    /// Cancel-safe: an item is only removed when it is returned. A few atomic operations and
+    /// at most two uncontended locks per poll (no waiter list: one consumer).
+    pub fn recv(&mut self) -> impl Future<Output = Option<T>> + '_ {
+        std::future::poll_fn(move |cx| {
             if let Some(item) = self.try_recv() {
-                return Some(item);
+                return Poll::Ready(Some(item));
             }
             if self.0.sender_gone.load(Ordering::Acquire) {
                 // The sender may have pushed right before leaving.
-                return self.try_recv();
+                return Poll::Ready(self.try_recv());
             }
-            // `notify_one` stores a permit when nobody waits, so a push between the check
-            // above and this await is not missed.
-            self.0.ready.notified().await;
-        }
+            // Registered before looking again, so a push (or the sender's drop) between the
+            // look above and the registration is seen here, and one after it wakes the task.
+            self.0.ready.register(cx.waker());
+            if let Some(item) = self.try_recv() {
+                return Poll::Ready(Some(item));
+            }
+            if self.0.sender_gone.load(Ordering::Acquire) {
+                return Poll::Ready(self.try_recv());
+            }
+            Poll::Pending
+        })
     }
 
     /// The next item if one is queued.
@@ -163,6 +175,26 @@ mod tests {
         assert_eq!(got, Some(7));
         drop(rx);
         assert_eq!(tx.try_send(8), Err(TrySendError::Closed(8)));
+    }
+
+    /// A receiver waiting on an empty queue wakes when the sender goes (and sees the end), and
+    /// one that polled an empty queue and was woken finds what was pushed meanwhile, however
+    /// many times it was polled in between (the waker is replaced, never lost).
+    #[tokio::test]
+    async fn a_waiting_receiver_wakes_for_a_push_or_the_end() {
+        let (tx, mut rx) = channel::<u32>(4);
+        let waiter = tokio::spawn(async move { rx.recv().await });
+        tokio::task::yield_now().await;
+        drop(tx);
+        assert_eq!(waiter.await.unwrap(), None, "woken by the sender's drop");
+
+        let (tx, mut rx) = channel::<u32>(4);
+        let mut recv = Box::pin(rx.recv());
+        for _ in 0..3 {
+            assert_eq!(futures_util::FutureExt::now_or_never(recv.as_mut()), None);
+        }
+        tx.try_send(9).unwrap();
+        assert_eq!(recv.await, Some(9));
     }
 
     #[test]

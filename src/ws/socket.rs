@@ -28,7 +28,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::coalesce::Coalesce;
 use super::limit::Verdict;
 use super::protocol::{self, ClientMessage, ErrorCode, ServerMessage, close};
 use crate::actors::ask;
@@ -64,21 +63,31 @@ pub fn next_socket_id() -> u64 {
     SOCKET_IDS.fetch_add(1, Ordering::Relaxed)
 }
 
-type Ws = WebSocketStream<Coalesce<TokioIo<Upgraded>>>;
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 /// Most frames gathered into one write.
 const MAX_BATCH: usize = 64;
 
+/// Frames fed to a socket are gathered in tungstenite's write buffer until the flush that ends
+/// a batch, then handed to the kernel in one write (one `sendto`, not one per frame); past this
+/// many bytes they are written out before more are taken.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+
 /// The socket configuration: bounded frames and messages, small buffers that are let go of
 /// when not in use (`release_buffers`, a patch of ours: vendor/tungstenite/PATCHES.md — else a
-/// connection kept its largest frame's size in both buffers for life), no compression
-/// (tungstenite implements no permessage-deflate, so none is ever negotiated).
+/// connection kept its largest frame's size in both buffers for life, and an idle one its read
+/// buffer), writes gathered until a flush ([`WRITE_BATCH_BYTES`]), no compression (tungstenite
+/// implements no permessage-deflate, so none is ever negotiated).
 pub fn config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .release_buffers(true)
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max_message_bytes * 4)
+        .write_buffer_size(WRITE_BATCH_BYTES)
+        // Room for a full batch plus one more frame of the largest size (tungstenite requires
+        // the bound to exceed the batch size).
+        .max_write_buffer_size(
+            (max_message_bytes * 4).max(WRITE_BATCH_BYTES + max_message_bytes + 1024),
+        )
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
 }
@@ -185,7 +194,7 @@ struct Admitted {
 pub async fn run(state: Arc<AppState>, upgraded: Upgraded, client: Option<IpAddr>) {
     let settings = &state.settings.ws;
     let mut ws = WebSocketStream::from_raw_socket(
-        Coalesce::new(TokioIo::new(upgraded)),
+        TokioIo::new(upgraded),
         Role::Server,
         Some(config(settings.max_message_bytes)),
     )
@@ -863,5 +872,39 @@ mod tests {
             run_size <= 1024,
             "the socket task's future is {run_size} bytes"
         );
+    }
+
+    /// Frames fed between flushes reach the peer together at the flush, in order (one write to
+    /// the kernel per batch, not one per frame); a frame larger than a batch goes whole. Also: a
+    /// small `ws.max_message_bytes` still gives a valid
+    /// configuration (tungstenite panics if the write bound is not above the batch size).
+    #[tokio::test]
+    async fn frames_are_written_together_at_the_flush() {
+        use tokio::io::AsyncReadExt as _;
+        for max in [1024, 64 * 1024, 1 << 20] {
+            let _ = config(max);
+        }
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut ws =
+            WebSocketStream::from_raw_socket(a, Role::Server, Some(config(64 * 1024))).await;
+        ws.feed(Message::text("one")).await.expect("feed");
+        ws.feed(Message::text("two")).await.expect("feed");
+        let mut got = [0u8; 10];
+        let early = tokio::time::timeout(Duration::from_millis(50), b.read_exact(&mut got)).await;
+        assert!(early.is_err(), "nothing reaches the peer before the flush");
+        ws.flush().await.expect("flush");
+        b.read_exact(&mut got).await.expect("read");
+        // Two unmasked server text frames: FIN|text, length, payload.
+        assert_eq!(&got, b"\x81\x03one\x81\x03two");
+        let big = "x".repeat(3 * WRITE_BATCH_BYTES / 2);
+        ws.feed(Message::text(big.clone())).await.expect("feed");
+        ws.flush().await.expect("flush");
+        // FIN|text, 127 (a 64-bit length follows), the length, the payload.
+        let mut back = vec![0u8; big.len() + 10];
+        b.read_exact(&mut back)
+            .await
+            .expect("read a frame larger than a batch");
+        assert_eq!(back[..2], [0x81, 127]);
+        assert_eq!(&back[10..], big.as_bytes());
     }
 }
