@@ -93,23 +93,17 @@ pub struct Receiver<T>(Arc<Shared<T>>);
 impl<T> Receiver<T> {
     /// The next item; `None` once the sender is gone and everything queued was taken.
     /// Cancel-safe: an item is only removed when it is returned. A few atomic operations and
-    /// at most two uncontended locks per poll (no waiter list: one consumer).
+    /// one uncontended lock per poll (no waiter list: one consumer).
     pub fn recv(&mut self) -> impl Future<Output = Option<T>> + '_ {
         std::future::poll_fn(move |cx| {
-            if let Some(item) = self.try_recv() {
-                return Poll::Ready(Some(item));
-            }
-            if self.0.sender_gone.load(Ordering::Acquire) {
-                // The sender may have pushed right before leaving.
-                return Poll::Ready(self.try_recv());
-            }
-            // Registered before looking again, so a push (or the sender's drop) between the
-            // look above and the registration is seen here, and one after it wakes the task.
+            // Registered before looking, so a push (or the sender's drop) after the look wakes
+            // the task, and one before it is seen now.
             self.0.ready.register(cx.waker());
             if let Some(item) = self.try_recv() {
                 return Poll::Ready(Some(item));
             }
             if self.0.sender_gone.load(Ordering::Acquire) {
+                // The sender may have pushed right before leaving.
                 return Poll::Ready(self.try_recv());
             }
             Poll::Pending
