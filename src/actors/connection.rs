@@ -436,7 +436,23 @@ impl DirectRelay {
             }
             _ => return Err(inbound),
         };
-        let received = inbound.received;
+        self.relay_payload(kind, Payload::Parsed(raw), inbound.received);
+        Ok(())
+    }
+
+    /// [`relay`](Self::relay) for a frame read by [`crate::ws::fastpath`]: `raw` is the
+    /// `description`/`candidate` exactly as sent, already checked (valid JSON of the required
+    /// shape). `None` when the frame is for another call: it then takes the full parse.
+    pub fn relay_plain(
+        &self,
+        frame: &crate::ws::fastpath::Relay<'_>,
+        received: std::time::Instant,
+    ) -> Option<()> {
+        (frame.call_id == self.call_id)
+            .then(|| self.relay_payload(frame.kind, Payload::Text(frame.raw), received))
+    }
+
+    fn relay_payload(&self, kind: SignalingKind, raw: Payload<'_>, received: std::time::Instant) {
         match &self.peer_line {
             Some(line) => {
                 let appended = line.append_relayed(
@@ -444,10 +460,15 @@ impl DirectRelay {
                     received,
                     |seq| self.frame(seq, kind, raw.get()),
                     || {
-                        let msg = self.message(kind, raw.clone());
-                        self.peer
-                            .cast(ConnectionMsg::Relayed(msg, received, true))
-                            .is_ok()
+                        raw.to_raw_value().is_some_and(|raw| {
+                            self.peer
+                                .cast(ConnectionMsg::Relayed(
+                                    self.message(kind, raw),
+                                    received,
+                                    true,
+                                ))
+                                .is_ok()
+                        })
                     },
                 );
                 if appended == Appended::Overflowed {
@@ -455,8 +476,10 @@ impl DirectRelay {
                 }
             }
             None => {
-                let msg = self.message(kind, raw.clone());
-                let _ = self.peer.cast(ConnectionMsg::Relayed(msg, received, false));
+                if let Some(raw) = raw.to_raw_value() {
+                    let msg = self.message(kind, raw);
+                    let _ = self.peer.cast(ConnectionMsg::Relayed(msg, received, false));
+                }
             }
         }
         self.metrics.relayed(match kind {
@@ -466,7 +489,37 @@ impl DirectRelay {
         self.counts.count(self.caller, kind);
         self.persistence
             .record_signal(self.call_id, self.from.id, kind);
-        Ok(())
+    }
+}
+
+/// A relayed `description`/`candidate`: parsed into a [`RawValue`] by the full parser, or the
+/// text the fast path checked.
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Parsed(&'a RawValue),
+    Text(&'a str),
+}
+
+impl Payload<'_> {
+    fn get(&self) -> &str {
+        match self {
+            Payload::Parsed(raw) => raw.get(),
+            Payload::Text(text) => text,
+        }
+    }
+
+    /// As a [`RawValue`] for a message that goes through an actor. Text the fast path checked
+    /// is valid JSON, so this does not fail; were it ever to, the failure is logged, not
+    /// silent.
+    fn to_raw_value(self) -> Option<Box<RawValue>> {
+        match self {
+            Payload::Parsed(raw) => Some(raw.to_owned()),
+            Payload::Text(text) => RawValue::from_string(text.to_owned())
+                .map_err(
+                    |e| tracing::error!(error = %e, "a checked payload is not JSON; not relayed"),
+                )
+                .ok(),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! `hello` handshake, heartbeats and rate limits, and hands typed messages to the connection
 //! actor.
 
+pub mod fastpath;
 pub mod protocol;
 pub mod socket;
 

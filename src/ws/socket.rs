@@ -28,11 +28,12 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::fastpath;
 use super::limit::Verdict;
 use super::protocol::{self, ClientMessage, ErrorCode, ServerMessage, close};
 use crate::actors::ask;
 use crate::actors::connection::{
-    ConnectionMsg, Outbound, Signal, SocketControl, SocketEnd, SocketLink,
+    ConnectionMsg, DirectRelay, Outbound, Signal, SocketControl, SocketEnd, SocketLink,
 };
 use crate::actors::registry::{ConnectRequest, Connected, LocalJoin, RegistryMsg};
 use crate::domain::{SessionId, UserRef};
@@ -550,7 +551,7 @@ struct PumpState {
     via_actor: crate::actors::connection::RecentCalls,
     /// The direct relay as of a generation of the control's (refreshed when it moves): no lock
     /// per relayed message.
-    relay_cache: (u64, Option<Arc<crate::actors::connection::DirectRelay>>),
+    relay_cache: (u64, Option<Arc<DirectRelay>>),
 }
 
 /// Pumps frames both ways until the socket ends; says how it ended.
@@ -736,11 +737,12 @@ fn on_frame(
     };
     a.control.heard();
     // Every frame counts, of any kind.
+    let now = Instant::now();
     let verdict = a
         .connected
         .limiter
         .lock()
-        .map(|mut l| l.take(msg.len()))
+        .map(|mut l| l.take_at(msg.len(), now))
         .unwrap_or(Verdict::Abuse);
     match verdict {
         Verdict::Pass => {}
@@ -785,26 +787,31 @@ fn on_frame(
         }
         _ => return FrameStep::Done,
     };
+    // A plain `sdp`/`ice` of the answered call, read in one pass and relayed from the frame's
+    // own bytes (crate::ws::fastpath); anything else, or one for another call, takes the full
+    // parse below.
+    if let Some(plain) = fastpath::read(text.as_str()) {
+        refresh_relay(a, p);
+        if let Some(relay) = direct_relay(p, &plain.call_id) {
+            if let Some(seq) = plain.ack
+                && let Err(step) = apply_ack(a, p, seq, now)
+            {
+                return step;
+            }
+            if relay.relay_plain(&plain, now).is_some() {
+                return FrameStep::Done;
+            }
+        }
+    }
     let mut inbound = match protocol::parse(text.as_str()) {
         Ok(inbound) => inbound,
         Err(bad) => return FrameStep::Reply(ErrorCode::BadMessage, bad.message, bad.reference),
     };
     // A piggybacked ack first, as an `ack` of its own would be.
-    if let Some(seq) = inbound.ack.take() {
-        match &a.connected.line {
-            Some(line) => line.lock().acked(seq),
-            None => {
-                let ack = protocol::Inbound {
-                    message: ClientMessage::Ack { seq },
-                    reference: None,
-                    received: inbound.received,
-                    ack: None,
-                };
-                if p.actor.cast(ConnectionMsg::Client(ack)).is_err() {
-                    return FrameStep::Exit(Exit::Close(close::INTERNAL, "connection failed"));
-                }
-            }
-        }
+    if let Some(seq) = inbound.ack.take()
+        && let Err(step) = apply_ack(a, p, seq, inbound.received)
+    {
+        return step;
     }
     // `sdp`/`ice` of the answered call go straight to the peer's connection — unless one of
     // this call's went through the connection actor (sent before the pairing reached this
@@ -819,16 +826,8 @@ fn on_frame(
             return FrameStep::Done;
         }
         ClientMessage::Sdp { call_id, .. } | ClientMessage::Ice { call_id, .. } => {
-            let generation = a.control.relay_generation();
-            if p.relay_cache.0 != generation {
-                p.relay_cache = (generation, a.control.relay());
-            }
-            let relay = p
-                .relay_cache
-                .1
-                .as_ref()
-                .filter(|r| !p.via_actor.contains(call_id) && r.call_id == *call_id);
-            match relay {
+            refresh_relay(a, p);
+            match direct_relay(p, call_id) {
                 Some(relay) => match relay.relay(inbound) {
                     Ok(()) => return FrameStep::Done,
                     Err(other) => other,
@@ -845,6 +844,46 @@ fn on_frame(
         return FrameStep::Exit(Exit::Close(close::INTERNAL, "connection failed"));
     }
     FrameStep::Done
+}
+
+/// Takes up the connection's current direct relay if it changed since the last frame.
+fn refresh_relay(a: &Admitted, p: &mut PumpState) {
+    let generation = a.control.relay_generation();
+    if p.relay_cache.0 != generation {
+        p.relay_cache = (generation, a.control.relay());
+    }
+}
+
+/// The socket's direct relay when it is for `call_id` and none of this call's messages went
+/// through the connection actor (the rest follow those there, so none overtakes another).
+fn direct_relay<'p>(p: &'p PumpState, call_id: &crate::domain::CallId) -> Option<&'p DirectRelay> {
+    p.relay_cache
+        .1
+        .as_deref()
+        .filter(|r| !p.via_actor.contains(call_id) && r.call_id == *call_id)
+}
+
+/// Applies a piggybacked `ack` (as an `ack` message of its own would be): under the line's lock
+/// when the socket has the connection's line, else through the connection actor.
+fn apply_ack(a: &Admitted, p: &PumpState, seq: u64, received: Instant) -> Result<(), FrameStep> {
+    match &a.connected.line {
+        Some(line) => line.lock().acked(seq),
+        None => {
+            let ack = protocol::Inbound {
+                message: ClientMessage::Ack { seq },
+                reference: None,
+                received,
+                ack: None,
+            };
+            if p.actor.cast(ConnectionMsg::Client(ack)).is_err() {
+                return Err(FrameStep::Exit(Exit::Close(
+                    close::INTERNAL,
+                    "connection failed",
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
