@@ -83,7 +83,8 @@ pub(crate) const NO_RATE_LIMITS: &[(&str, &str)] = &[
 ];
 
 /// `program`, under `taskset -c 0` with `--pin`, under `chrt -f 1` (SCHED_FIFO, the lowest
-/// real-time priority) with `--rt`.
+/// real-time priority) with `--rt`, and under the command in `LOADGEN_WRAP` (words split at
+/// spaces; a profiler such as `valgrind --tool=callgrind --instr-atstart=no`) when it is set.
 pub(crate) fn wrapped(opts: &Opts, program: &str) -> Command {
     let mut argv: Vec<String> = vec![];
     if opts.rt {
@@ -91,6 +92,9 @@ pub(crate) fn wrapped(opts: &Opts, program: &str) -> Command {
     }
     if opts.pin {
         argv.extend(["taskset".into(), "-c".into(), SERVER_CORE.to_string()]);
+    }
+    if let Ok(wrap) = std::env::var("LOADGEN_WRAP") {
+        argv.extend(wrap.split_whitespace().map(String::from));
     }
     argv.push(program.into());
     let mut c = Command::new(&argv[0]);

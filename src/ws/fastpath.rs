@@ -305,28 +305,39 @@ impl Value {
     }
 }
 
-/// The index of the first `"`, `\` or control character (below 0x20) in `s`: eight bytes at a
-/// time, then byte by byte from the word that holds one.
+/// The index of the first `"`, `\` or control character (below 0x20) in `s`, eight bytes at a
+/// time (the last few padded with a byte that is never special).
 fn special(s: &[u8]) -> Option<usize> {
+    let mut chunks = s.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        if let Some(i) = first_special(u64::from_le_bytes(word)) {
+            return Some(at + i);
+        }
+        at += 8;
+    }
+    let rest = chunks.remainder();
+    let mut word = [b' '; 8];
+    word[..rest.len()].copy_from_slice(rest);
+    first_special(u64::from_le_bytes(word)).map(|i| at + i)
+}
+
+/// The index (0 = least significant) of the first special byte of `w`. Each test sets the high
+/// bit of a byte that is `"`, `\` or below 0x20 (the "has zero byte" and "has byte less than
+/// n" word tricks); a borrow only runs upward, so a false positive only ever sits above a true
+/// hit and the lowest bit set is exact.
+fn first_special(w: u64) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    let is_special = |b: u8| b == b'"' || b == b'\\' || b < 0x20;
-    let mut i = 0;
-    while let Some(chunk) = s.get(i..i + 8) {
-        let w = u64::from_le_bytes(chunk.try_into().ok()?);
-        let quote = w ^ (ONES * u64::from(b'"'));
-        let slash = w ^ (ONES * u64::from(b'\\'));
-        // A zero byte in `quote`/`slash`, or a byte of `w` below 0x20: set high bits (exact
-        // for the first such byte; a false positive after it only stops the word scan early).
-        let hit = (quote.wrapping_sub(ONES) & !quote)
-            | (slash.wrapping_sub(ONES) & !slash)
-            | (w.wrapping_sub(ONES * 0x20) & !w);
-        if hit & HIGH != 0 {
-            break;
-        }
-        i += 8;
-    }
-    s[i..].iter().position(|&b| is_special(b)).map(|p| p + i)
+    let quote = w ^ (ONES * u64::from(b'"'));
+    let slash = w ^ (ONES * u64::from(b'\\'));
+    let hit = ((quote.wrapping_sub(ONES) & !quote)
+        | (slash.wrapping_sub(ONES) & !slash)
+        | (w.wrapping_sub(ONES * 0x20) & !w))
+        & HIGH;
+    (hit != 0).then(|| (hit.trailing_zeros() / 8) as usize)
 }
 
 #[cfg(test)]
@@ -534,21 +545,33 @@ mod tests {
         }
     }
 
+    /// Against a byte-at-a-time scan: every length up to five words, every position of a
+    /// special byte, every kind of special byte and of ordinary byte around it (ASCII, the
+    /// bytes of multi-byte UTF-8, 0x20 and 0x7f at the edges), a second special byte after it.
     #[test]
     fn the_word_scan_finds_the_first_special_byte() {
-        let mut s = vec![b'a'; 40];
-        assert_eq!(special(&s), None);
-        for (at, b) in [(0, b'"'), (7, b'\\'), (8, 0x1f), (13, b'"'), (39, 0)] {
-            let mut t = s.clone();
-            t[at] = b;
-            // A later special byte does not hide the first.
-            if at + 2 < t.len() {
-                t[at + 2] = b'"';
+        let naive = |s: &[u8]| s.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+        for len in 0..40 {
+            for fill in [
+                b'a', b' ', 0x7f, 0x80, 0xbf, 0xe2, 0xff, b'!', b'#', b'[', b']',
+            ] {
+                let plain = vec![fill; len];
+                assert_eq!(special(&plain), None, "{len} {fill:#x}");
+                for at in 0..len {
+                    for b in [b'"', b'\\', 0, 0x1f, 0x0a] {
+                        let mut t = plain.clone();
+                        t[at] = b;
+                        for later in [at + 1, at + 2, at + 8] {
+                            let mut u = t.clone();
+                            if let Some(x) = u.get_mut(later) {
+                                *x = b'"';
+                            }
+                            assert_eq!(special(&u), naive(&u), "{len} {fill:#x} {at} {b:#x}");
+                            assert_eq!(special(&u), Some(at));
+                        }
+                    }
+                }
             }
-            assert_eq!(special(&t), Some(at), "{at}");
         }
-        s[20] = 0x80;
-        s[21] = 0x7f;
-        assert_eq!(special(&s), None, "bytes at or above 0x20 are not special");
     }
 }

@@ -6,7 +6,9 @@
 //! This queue is a `VecDeque` behind a mutex: it allocates nothing until a frame is queued and
 //! gives back a grown buffer once drained, so an idle connection pays for a few words. The
 //! mutex is uncontended in practice (one producer, one consumer, held for a push or a pop). A
-//! drained queue frees its buffer at once, so an idle connection's queue allocates nothing.
+//! drained queue frees its buffer at once, so an idle connection's queue allocates nothing; the
+//! oldest item has a slot of its own beside the buffer, so the usual traffic of a call — one
+//! frame queued, then written — allocates nothing either.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -16,9 +18,42 @@ use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
 
+/// The items in order: `first` (when set) before all of `rest`.
+#[derive(Debug)]
+struct Queue<T> {
+    first: Option<T>,
+    rest: VecDeque<T>,
+}
+
+impl<T> Queue<T> {
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn push(&mut self, item: T) {
+        // `first` only takes an item when nothing else waits, so it is always the oldest.
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(item);
+        } else {
+            self.rest.push_back(item);
+        }
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        let item = self.first.take().or_else(|| self.rest.pop_front());
+        // A drained buffer is freed: an idle connection holds no allocation here (keeping even
+        // the 4 slots `VecDeque` first grows to cost 224 bytes per idle connection — its
+        // `welcome`'s).
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            self.rest = VecDeque::new();
+        }
+        item
+    }
+}
+
 #[derive(Debug)]
 struct Shared<T> {
-    queue: Mutex<VecDeque<T>>,
+    queue: Mutex<Queue<T>>,
     capacity: usize,
     /// The receiver's task, woken by a push or by the sender's drop (one consumer: an
     /// `AtomicWaker`, not a `Notify` and its lock-guarded list of waiters).
@@ -30,7 +65,7 @@ struct Shared<T> {
 }
 
 impl<T> Shared<T> {
-    fn queue(&self) -> MutexGuard<'_, VecDeque<T>> {
+    fn queue(&self) -> MutexGuard<'_, Queue<T>> {
         // Never held across an await; a panic while holding it cannot leave it inconsistent.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -39,7 +74,10 @@ impl<T> Shared<T> {
 /// A new queue holding at most `capacity` items.
 pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
-        queue: Mutex::new(VecDeque::new()),
+        queue: Mutex::new(Queue {
+            first: None,
+            rest: VecDeque::new(),
+        }),
         capacity,
         ready: AtomicWaker::new(),
         sender_gone: AtomicBool::new(false),
@@ -72,7 +110,7 @@ impl<T> Sender<T> {
             if q.len() >= self.0.capacity {
                 return Err(TrySendError::Full(item));
             }
-            q.push_back(item);
+            q.push(item);
         }
         self.0.ready.wake();
         Ok(())
@@ -112,15 +150,7 @@ impl<T> Receiver<T> {
 
     /// The next item if one is queued.
     pub fn try_recv(&mut self) -> Option<T> {
-        let mut q = self.0.queue();
-        let item = q.pop_front();
-        // A drained queue frees its buffer: an idle connection holds no allocation here
-        // (keeping even the 4 slots `VecDeque` first grows to cost 224 bytes per idle
-        // connection — its `welcome`'s); a busy one pays one small allocation per batch.
-        if q.is_empty() && q.capacity() > 0 {
-            *q = VecDeque::new();
-        }
-        item
+        self.0.queue().pop()
     }
 
     /// Items queued now.
@@ -197,10 +227,34 @@ mod tests {
         for i in 0..500 {
             tx.try_send(i).unwrap();
         }
-        while rx.try_recv().is_some() {}
-        assert_eq!(rx.0.queue().capacity(), 0);
+        for i in 0..250 {
+            assert_eq!(rx.try_recv(), Some(i));
+        }
+        for i in 500..600 {
+            tx.try_send(i).unwrap();
+        }
+        let mut got = vec![];
+        while let Some(i) = rx.try_recv() {
+            got.push(i);
+        }
+        assert_eq!(
+            got,
+            (250..600).collect::<Vec<_>>(),
+            "in order across the refill"
+        );
+        assert_eq!(rx.0.queue().rest.capacity(), 0);
         tx.try_send(1).unwrap();
+        assert_eq!(
+            rx.0.queue().rest.capacity(),
+            0,
+            "one item queued: no buffer"
+        );
+        tx.try_send(2).unwrap();
         assert_eq!(rx.try_recv(), Some(1));
-        assert_eq!(rx.0.queue().capacity(), 0, "one item taken: nothing kept");
+        tx.try_send(3).unwrap();
+        assert_eq!(rx.try_recv(), Some(2));
+        assert_eq!(rx.try_recv(), Some(3));
+        assert_eq!(rx.try_recv(), None);
+        assert_eq!(rx.0.queue().rest.capacity(), 0, "drained: nothing kept");
     }
 }

@@ -477,7 +477,87 @@ async fn permessage_deflate_offered_is_refused(app: TestApp) {
     assert!(!head.contains("sec-websocket-extensions"), "{head}");
 }
 
+/// A socket works however its connection got there: with its `hello` written in the same
+/// packet as the upgrade request (before the 101 came back: the bytes hyper read past the
+/// request must reach the socket), and after other requests on the same keep-alive connection
+/// (a GET, and a POST with a body).
+async fn upgrades_work_pipelined_and_after_keep_alive_requests(app: TestApp) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut byte))
+                .await
+                .expect("a response within 5 s")
+                .unwrap();
+            got.push(byte[0]);
+        }
+        String::from_utf8_lossy(&got).to_lowercase()
+    }
+    let user = app.user("alice").await;
+    let hello = json!({"type": "hello", "token": user.access}).to_string();
+    let mask = [0x0au8, 0x0b, 0x0c, 0x0d];
+    let mut frame = vec![0x81, 0x80 | 126];
+    frame.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&mask);
+    frame.extend(hello.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let host = app.addr;
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    let befores = [
+        String::new(),
+        format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        format!(
+            "POST /api/auth/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Content-Length: 2\r\n\r\n{{}}"
+        ),
+    ];
+    for before in befores {
+        let what = before.lines().next().unwrap_or("nothing").to_owned();
+        let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        if !before.is_empty() {
+            s.write_all(before.as_bytes()).await.unwrap();
+            let head = read_head(&mut s).await;
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse().unwrap())
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).await.unwrap();
+        }
+        let mut both = upgrade.clone().into_bytes();
+        both.extend_from_slice(&frame);
+        s.write_all(&both).await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("http/1.1 101"), "after {what}: {head}");
+        let mut hdr = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut hdr))
+            .await
+            .unwrap_or_else(|_| panic!("after {what}: a welcome within 5 s"))
+            .unwrap();
+        assert_eq!(hdr[0], 0x81, "after {what}: a text frame");
+        let len = match hdr[1] {
+            126 => {
+                let mut l = [0u8; 2];
+                s.read_exact(&mut l).await.unwrap();
+                u16::from_be_bytes(l) as usize
+            }
+            n if n < 126 => n as usize,
+            n => panic!("after {what}: welcome length {n}"),
+        };
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        let welcome: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(welcome["type"], "welcome", "after {what}: {welcome}");
+    }
+}
+
 db_tests!(
+    upgrades_work_pipelined_and_after_keep_alive_requests,
     protocol_violations_get_1002_or_1007,
     origin_variants_are_refused,
     permessage_deflate_offered_is_refused,
