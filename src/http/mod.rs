@@ -80,15 +80,22 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             let _slots = (permit, address_slot);
+            // Made at the accept: the first request's deadline runs from here, through a TLS
+            // handshake (not from the handshake's end, which would let a slow client have the
+            // deadline twice over).
+            let activity = Arc::new(Activity::default());
             match tls {
-                None => serve_connection(stream, state, peer, deadlines, conn_shutdown).await,
+                None => {
+                    serve_connection(stream, activity, state, peer, deadlines, conn_shutdown).await
+                }
                 // The handshake is part of the first request's deadline.
                 Some(acceptor) => {
                     match tokio::time::timeout(deadlines.first_request, acceptor.accept(stream))
                         .await
                     {
                         Ok(Ok(tls)) => {
-                            serve_connection(tls, state, peer, deadlines, conn_shutdown).await
+                            serve_connection(tls, activity, state, peer, deadlines, conn_shutdown)
+                                .await
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -100,9 +107,11 @@ pub async fn serve(
 }
 
 /// Serves one connection (plain TCP or TLS) with hyper-util: HTTP/1.1 with upgrades, or HTTP/2,
-/// until it ends, misses a deadline or the server shuts down.
+/// until it ends, misses a deadline (of `activity`, made when the connection was accepted) or
+/// the server shuts down.
 async fn serve_connection<IO>(
     io: IO,
+    activity: Arc<Activity>,
     state: Arc<AppState>,
     peer: SocketAddr,
     deadlines: Deadlines,
@@ -125,7 +134,6 @@ async fn serve_connection<IO>(
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(10))
         .max_header_list_size(32 * 1024);
-    let activity = Arc::new(Activity::default());
     let service_activity = activity.clone();
     let service = service_fn(move |req| {
         let state = state.clone();

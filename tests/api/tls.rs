@@ -199,3 +199,43 @@ async fn wss_client(ca: &Ca, addr: std::net::SocketAddr, access: &str) -> WsClie
     c.welcome = c.expect("welcome").await;
     c
 }
+
+/// The first request's deadline runs from the accept, through the TLS handshake: a client that
+/// finishes its handshake late and then sends nothing is closed when the deadline after the
+/// accept passes — not a whole deadline after its handshake (which gave a slow client the
+/// deadline twice over: 2.5 s of handshake, then 3 s more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_the_first_request_deadline_counts_the_handshake() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = Ca::new();
+    ca.issue("deadline", &cert_path, &key_path);
+    let (c, k) = (cert_path.clone(), key_path.clone());
+    let app = spawn_app_with(Backend::Sqlite, move |f| {
+        f.merge(("server.tls.cert_path", c.display().to_string()))
+            .merge(("server.tls.key_path", k.display().to_string()))
+            .merge(("server.header_read_timeout_secs", 3))
+            .merge(("server.idle_timeout_secs", 3))
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let name = ServerName::IpAddress(app.addr.ip().into());
+    let mut tls = TlsConnector::from(Arc::new(ca.client_config()))
+        .connect(name, tcp)
+        .await
+        .expect("a handshake inside the deadline is served");
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf)).await;
+    let took = started.elapsed();
+    assert!(read.is_ok(), "closed within 10 s");
+    assert!(buf.is_empty(), "no answer to no request");
+    // The deadline (3 s after the accept) plus at most the close's grace (1 s) and some
+    // slack; a deadline counted from the handshake's end would close at 5.5 s at the earliest.
+    assert!(
+        took < Duration::from_millis(4700),
+        "closed {took:?} after the accept"
+    );
+}
