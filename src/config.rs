@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::{Figment, Provider};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// The base layer, compiled into the binary so it runs from any working directory.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -75,6 +75,13 @@ impl Secret {
     }
 }
 
+/// Written as `[redacted]` (`config check` prints the settings; no secret is ever written).
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[redacted]")
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
@@ -82,7 +89,7 @@ impl fmt::Debug for Secret {
 }
 
 /// All settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Settings {
     /// `[server]`
     pub server: ServerSettings,
@@ -112,7 +119,7 @@ pub struct Settings {
 
 /// Fault injection for tests (feature `test-hooks`, never in release builds).
 #[cfg(feature = "test-hooks")]
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct TestHooks {
     /// Alter the DTLS fingerprint of every SDP relayed to this username, as a tampering
     /// signaling server would (the browser test proves the verification codes then differ).
@@ -120,7 +127,7 @@ pub struct TestHooks {
 }
 
 /// `[server]`: listening and process behaviour.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ServerSettings {
     /// Listen address.
     pub bind: SocketAddr,
@@ -152,7 +159,7 @@ pub struct ServerSettings {
 }
 
 /// `[server.tls]`: built-in TLS (rustls). Both paths set = HTTPS/WSS.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TlsSettings {
     /// PEM certificate chain, leaf first.
     pub cert_path: Option<PathBuf>,
@@ -170,7 +177,7 @@ impl TlsSettings {
 }
 
 /// `[database]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DatabaseSettings {
     /// Connection URL; may hold a password, hence secret.
     pub url: Secret,
@@ -183,7 +190,7 @@ pub struct DatabaseSettings {
 }
 
 /// `[auth]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AuthSettings {
     /// HMAC key; `None` = generated and kept in the data directory.
     pub jwt_secret: Option<Secret>,
@@ -212,7 +219,7 @@ pub struct AuthSettings {
 }
 
 /// `[auth.throttle]`: login throttling (see [`crate::auth::throttle`] and `docs/security.md`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ThrottleSettings {
     /// Free failures for one account from one address.
     pub account_free_failures: u32,
@@ -234,7 +241,7 @@ pub struct ThrottleSettings {
 }
 
 /// `[calls]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct CallSettings {
     /// Ring time in seconds before `missed`.
     pub ring_timeout_secs: u64,
@@ -247,7 +254,7 @@ pub struct CallSettings {
 }
 
 /// `[ws]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct WsSettings {
     /// `hello` deadline in seconds.
     pub hello_timeout_secs: u64,
@@ -302,7 +309,7 @@ impl WsSettings {
 }
 
 /// `[ice]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct IceSettings {
     /// Static ICE servers.
     pub servers: Vec<IceServerConfig>,
@@ -316,7 +323,7 @@ pub struct IceSettings {
 }
 
 /// One configured ICE server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct IceServerConfig {
     /// `stun:`/`turn:` URLs.
     pub urls: Vec<String>,
@@ -327,7 +334,7 @@ pub struct IceServerConfig {
 }
 
 /// `[persistence]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PersistenceSettings {
     /// Record one `signaling_messages` row per relayed sdp/ice (opt-in debugging aid).
     pub log_signaling: bool,
@@ -346,7 +353,7 @@ pub struct PersistenceSettings {
 }
 
 /// `[metrics]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct MetricsSettings {
     /// Allowed client networks.
     #[serde(deserialize_with = "list_or_csv")]
@@ -355,7 +362,7 @@ pub struct MetricsSettings {
 
 /// `[cluster]`: several nodes sharing one database and one NATS server (docs/architecture.md,
 /// "Cluster"). Without `nats_url` the server is one node and never touches NATS.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ClusterSettings {
     /// NATS server URL (JetStream on); may carry credentials, hence secret. Unset = one node.
     pub nats_url: Option<Secret>,
@@ -372,14 +379,14 @@ impl ClusterSettings {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LogSettings {
     /// Output format.
     pub format: LogFormat,
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable.
@@ -1032,6 +1039,13 @@ impl Settings {
 pub struct IpNet {
     addr: IpAddr,
     prefix: u8,
+}
+
+/// Written as `addr/prefix`, as [`IpNet::parse`] reads it.
+impl Serialize for IpNet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}/{}", self.addr, self.prefix))
+    }
 }
 
 impl IpNet {

@@ -80,8 +80,8 @@ enum MigrateAction {
 
 #[derive(Debug, Subcommand)]
 enum ConfigAction {
-    /// Validate the configuration and print the effective settings (secrets redacted); exit
-    /// status 1 with the problem found otherwise.
+    /// Validate the configuration and print the effective settings as a TOML configuration
+    /// file (secrets written as "[redacted]"); exit status 1 with every problem found otherwise.
     Check,
 }
 
@@ -150,8 +150,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if TEST_HOOKS_BUILD {
                 println!("WARNING: {TEST_HOOKS_WARNING}");
             }
+            // The effective settings as a configuration file would hold them (`--config FILE`
+            // reads it back), secrets written as "[redacted]".
+            let effective = toml::to_string_pretty(&settings)
+                .map_err(|e| anyhow::anyhow!("cannot print the settings: {e}"))?;
             println!(
-                "configuration OK (database: {}; secrets shown as [redacted])\n{settings:#?}",
+                "# configuration OK (database: {}; secrets shown as \"[redacted]\")\n\
+                 # The effective settings, defaults and every source merged:\n\n{effective}",
                 callsignal::store::describe(&settings.database)
             );
             Ok(())

@@ -1385,6 +1385,74 @@ fn deploy_config_check_prints_the_effective_config_without_secrets() {
     }
 }
 
+/// `callsignal config check` prints the effective settings as a configuration file: fed back
+/// with `--config`, it reads back to the same settings (the secrets, written as "[redacted]",
+/// come from the environment both times).
+#[test]
+fn deploy_config_check_prints_a_config_file_that_reads_back_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = [
+        (
+            "CALLSIGNAL_AUTH__JWT_SECRET",
+            "jwt-secret-that-must-not-be-printed-0123456789",
+        ),
+        (
+            "CALLSIGNAL_DATABASE__URL",
+            "postgres://callsignal:db-password@db.internal:5432/callsignal",
+        ),
+        ("CALLSIGNAL_ICE__TURN_SECRET", "turn-secret-not-printed"),
+    ];
+    let check = |extra: &[(&str, &str)], config: Option<&Path>| {
+        let mut c = callsignal(dir.path());
+        for (k, v) in secrets.iter().chain(extra) {
+            c.env(k, v);
+        }
+        if let Some(path) = config {
+            c.arg("--config").arg(path);
+        }
+        c.args(["config", "check"]);
+        let ran = run_with_deadline(c, 20);
+        assert!(ran.success(), "config check: {}", ran.output());
+        ran.stdout
+    };
+    let first = check(
+        &[
+            ("CALLSIGNAL_CALLS__RING_TIMEOUT_SECS", "31"),
+            ("CALLSIGNAL_SERVER__TRUSTED_PROXIES", "10.0.0.0/8,::1"),
+            (
+                "CALLSIGNAL_SERVER__ALLOWED_ORIGINS",
+                "https://a.example,https://b.example:8443",
+            ),
+            ("CALLSIGNAL_LOG__FORMAT", "json"),
+        ],
+        None,
+    );
+    for expected in [
+        "[calls]",
+        "ring_timeout_secs = 31",
+        "\"10.0.0.0/8\"",
+        "\"::1/128\"",
+        "\"https://b.example:8443\"",
+        "format = \"json\"",
+        "jwt_secret = \"[redacted]\"",
+        "url = \"[redacted]\"",
+    ] {
+        assert!(first.contains(expected), "{expected} in: {first}");
+    }
+    for (_, secret) in secrets {
+        assert!(!first.contains(secret), "{secret} printed: {first}");
+    }
+    // A build with the test hooks says so on its first line, outside the file.
+    let file: Vec<&str> = first
+        .lines()
+        .filter(|l| !l.starts_with("WARNING:"))
+        .collect();
+    let path = dir.path().join("effective.toml");
+    std::fs::write(&path, file.join("\n")).unwrap();
+    let second = check(&[], Some(&path));
+    assert_eq!(second, first, "read back from {}", path.display());
+}
+
 /// `callsignal config check` lists every problem it finds, not only the first.
 ///
 /// Depends on `config check` and unknown-variable detection (main branch).
