@@ -3,12 +3,11 @@
 //!
 //! Why not `tokio::sync::mpsc`: a tokio channel allocates its first block of 32 slots up front
 //! (≈ 1.8 KiB for `Outbound`) plus a separate shared state, for every socket, even an idle one.
-//! This queue is a `VecDeque` behind a mutex: it allocates nothing until a frame is queued and
-//! gives back a grown buffer once drained, so an idle connection pays for a few words. The
-//! mutex is uncontended in practice (one producer, one consumer, held for a push or a pop). A
-//! drained queue frees its buffer at once, so an idle connection's queue allocates nothing; the
-//! oldest item has a slot of its own beside the buffer, so the usual traffic of a call — one
-//! frame queued, then written — allocates nothing either.
+//! This queue is a slot for its oldest item and a `VecDeque` for the rest, behind a mutex. The
+//! buffer is allocated only when a second item waits and freed once drained, so an idle
+//! connection's queue allocates nothing, and neither does a call's usual traffic (one frame
+//! queued, then written). The mutex is uncontended in practice (one producer, one consumer,
+//! held for a push or a pop).
 
 use std::collections::VecDeque;
 use std::future::Future;
