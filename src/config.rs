@@ -31,10 +31,10 @@ impl<'de> Deserialize<'de> for Secret {
                 f.write_str("a string (a secret; its value is not shown)")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
-                Ok(Secret(v.to_owned()))
+                Secret::checked(v.to_owned())
             }
             fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
-                Ok(Secret(v))
+                Secret::checked(v)
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
                 Ok(Secret(v.to_string()))
@@ -64,7 +64,23 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// What `config check` writes in place of a secret ([`Serialize`] below).
+pub const REDACTED: &str = "[redacted]";
+
 impl Secret {
+    /// A secret as read from the configuration: never the placeholder `config check` prints
+    /// for one (a file made from its output, read back without the secret given again, would
+    /// otherwise run with "[redacted]" as its key, password or TURN credential).
+    fn checked<E: serde::de::Error>(value: String) -> Result<Secret, E> {
+        if value == REDACTED {
+            return Err(E::custom(
+                "\"[redacted]\" is what `config check` prints in place of a secret; give the \
+                 secret itself (in the file, or by its environment variable)",
+            ));
+        }
+        Ok(Secret(value))
+    }
+
     /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
@@ -78,13 +94,13 @@ impl Secret {
 /// Written as `[redacted]` (`config check` prints the settings; no secret is ever written).
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("[redacted]")
+        s.serialize_str(REDACTED)
     }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
+        f.write_str(REDACTED)
     }
 }
 
@@ -677,6 +693,25 @@ fn without_source_lines(message: &str) -> String {
         .join(": ")
 }
 
+/// Whether the value at `key` may hold a secret: a [`Secret`], or within `ice.servers` (whose
+/// entries carry TURN credentials).
+fn holds_secrets(key: &str) -> bool {
+    [
+        "auth.jwt_secret",
+        "database.url",
+        "ice.turn_secret",
+        "ice.servers",
+        "cluster.nats_url",
+    ]
+    .iter()
+    .any(|k| {
+        key == *k
+            || key
+                .strip_prefix(k)
+                .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
 fn describe_errors(errors: figment::Error) -> String {
     errors
         .into_iter()
@@ -698,7 +733,17 @@ fn describe_errors(errors: figment::Error) -> String {
                 }
                 _ => String::new(),
             };
-            let kind = crate::json::json_terms(&without_source_lines(&e.kind.to_string()));
+            let kind = match &e.kind {
+                // The value of a key that holds a secret, or of `ice.servers` (their
+                // credentials), is never quoted back, whatever is wrong with it.
+                figment::error::Kind::InvalidType(_, expected)
+                | figment::error::Kind::InvalidValue(_, expected)
+                    if holds_secrets(&key) =>
+                {
+                    format!("a value of the wrong type (not shown: it may hold a secret); expected {expected}")
+                }
+                kind => crate::json::json_terms(&without_source_lines(&kind.to_string())),
+            };
             if key.is_empty() {
                 format!("{from}{kind}")
             } else {
@@ -1231,6 +1276,36 @@ mod tests {
         .to_string();
         assert!(err.contains("ice.turn_secret"), "{err}");
         assert!(!err.contains("4.56"), "the value is not shown: {err}");
+    }
+
+    /// Found by a tester: `ice.servers` of the wrong type (an environment variable holding
+    /// something that is not an array) was quoted back whole, credentials and all; and the
+    /// placeholder `config check` prints for a secret was taken as the secret.
+    #[test]
+    fn secrets_are_never_quoted_back_nor_taken_from_the_placeholder() {
+        let err = Settings::from_figment(Settings::defaults().merge((
+            "ice.servers",
+            r#"[{"urls":["turn:t"],"credential":"LeakCred1"}]"#,
+        )))
+        .expect_err("a string is not an array")
+        .to_string();
+        assert!(err.contains("ice.servers"), "{err}");
+        assert!(!err.contains("LeakCred1"), "the value is not shown: {err}");
+        for key in [
+            "auth.jwt_secret",
+            "ice.turn_secret",
+            "cluster.nats_url",
+            "database.url",
+        ] {
+            let err = Settings::from_figment(Settings::defaults().merge((key, REDACTED)))
+                .expect_err("the placeholder is not a secret")
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains("config check"),
+                "{key}: {err}"
+            );
+        }
+        assert!(!holds_secrets("ice.servers_x") && holds_secrets("ice.servers.0.credential"));
     }
 
     #[test]

@@ -157,7 +157,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "# configuration OK (database: {}; secrets shown as \"[redacted]\")\n\
                  # The effective settings, defaults and every source merged:\n\n{effective}",
-                callsignal::store::describe(&settings.database)
+                // Escaped: a control character in the URL must not end the comment line.
+                callsignal::store::describe(&settings.database).escape_debug()
             );
             Ok(())
         }

@@ -122,17 +122,27 @@ pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
 /// before the last `@`, since a password may hold an unencoded `/`, `?` or `#` — a malformed
 /// URL, but one an operator typed and that must not be printed) and the values of query
 /// parameters that carry secrets (`password=`, `sslpassword=`, anything with `pass`, `secret`,
-/// `token` or `key` in its name).
+/// `token` or `key` in its name), and any fragment (`#…`).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let rest = match rest.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
+    let (userinfo, host) = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => (Some(userinfo), host),
+        None => (None, rest),
+    };
+    // A fragment is never sent to the database and may carry anything (`#password=…`): not
+    // shown. Looked for after the userinfo, where a password may hold an unencoded `#`.
+    let host = match host.split_once('#') {
+        Some((host, _)) => format!("{host}#***"),
+        None => host.to_owned(),
+    };
+    let rest = match userinfo {
+        Some(userinfo) => match userinfo.split_once(':') {
             Some((user, _)) => format!("{user}:***@{host}"),
             None => format!("{userinfo}@{host}"),
         },
-        None => rest.to_owned(),
+        None => host,
     };
     let (before, query) = match rest.split_once('?') {
         Some((b, q)) => (b, Some(q)),
@@ -280,6 +290,25 @@ mod tests {
             connect_timeout_secs: 1,
             migrate_on_start: false,
         }
+    }
+
+    /// Found by a tester: a fragment (`#password=…`, never sent to the database) was printed
+    /// whole, by `config check` and in errors.
+    #[test]
+    fn a_fragment_is_not_shown() {
+        assert_eq!(
+            redact_url("postgres://u:p@h/db#frag=Secret2"),
+            "postgres://u:***@h/db#***"
+        );
+        assert_eq!(
+            redact_url("mysql://h/db#password=SecretPw"),
+            "mysql://h/db#***"
+        );
+        assert_eq!(
+            redact_url("postgres://u:pa#ss@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert!(!describe(&settings("postgres://u:p@h/db#SecretPw")).contains("SecretPw"));
     }
 
     #[test]

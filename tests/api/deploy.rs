@@ -1453,6 +1453,29 @@ fn deploy_config_check_prints_a_config_file_that_reads_back_the_same() {
     assert_eq!(second, first, "read back from {}", path.display());
 }
 
+/// Found by a tester: the database URL, named in the comment line that heads `config check`'s
+/// output, could end that comment with a line break and add settings of its own to the printed
+/// file (or make it no TOML at all with another control character).
+#[test]
+fn deploy_config_check_output_stays_one_file_whatever_the_database_url_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = callsignal(dir.path());
+    c.env(
+        "CALLSIGNAL_DATABASE__URL",
+        "postgres://bob:pw@h/db\n[evil]\ninjected = 1\x1b[31m\n#",
+    )
+    .args(["config", "check"]);
+    let ran = run_with_deadline(c, 20);
+    let out = ran.output();
+    for line in ran.stdout.lines() {
+        assert!(
+            !line.starts_with("[evil]") && !line.starts_with("injected"),
+            "a line of the URL's own: {out}"
+        );
+        assert!(!line.contains('\x1b'), "a raw control character: {out}");
+    }
+}
+
 /// `callsignal config check` lists every problem it finds, not only the first.
 ///
 /// Depends on `config check` and unknown-variable detection (main branch).
